@@ -1,0 +1,125 @@
+/**
+ * The service's configuration: the only module that reads `process.env`.
+ * Every variable is parsed and validated once; a bad value stops start-up with a message that names it.
+ */
+import path from 'node:path';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export interface Config {
+  /** `NODE_ENV`; default `development`. */
+  nodeEnv: 'development' | 'production' | 'test';
+  /** `PORT`: the HTTP port; default 4000. */
+  port: number;
+  /** `HOST`: the interface to listen on; default `127.0.0.1` (the Docker image sets `0.0.0.0`). */
+  host: string;
+  /** `DATABASE_URL`: a `postgres://` URL; unset means the embedded database. */
+  databaseUrl: string | undefined;
+  /** `DATA_DIR`: the embedded database's folder; default `./.data`. Ignored with `DATABASE_URL`. */
+  dataDir: string;
+  /** `EMBEDDED_DB_PORT`: when set, the embedded database is also served over the PostgreSQL protocol on 127.0.0.1:PORT (Prisma Studio, psql). */
+  embeddedDbPort: number | undefined;
+  /** `MIGRATE_ON_START`: apply pending migrations at start-up; default true. When false, start-up refuses a database with pending migrations. */
+  migrateOnStart: boolean;
+  /** `DB_POOL_MAX`: PostgreSQL connections in the pool; default 10. */
+  dbPoolMax: number;
+  /** `MAX_BATCH_SIZE`: most records one `ingestMetrics` call accepts; default 5,000. */
+  maxBatchSize: number;
+  /** `MAX_BODY_BYTES`: largest request body; default: what a full batch at every field's maximum length needs (see `bodyLimitFor`). */
+  maxBodyBytes: number;
+  /** `LOG_LEVEL`: one of fatal, error, warn, info, debug, trace, silent; default `info` (`warn` under test). */
+  logLevel: LogLevel;
+  /** `GRAPHIQL`: serve GraphiQL at /graphql; default true, except in production. */
+  graphiql: boolean;
+  /** `SHUTDOWN_TIMEOUT_MS`: how long SIGTERM/SIGINT waits for requests in flight; default 25,000. */
+  shutdownTimeoutMs: number;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Bytes one record can take in a JSON request body with every string at its maximum length of 4-byte characters. */
+const MAX_RECORD_JSON_BYTES =
+  4 * (255 /* eventId */ + 255 /* userId */ + 255 /* sessionId */ + 50) /* voiceSentiment */ + 256; /* keys, numbers, punctuation */
+
+/** The default body limit: a full batch at maximum field lengths plus the query text, rounded up to a whole MiB. */
+export function bodyLimitFor(maxBatchSize: number): number {
+  const mib = 1024 * 1024;
+  return Math.ceil((maxBatchSize * MAX_RECORD_JSON_BYTES + 64 * 1024) / mib) * mib;
+}
+
+type Env = Record<string, string | undefined>;
+
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = [];
+  const read = (name: string): string | undefined => {
+    const value = env[name];
+    return value === undefined || value.trim() === '' ? undefined : value.trim();
+  };
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = read(name);
+    if (raw === undefined) return fallback;
+    if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+      problems.push(`${name}=${JSON.stringify(raw)} must be an integer from ${min} to ${max}`);
+      return fallback;
+    }
+    return Number(raw);
+  };
+  const boolean = (name: string, fallback: boolean): boolean => {
+    const raw = read(name)?.toLowerCase();
+    if (raw === undefined) return fallback;
+    if (['1', 'true', 'yes', 'on'].includes(raw)) return true;
+    if (['0', 'false', 'no', 'off'].includes(raw)) return false;
+    problems.push(`${name}=${JSON.stringify(env[name])} must be true or false`);
+    return fallback;
+  };
+
+  const nodeEnvRaw = read('NODE_ENV') ?? 'development';
+  let nodeEnv: Config['nodeEnv'] = 'development';
+  if (nodeEnvRaw === 'development' || nodeEnvRaw === 'production' || nodeEnvRaw === 'test') nodeEnv = nodeEnvRaw;
+  else problems.push(`NODE_ENV=${JSON.stringify(nodeEnvRaw)} must be development, production or test`);
+
+  const databaseUrl = read('DATABASE_URL');
+  if (databaseUrl !== undefined) {
+    let ok = false;
+    try {
+      const url = new URL(databaseUrl);
+      ok = url.protocol === 'postgres:' || url.protocol === 'postgresql:';
+    } catch {
+      ok = false;
+    }
+    if (!ok) problems.push('DATABASE_URL must be a postgres:// or postgresql:// URL (unset it to use the embedded database)');
+  }
+
+  const logLevelRaw = (read('LOG_LEVEL') ?? (nodeEnv === 'test' ? 'warn' : 'info')).toLowerCase();
+  let logLevel: LogLevel = 'info';
+  if ((LOG_LEVELS as string[]).includes(logLevelRaw)) logLevel = logLevelRaw as LogLevel;
+  else problems.push(`LOG_LEVEL=${JSON.stringify(logLevelRaw)} must be one of ${LOG_LEVELS.join(', ')}`);
+
+  const embeddedDbPortRaw = read('EMBEDDED_DB_PORT');
+  const embeddedDbPort = embeddedDbPortRaw === undefined ? undefined : integer('EMBEDDED_DB_PORT', 0, 1, 65535);
+  const maxBatchSize = integer('MAX_BATCH_SIZE', 5000, 1, 100_000);
+
+  const config: Config = {
+    nodeEnv,
+    port: integer('PORT', 4000, 0, 65535),
+    host: read('HOST') ?? '127.0.0.1',
+    databaseUrl,
+    dataDir: path.resolve(read('DATA_DIR') ?? '.data'),
+    embeddedDbPort,
+    migrateOnStart: boolean('MIGRATE_ON_START', true),
+    dbPoolMax: integer('DB_POOL_MAX', 10, 1, 1000),
+    maxBatchSize,
+    maxBodyBytes: integer('MAX_BODY_BYTES', bodyLimitFor(maxBatchSize), 1024, 1024 * 1024 * 1024),
+    logLevel,
+    graphiql: boolean('GRAPHIQL', nodeEnv !== 'production'),
+    shutdownTimeoutMs: integer('SHUTDOWN_TIMEOUT_MS', 25_000, 0, 600_000),
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}

@@ -1,0 +1,176 @@
+/**
+ * The database: PostgreSQL through @prisma/adapter-pg when a URL is configured, else the embedded PostgreSQL (PGlite)
+ * in a data folder. Both give the same PrismaClient and a small driver-level handle for what Prisma cannot do
+ * (multi-statement migration scripts, COPY-free bulk tooling, readiness probes).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import { PGlite } from '@electric-sql/pglite';
+import { PrismaPg } from '@prisma/adapter-pg';
+import { PrismaPGlite } from 'pglite-prisma-adapter';
+import { PrismaClient } from './generated/prisma/client.js';
+
+/** One connection, held for a unit of work (a migration run). */
+export interface SqlSession {
+  query<Row = Record<string, unknown>>(text: string, params?: unknown[]): Promise<Row[]>;
+  /** Runs a script of several statements in one call, so PostgreSQL runs it as a whole. */
+  exec(script: string): Promise<void>;
+}
+
+export interface Database {
+  readonly kind: 'postgres' | 'embedded';
+  /** Where the data lives, for logs: the URL without its password, or the data folder. */
+  readonly location: string;
+  readonly prisma: PrismaClient;
+  /** Runs `work` on one connection of its own. */
+  withSession<T>(work: (session: SqlSession) => Promise<T>): Promise<T>;
+  /** The PGlite instance, for serving the embedded database over the wire protocol. */
+  readonly pglite?: PGlite;
+  close(): Promise<void>;
+}
+
+export interface DatabaseOptions {
+  /** A postgres:// URL; without one, the embedded database in `dataDir`. */
+  url?: string | undefined;
+  /** The embedded database's folder; `memory://` keeps it in memory. */
+  dataDir?: string;
+  /** PostgreSQL connections in the pool; default 10. */
+  poolMax?: number;
+}
+
+// PostgreSQL returns int8 as text; our int8 values (unix seconds, counts) are within 2^53.
+pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
+
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(unparseable URL)';
+  }
+}
+
+export async function openDatabase(options: DatabaseOptions): Promise<Database> {
+  return options.url ? openPostgres(options.url, options.poolMax ?? 10) : openEmbedded(options.dataDir ?? '.data');
+}
+
+async function openPostgres(url: string, poolMax: number): Promise<Database> {
+  const pool = new pg.Pool({ connectionString: url, max: poolMax, connectionTimeoutMillis: 10_000 });
+  // An idle client losing its connection (database restart) must not crash the process; the pool replaces it.
+  pool.on('error', () => {});
+  const prisma = new PrismaClient({ adapter: new PrismaPg(pool) });
+  return {
+    kind: 'postgres',
+    location: redactUrl(url),
+    prisma,
+    async withSession(work) {
+      const client = await pool.connect();
+      try {
+        return await work({
+          query: async (text, params) => (await client.query(text, params)).rows,
+          exec: async (script) => {
+            await client.query(script);
+          },
+        });
+      } finally {
+        client.release();
+      }
+    },
+    async close() {
+      await prisma.$disconnect();
+      await pool.end();
+    },
+  };
+}
+
+async function openEmbedded(dataDir: string): Promise<Database> {
+  const inMemory = dataDir.startsWith('memory://');
+  let releaseLock = () => {};
+  if (!inMemory) {
+    fs.mkdirSync(dataDir, { recursive: true });
+    releaseLock = lockDataDir(dataDir);
+  }
+  let pglite: PGlite;
+  try {
+    pglite = await PGlite.create(inMemory ? undefined : dataDir);
+  } catch (error) {
+    releaseLock();
+    throw error;
+  }
+  const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
+  return {
+    kind: 'embedded',
+    location: inMemory ? 'memory' : dataDir,
+    prisma,
+    pglite,
+    async withSession(work) {
+      return work({
+        query: async (text, params) => (await pglite.query(text, params)).rows as never[],
+        exec: async (script) => {
+          await pglite.exec(script);
+        },
+      });
+    },
+    async close() {
+      await prisma.$disconnect();
+      await pglite.close();
+      releaseLock();
+    },
+  };
+}
+
+/**
+ * PGlite's data folder must have one process at a time: two would corrupt it. A lock file holds the owner's pid;
+ * a lock left by a process that no longer runs is taken over.
+ */
+function lockDataDir(dataDir: string): () => void {
+  const lockFile = path.join(dataDir, 'service.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(lockFile, String(process.pid), { flag: 'wx' });
+      return () => fs.rmSync(lockFile, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const owner = Number(fs.readFileSync(lockFile, 'utf8'));
+      if (Number.isInteger(owner) && owner > 0 && owner !== process.pid && isRunning(owner)) {
+        throw new Error(
+          `The embedded database in ${dataDir} is in use by process ${owner}. Stop it, or set DATA_DIR to another folder.`,
+        );
+      }
+      fs.rmSync(lockFile, { force: true });
+    }
+  }
+  throw new Error(`Could not lock the embedded database folder ${dataDir}`);
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+let active: Database | undefined;
+
+/** Opens the service's one database; every service function uses it through `database()`. */
+export async function connectDatabase(options: DatabaseOptions): Promise<Database> {
+  if (active) throw new Error('The database is already connected');
+  active = await openDatabase(options);
+  return active;
+}
+
+/** The connected database (the module's singleton). */
+export function database(): Database {
+  if (!active) throw new Error('The database is not connected: call connectDatabase() first');
+  return active;
+}
+
+export async function disconnectDatabase(): Promise<void> {
+  const current = active;
+  active = undefined;
+  await current?.close();
+}

@@ -1,0 +1,172 @@
+/**
+ * Ingestion: validate a batch, give each record its identity, store the new ones in one multi-row statement.
+ */
+import crypto from 'node:crypto';
+import { database } from '../db.js';
+import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
+
+export interface RejectedRecord extends FieldProblem {
+  /** Position of the record in the request's `records`. */
+  index: number;
+  eventId: string | null;
+}
+
+/** A stored row as the service returns it. */
+export interface StoredMetric {
+  id: number;
+  eventId: string | null;
+  userId: string;
+  sessionId: string;
+  timestamp: number;
+  talkedTime: number;
+  microphoneUsed: boolean;
+  speakerUsed: boolean;
+  voiceSentiment: string | null;
+  createdAt: Date;
+}
+
+export interface IngestResult {
+  /** Records newly stored. */
+  accepted: number;
+  /** Valid records whose identity was stored already, or repeated within the batch. */
+  duplicates: number;
+  rejected: RejectedRecord[];
+  /** The rows this call stored, in the order stored (by id). */
+  stored: StoredMetric[];
+}
+
+export interface IngestOptions {
+  /** When true, one rejected record means nothing is stored. Default false. */
+  atomic?: boolean;
+  /** The server's clock in unix seconds, for the timestamp rules. Default: now. */
+  nowSeconds?: number;
+}
+
+/**
+ * A record's identity: SHA-256 of its eventId when given, else of its content in a canonical form.
+ * The two inputs carry different prefixes, so an eventId key can never equal a content key.
+ *
+ * NEVER CHANGE THIS FORM: stored keys were computed with it, and a retry hashed differently would be stored twice.
+ *   event:   "event:" + eventId
+ *   content: "content:v1:" + JSON.stringify([userId, sessionId, timestamp, talkedTime, microphoneUsed, speakerUsed, voiceSentiment])
+ * with voiceSentiment null when absent, strings exactly as sent, numbers as JSON integers.
+ */
+export function recordKey(record: MetricRecordInput): Buffer {
+  const hash = crypto.createHash('sha256');
+  if (record.eventId !== undefined && record.eventId !== null) {
+    hash.update('event:');
+    hash.update(record.eventId);
+  } else {
+    hash.update('content:v1:');
+    hash.update(
+      JSON.stringify([
+        record.userId,
+        record.sessionId,
+        record.timestamp,
+        record.talkedTime,
+        record.microphoneUsed,
+        record.speakerUsed,
+        record.voiceSentiment ?? null,
+      ]),
+    );
+  }
+  return hash.digest();
+}
+
+interface PendingRow {
+  key: Buffer;
+  keyHex: string;
+  record: MetricRecordInput;
+}
+
+interface InsertedRow {
+  id: number;
+  key: string;
+  created_at: Date;
+}
+
+export async function ingestMetrics(records: readonly MetricRecordInput[], options: IngestOptions = {}): Promise<IngestResult> {
+  const nowSeconds = options.nowSeconds ?? Math.floor(Date.now() / 1000);
+  const rejected: RejectedRecord[] = [];
+  const unique = new Map<string, PendingRow>();
+  let repeatsInBatch = 0;
+
+  records.forEach((record, index) => {
+    const problems = validateRecord(record, nowSeconds);
+    if (problems.length > 0) {
+      for (const problem of problems) rejected.push({ index, eventId: record.eventId ?? null, ...problem });
+      return;
+    }
+    const key = recordKey(record);
+    const keyHex = key.toString('hex');
+    if (unique.has(keyHex)) repeatsInBatch++;
+    else unique.set(keyHex, { key, keyHex, record });
+  });
+
+  if (unique.size === 0 || (options.atomic && rejected.length > 0)) {
+    return { accepted: 0, duplicates: options.atomic && rejected.length > 0 ? 0 : repeatsInBatch, rejected, stored: [] };
+  }
+
+  // Rows go in in key order: concurrent batches that overlap then take their row locks in the same order and never deadlock.
+  const rows = [...unique.values()].sort((a, b) => Buffer.compare(a.key, b.key));
+  const inserted = await insertRows(rows);
+  const byKey = new Map(rows.map((row) => [row.keyHex, row.record]));
+  const stored = inserted
+    .map((row): StoredMetric => {
+      const record = byKey.get(row.key) as MetricRecordInput;
+      return {
+        id: row.id,
+        eventId: record.eventId ?? null,
+        userId: record.userId,
+        sessionId: record.sessionId,
+        timestamp: record.timestamp,
+        talkedTime: record.talkedTime,
+        microphoneUsed: record.microphoneUsed,
+        speakerUsed: record.speakerUsed,
+        voiceSentiment: record.voiceSentiment ?? null,
+        createdAt: row.created_at,
+      };
+    })
+    .sort((a, b) => a.id - b.id);
+
+  return {
+    accepted: stored.length,
+    duplicates: repeatsInBatch + (rows.length - stored.length),
+    rejected,
+    stored,
+  };
+}
+
+/** One INSERT ... SELECT FROM unnest(column arrays): one statement, one round trip, whatever the batch size. */
+async function insertRows(rows: PendingRow[]): Promise<InsertedRow[]> {
+  const n = rows.length;
+  const keys = new Array<string>(n);
+  const eventIds = new Array<string | null>(n);
+  const userIds = new Array<string>(n);
+  const sessionIds = new Array<string>(n);
+  const timestamps = new Array<number>(n);
+  const talkedTimes = new Array<number>(n);
+  const microphones = new Array<boolean>(n);
+  const speakers = new Array<boolean>(n);
+  const sentiments = new Array<string | null>(n);
+  rows.forEach(({ keyHex, record }, i) => {
+    keys[i] = keyHex;
+    eventIds[i] = record.eventId ?? null;
+    userIds[i] = record.userId;
+    sessionIds[i] = record.sessionId;
+    timestamps[i] = record.timestamp;
+    talkedTimes[i] = record.talkedTime;
+    microphones[i] = record.microphoneUsed;
+    speakers[i] = record.speakerUsed;
+    sentiments[i] = record.voiceSentiment ?? null;
+  });
+  return database().prisma.$queryRaw<InsertedRow[]>`
+    INSERT INTO user_metrics
+      (record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used, voice_sentiment)
+    SELECT decode(k, 'hex'), e, u, s, t, tt, m, sp, v
+    FROM unnest(${keys}::text[], ${eventIds}::varchar[], ${userIds}::varchar[], ${sessionIds}::varchar[],
+                ${timestamps}::int8[], ${talkedTimes}::int4[], ${microphones}::bool[], ${speakers}::bool[],
+                ${sentiments}::varchar[]) AS r(k, e, u, s, t, tt, m, sp, v)
+    ON CONFLICT (record_key) DO NOTHING
+    RETURNING id, encode(record_key, 'hex') AS key, created_at`;
+}
