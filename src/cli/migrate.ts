@@ -1,0 +1,53 @@
+/**
+ * `npm run db:migrate` (deploy) and `npm run db:status`: the migration runner for the configured database
+ * (DATABASE_URL, or the embedded database in DATA_DIR). Exit codes: 0 up to date, 1 pending or failed, 2 bad usage.
+ */
+import { ConfigError, loadConfig } from '../config.js';
+import { openDatabase } from '../db.js';
+import { MigrationError, migrate, migrationStatus, readMigrations } from '../migrations.js';
+
+const USAGE = 'usage: migrate deploy | status';
+
+async function main(command: string | undefined): Promise<number> {
+  if (command !== 'deploy' && command !== 'status') {
+    process.stderr.write(`${USAGE}\n  deploy  apply pending migrations\n  status  list applied and pending migrations\n`);
+    return command === '--help' || command === '-h' ? 0 : 2;
+  }
+  const config = loadConfig();
+  const db = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolMax: 1 });
+  try {
+    const where = db.kind === 'embedded' ? `the embedded database in ${db.location}` : db.location;
+    if (command === 'deploy') {
+      const { applied, status } = await migrate(db);
+      const total = readMigrations().length;
+      if (applied.length === 0) console.log(`${where}: all ${total} migration(s) already applied; nothing to do.`);
+      else console.log(`${where}: applied ${applied.length} migration(s):\n${applied.map((n) => `  ${n}`).join('\n')}`);
+      if (status.unknown.length > 0) console.log(`Note: the database also has migrations this code lacks: ${status.unknown.join(', ')}`);
+      return 0;
+    }
+    const status = await migrationStatus(db);
+    console.log(`${where}:`);
+    for (const name of status.applied) console.log(`  applied   ${name}${status.modified.includes(name) ? '  (file changed since it was applied!)' : ''}`);
+    for (const name of status.pending) console.log(`  pending   ${name}`);
+    for (const name of status.failed) console.log(`  failed    ${name}`);
+    for (const name of status.unknown) console.log(`  unknown   ${name}  (applied by a newer version of the code)`);
+    if (status.pending.length > 0) {
+      console.log(`${status.pending.length} migration(s) pending: run \`npm run db:migrate\`.`);
+      return 1;
+    }
+    if (status.failed.length > 0 || status.modified.length > 0) return 1;
+    console.log('Database schema is up to date.');
+    return 0;
+  } finally {
+    await db.close();
+  }
+}
+
+main(process.argv[2]).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    if (error instanceof ConfigError || error instanceof MigrationError) process.stderr.write(`${error.message}\n`);
+    else process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  },
+);

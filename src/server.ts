@@ -1,0 +1,171 @@
+/**
+ * The HTTP service: Yoga with the schema, health and readiness, request ids, body limits and error masking.
+ * Creating it never listens: main.ts listens, tests listen on a port of their own.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import crypto from 'node:crypto';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import { GraphQLError } from 'graphql';
+import { type Plugin, type YogaLogger, createYoga, useReadinessCheck } from 'graphql-yoga';
+import type { Config } from './config.js';
+import type { RequestContext } from './context.js';
+import { database } from './db.js';
+import type { Logger } from './logger.js';
+import { migrationStatus } from './migrations.js';
+import { schema } from './schema/index.js';
+import { InputError } from './services/errors.js';
+
+export interface ServerOptions {
+  config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql'>;
+  logger: Logger;
+}
+
+interface RequestScope {
+  requestId: string;
+}
+
+const requestScope = new AsyncLocalStorage<RequestScope>();
+
+const EXAMPLE_OPERATIONS = /* GraphQL */ `# Store two records, then read them back.
+# Run "Ingest" first, then "Recent" (pick the operation with the ▶ button).
+
+mutation Ingest {
+  ingestMetrics(records: [
+    { eventId: "demo-1", userId: "alice", sessionId: "s-1", timestamp: ${1_795_000_000},
+      talkedTime: 120, microphoneUsed: true, speakerUsed: true, voiceSentiment: "positive" }
+    { eventId: "demo-2", userId: "bob", sessionId: "s-2", timestamp: ${1_795_000_060},
+      talkedTime: 45, microphoneUsed: true, speakerUsed: false }
+  ]) {
+    accepted
+    duplicates
+    rejected { index field code message }
+  }
+}
+
+query Recent {
+  metrics(where: { userId: { in: ["alice", "bob"] } }, first: 10) {
+    totalCount
+    edges { node { id userId sessionId occurredAt talkedTime voiceSentiment } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+`;
+
+/** A client-supplied request id is kept when it is short and plain; otherwise a new one is made. */
+function requestIdFrom(header: string | string[] | undefined): string {
+  const value = Array.isArray(header) ? header[0] : header;
+  return value && /^[\w.:-]{1,128}$/.test(value) ? value : crypto.randomUUID();
+}
+
+function yogaLogger(logger: Logger): YogaLogger {
+  const withScope = (level: 'debug' | 'info' | 'warn' | 'error') => (...args: unknown[]) => {
+    const requestId = requestScope.getStore()?.requestId;
+    const [first, ...rest] = args;
+    const fields: Record<string, unknown> = requestId ? { requestId } : {};
+    if (first instanceof Error) logger[level]({ ...fields, err: first }, first.message);
+    else logger[level]({ ...fields, ...(rest.length > 0 ? { details: rest } : {}) }, String(first));
+  };
+  return { debug: withScope('debug'), info: withScope('info'), warn: withScope('warn'), error: withScope('error') };
+}
+
+export function createServer({ config, logger }: ServerOptions) {
+  const maskError = (error: unknown, message: string): Error => {
+    const original = error instanceof GraphQLError ? error.originalError : error;
+    if (original instanceof InputError) {
+      return new GraphQLError(original.message, {
+        nodes: error instanceof GraphQLError ? error.nodes : undefined,
+        path: error instanceof GraphQLError ? error.path : undefined,
+        extensions: { code: original.code, argument: original.path },
+      });
+    }
+    if (error instanceof GraphQLError && (!original || original instanceof GraphQLError)) return error;
+    const requestId = requestScope.getStore()?.requestId;
+    logger.error({ err: original, requestId, path: error instanceof GraphQLError ? error.path : undefined }, 'Unexpected error');
+    return new GraphQLError(message, {
+      nodes: error instanceof GraphQLError ? error.nodes : undefined,
+      path: error instanceof GraphQLError ? error.path : undefined,
+      extensions: { code: 'INTERNAL_SERVER_ERROR', requestId },
+    });
+  };
+
+  const yoga = createYoga<Record<string, unknown>, Omit<RequestContext, keyof import('graphql-yoga').YogaInitialContext>>({
+    schema,
+    graphqlEndpoint: '/graphql',
+    healthCheckEndpoint: '/health',
+    landingPage: false,
+    graphiql: config.graphiql ? { title: 'Metrics service', defaultQuery: EXAMPLE_OPERATIONS } : false,
+    logging: yogaLogger(logger),
+    maskedErrors: { maskError },
+    context: () => ({
+      requestId: requestScope.getStore()?.requestId ?? crypto.randomUUID(),
+      limits: { maxBatchSize: config.maxBatchSize },
+    }),
+    plugins: [
+      useReadinessCheck({
+        endpoint: '/ready',
+        check: async () => {
+          try {
+            const status = await migrationStatus(database());
+            if (status.pending.length > 0) {
+              return jsonResponse(503, { ready: false, reason: `pending migrations: ${status.pending.join(', ')}` });
+            }
+            return true;
+          } catch (error) {
+            logger.warn({ err: error }, 'Readiness check failed');
+            return jsonResponse(503, { ready: false, reason: 'database unreachable' });
+          }
+        },
+      }),
+    ] satisfies Plugin[],
+  });
+
+  /** The Node request listener: request id, then the body limit, then Yoga. */
+  const handler: RequestListener = (req, res) => {
+    const requestId = requestIdFrom(req.headers['x-request-id']);
+    res.setHeader('x-request-id', requestId);
+    if (!enforceBodyLimit(req, res, config.maxBodyBytes)) return;
+    requestScope.run({ requestId }, () => {
+      void yoga.requestListener(req, res);
+    });
+  };
+
+  return { yoga, handler };
+}
+
+function jsonResponse(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });
+}
+
+function sendTooLarge(res: ServerResponse, limit: number): void {
+  const body = JSON.stringify({
+    errors: [
+      {
+        message: `The request body is larger than ${limit} bytes, the most this service accepts. Send smaller batches.`,
+        extensions: { code: 'PAYLOAD_TOO_LARGE', limit },
+      },
+    ],
+  });
+  res.writeHead(413, { 'content-type': 'application/json', connection: 'close' });
+  res.end(body);
+}
+
+/** Refuses bodies over `limit` bytes with 413: by Content-Length up front, or while a chunked body streams in. */
+function enforceBodyLimit(req: IncomingMessage, res: ServerResponse, limit: number): boolean {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) {
+    sendTooLarge(res, limit);
+    req.resume();
+    return false;
+  }
+  if (req.headers['transfer-encoding'] !== undefined) {
+    let received = 0;
+    req.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      if (received > limit && !res.headersSent) {
+        sendTooLarge(res, limit);
+        req.destroy();
+      }
+    });
+  }
+  return true;
+}
