@@ -6,6 +6,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import crypto from 'node:crypto';
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import { GraphQLError } from 'graphql';
+import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { type Plugin, type YogaLogger, createYoga, useReadinessCheck } from 'graphql-yoga';
 import type { Config } from './config.js';
 import type { RequestContext } from './context.js';
@@ -94,6 +95,8 @@ export function createServer({ config, logger }: ServerOptions) {
     healthCheckEndpoint: '/health',
     landingPage: false,
     graphiql: config.graphiql ? { title: 'Metrics service', defaultQuery: EXAMPLE_OPERATIONS } : false,
+    // GraphiQL's assets are served by the service itself, not fetched from a CDN: it works offline and behind firewalls.
+    renderGraphiQL,
     logging: yogaLogger(logger),
     maskedErrors: { maskError },
     context: () => ({
