@@ -11,13 +11,11 @@
  * DATABASE_URL (through its `postgres` database), else postgres://postgres@127.0.0.1:5432/postgres; the role needs
  * CREATEDB. It is dropped however the run ends. Exit codes: 0 done / in sync, 1 drift (--check), 2 usage or failure.
  *
- * One known false positive of the engine is removed: it never reads the operator class of a B-tree index back from the
- * database (sql-schema-describer's postgres.rs keeps opclasses only for non-btree/hash indexes), so every B-tree
- * `@@index([col(ops: raw("..."))])` is reported as changed, and dropped and recreated in every new migration (the
- * native engine does the same: Prisma's "endless migrations" with operator classes).
- * Such DROP INDEX/CREATE INDEX pairs are left out only after PostgreSQL confirms, on a fresh copy of the migrated
- * database, that the script with and without them leaves exactly the same indexes. `--raw` shows the engine's output
- * unfiltered.
+ * One blind spot of the engine is covered (see reconcileIndexes): it never reads a B-tree index's operator class back
+ * from the database, so an `@@index([col(ops: raw("..."))])` diffs as changed in every run (the native engine does the
+ * same: Prisma's "endless migrations"), and removing `ops:` diffs as nothing. PostgreSQL compares the indexes the
+ * migrations leave with the ones the model creates; no-op DROP/CREATE INDEX pairs are left out, missed ones added.
+ * `--raw` prints the engine's script as it is.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -25,7 +23,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { readMigrations, type LocalMigration } from '../migrations.js';
-import { startSchemaEngine, tempDatabaseFactory, type SchemaEngine, type TempDatabaseFactory } from './schema-engine.js';
+import {
+  startSchemaEngine,
+  tempDatabaseFactory,
+  type SchemaEngine,
+  type StartedEngine,
+  type TempDatabaseFactory,
+} from './schema-engine.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const SCHEMA_PATH = path.join(ROOT, 'prisma/schema.prisma');
@@ -40,7 +44,7 @@ const LOCKFILE_CONTENT =
 const USAGE = `Usage:
   npm run db:diff -- --name <snake_name>   write prisma/migrations/<timestamp>_<snake_name>/migration.sql
   npm run db:diff -- --check               exit 1 (printing the SQL) when schema.prisma and the migrations disagree
-  --raw                                    keep the engine's no-op DROP/CREATE INDEX pairs (see src/cli/migration-diff.ts)
+  --raw                                    the engine's SQL as it is, without the index check (see src/cli/migration-diff.ts)
 
 Environment: SHADOW_DATABASE_URL, else DATABASE_URL's server, else ${DEFAULT_ADMIN_URL}
 (a role with CREATEDB; a temporary database is created there and dropped).`;
@@ -198,14 +202,25 @@ async function createTempDatabase(resources: Resources): Promise<void> {
   resources.tempDb = tempDb;
 }
 
-/** The engine's script from the committed migrations to schema.prisma, or undefined when they agree. */
-async function engineDiff(resources: Resources, migrations: LocalMigration[], schema: string): Promise<string | undefined> {
+interface EngineScripts {
+  /** From the committed migrations to schema.prisma; undefined when the engine finds no difference. */
+  next: string | undefined;
+  /** From an empty database to schema.prisma: what the model alone creates. */
+  model: string;
+}
+
+async function engineDiff(resources: Resources, migrations: LocalMigration[], schema: string): Promise<EngineScripts> {
   const lockfilePath = path.join(MIGRATIONS_DIR, LOCKFILE);
   resources.adapters = tempDatabaseFactory(resources.tempUrl());
   const logs: string[] = [];
+  const to = { tag: 'schemaDatamodel' as const, files: [{ path: SCHEMA_PATH, content: schema }] };
+  const filters = { externalTables: [], externalEnums: [] };
+  let started: StartedEngine | undefined;
   try {
-    resources.engine = await startSchemaEngine(resources.adapters.factory, (line: string) => logs.push(line));
-    const result = await resources.engine.diff({
+    started = await startSchemaEngine(resources.adapters.factory, (line: string) => logs.push(line));
+    const { engine } = started;
+    resources.engine = engine;
+    const next = await engine.diff({
       from: {
         tag: 'migrations',
         baseDir: MIGRATIONS_DIR,
@@ -216,16 +231,20 @@ async function engineDiff(resources: Resources, migrations: LocalMigration[], sc
           migrationFile: { path: 'migration.sql', content: { tag: 'ok' as const, value: migration.sql } },
         })),
       },
-      to: { tag: 'schemaDatamodel', files: [{ path: SCHEMA_PATH, content: schema }] },
+      to,
       script: true,
       exitCode: true,
-      filters: { externalTables: [], externalEnums: [] },
+      filters,
     });
-    // With exitCode: true the engine answers 0 for an empty diff, 2 for a non-empty one.
-    return result.exitCode === 0 || !result.stdout?.trim() ? undefined : result.stdout;
+    const model = await engine.diff({ from: { tag: 'empty' }, to, script: true, exitCode: true, filters });
+    return {
+      // With exitCode: true the engine answers 0 for an empty diff, 2 for a non-empty one.
+      next: next.exitCode === 0 || !next.stdout?.trim() ? undefined : next.stdout,
+      model: model.stdout ?? '',
+    };
   } catch (error) {
     if (process.env.DEBUG) for (const line of logs) console.error(line.trimEnd());
-    throw new DiffError(`Prisma's schema engine failed: ${errorText(error)}`);
+    throw new DiffError(`Prisma's schema engine failed: ${started ? started.explain(error) : errorText(error)}`);
   } finally {
     await resources.stopEngine();
   }
@@ -235,55 +254,109 @@ const IDENT = '"(?:[^"]|"")+"';
 const DROP_INDEX = new RegExp(`^-- DropIndex\\nDROP INDEX (?:${IDENT}\\.)?(${IDENT});\\n*`, 'gm');
 const CREATE_INDEX = new RegExp(`^-- CreateIndex\\nCREATE (?:UNIQUE )?INDEX (${IDENT}) ON [^\\n]*;\\n*`, 'gm');
 
+const unquote = (ident: string) => ident.slice(1, -1).replaceAll('""', '"');
+
 /** Whether SQL text holds anything besides comments and whitespace. */
 function hasStatements(sql: string): boolean {
   return sql.replace(/\/\*[\s\S]*?\*\//g, '').replace(/--[^\n]*/g, '').trim() !== '';
 }
 
-/** The indexes the script both drops and creates under the same name, and the script without those steps. */
-function recreatedIndexes(script: string): { names: string[]; without: string } {
-  const dropped = new Map<string, string[]>();
-  const created = new Map<string, string[]>();
-  for (const [chunk, name] of script.matchAll(DROP_INDEX)) dropped.set(name!, [...(dropped.get(name!) ?? []), chunk]);
-  for (const [chunk, name] of script.matchAll(CREATE_INDEX)) created.set(name!, [...(created.get(name!) ?? []), chunk]);
-  const names = [...dropped.keys()].filter((name) => dropped.get(name)!.length === 1 && created.get(name)?.length === 1);
-  let without = script;
-  for (const name of names) {
-    without = without.replace(dropped.get(name)![0]!, '').replace(created.get(name)![0]!, '');
+/** Each `-- CreateIndex` / `-- DropIndex` step of an engine script, by index name (only names with one such step). */
+function indexSteps(script: string, pattern: RegExp): Map<string, string> {
+  const steps = new Map<string, string | null>();
+  for (const [chunk, ident] of script.matchAll(pattern)) {
+    const name = unquote(ident!);
+    steps.set(name, steps.has(name) ? null : chunk);
   }
-  return { names, without };
+  return new Map([...steps].filter((entry): entry is [string, string] => entry[1] !== null));
+}
+
+type IndexDefs = Map<string, string>;
+
+function indexDifferences(actual: IndexDefs, target: IndexDefs): string[] {
+  return [...new Set([...actual.keys(), ...target.keys()])].filter((name) => actual.get(name) !== target.get(name)).sort();
 }
 
 /**
- * Runs the script, then the script without the recreated-index steps, each on the migrated temporary database inside
- * a transaction that is rolled back, and compares every index PostgreSQL ends up with. True when they are identical.
+ * The engine does not read a B-tree index's operator class back from the database (sql-schema-describer's postgres.rs
+ * keeps opclasses only for GIN/GiST/SP-GiST/BRIN), so for an index such as `@@index([col(ops: raw("varchar_pattern_ops"))])`
+ * it both sees a change that is none (every diff drops and recreates the index: Prisma's "endless migrations") and
+ * misses a change that is one (removing `ops:` from the model diffs as nothing). Both sides are checked here by
+ * PostgreSQL itself: on a fresh temporary database, the indexes the model creates from nothing are compared with the
+ * indexes the committed migrations plus the script leave. Drop-and-recreate pairs that change nothing are left out;
+ * indexes the engine missed are recreated with the model's own CREATE INDEX; anything still different is an error.
  */
-async function recreationIsNoOp(resources: Resources, migrations: LocalMigration[], script: string, without: string): Promise<boolean> {
-  // A fresh copy of the migrated database, independent of what the engine left in it.
+async function reconcileIndexes(
+  resources: Resources,
+  migrations: LocalMigration[],
+  scripts: EngineScripts,
+): Promise<{ script: string | undefined; notes: string[] }> {
+  const notes: string[] = [];
   await resources.dropTempDb();
   await resources.admin!.query(`CREATE DATABASE "${resources.tempDb}"`);
   const client = new pg.Client({ connectionString: resources.tempUrl(), connectionTimeoutMillis: 10_000 });
   client.on('error', () => {});
   await client.connect();
+  /** The indexes PostgreSQL has after `sql` runs on the database as it is; the script is rolled back. */
+  const indexesAfter = async (sql: string): Promise<IndexDefs> => {
+    await client.query('BEGIN');
+    try {
+      if (hasStatements(sql)) await client.query(sql);
+      const { rows } = await client.query<{ indexname: string; indexdef: string }>(
+        `SELECT indexname, indexdef FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema')`,
+      );
+      return new Map(rows.map((row) => [row.indexname, row.indexdef]));
+    } finally {
+      await client.query('ROLLBACK');
+    }
+  };
   try {
+    const target = await indexesAfter(scripts.model);
     for (const migration of migrations) await client.query(migration.sql);
-    const indexesAfter = async (sql: string): Promise<string> => {
-      await client.query('BEGIN');
-      try {
-        if (hasStatements(sql)) await client.query(sql);
-        const { rows } = await client.query<{ schemaname: string; indexname: string; indexdef: string }>(
-          `SELECT schemaname, indexname, indexdef FROM pg_indexes
-           WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY schemaname, indexname`,
-        );
-        return JSON.stringify(rows);
-      } finally {
-        await client.query('ROLLBACK');
-      }
-    };
-    return (await indexesAfter(script)) === (await indexesAfter(without));
-  } catch (error) {
-    if (process.env.DEBUG) console.error('db:diff: verifying the index recreation failed:', error);
-    return false;
+
+    const script = scripts.next ?? '';
+    const drops = indexSteps(script, DROP_INDEX);
+    const creates = indexSteps(script, CREATE_INDEX);
+    const pairs = [...drops.keys()].filter((name) => creates.has(name));
+    const without = (names: string[]) =>
+      names.reduce((sql, name) => sql.replace(drops.get(name)!, '').replace(creates.get(name)!, ''), script);
+
+    const withoutPairs = await indexesAfter(without(pairs));
+    const differing = new Set(indexDifferences(withoutPairs, target));
+    const noOpPairs = pairs.filter((name) => !differing.has(name));
+    const modelCreates = indexSteps(scripts.model, CREATE_INDEX);
+    const repairs = [...differing].filter(
+      (name) => !pairs.includes(name) && withoutPairs.has(name) && target.has(name) && modelCreates.has(name),
+    );
+
+    const parts = [without(noOpPairs).trim()];
+    for (const name of repairs) {
+      parts.push(`-- DropIndex\nDROP INDEX "${name.replaceAll('"', '""')}";`, modelCreates.get(name)!.trim());
+    }
+    const result = parts.filter((part) => part !== '').join('\n\n');
+    const after = await indexesAfter(result);
+    const remaining = indexDifferences(after, target);
+    if (remaining.length > 0) {
+      throw new DiffError(
+        'The indexes the migrations (plus the generated SQL) leave differ from the ones schema.prisma creates:\n' +
+          remaining
+            .map((name) => `  ${name}:\n    migrations: ${after.get(name) ?? '(none)'}\n    model:      ${target.get(name) ?? '(none)'}`)
+            .join('\n'),
+      );
+    }
+    if (noOpPairs.length > 0) {
+      notes.push(
+        `left out the engine's DROP INDEX + CREATE INDEX of ${noOpPairs.join(', ')}: PostgreSQL ends up with the same ` +
+          "indexes without them (the engine does not read B-tree operator classes back from the database). --raw keeps them.",
+      );
+    }
+    if (repairs.length > 0) {
+      notes.push(
+        `added DROP INDEX + CREATE INDEX of ${repairs.join(', ')}: its definition differs between the migrations and ` +
+          'schema.prisma (an operator class, which the engine cannot see on B-tree indexes).',
+      );
+    }
+    return { script: hasStatements(result) ? `${result}\n` : undefined, notes };
   } finally {
     await client.end().catch(() => {});
   }
@@ -294,18 +367,20 @@ async function diffMigrationsAgainstSchema(resources: Resources, raw: boolean): 
   const schema = fs.readFileSync(SCHEMA_PATH, 'utf8');
   const migrations = readMigrations(MIGRATIONS_DIR);
   await createTempDatabase(resources);
-  const script = await engineDiff(resources, migrations, schema);
-  if (script === undefined || raw) return script;
-
-  const { names, without } = recreatedIndexes(script);
-  if (names.length === 0) return script;
-  if (!(await recreationIsNoOp(resources, migrations, script, without))) return script;
-  console.error(
-    `db:diff: left out the engine's DROP INDEX + CREATE INDEX of ${names.join(', ')}: PostgreSQL ends up with the same ` +
-      'indexes without them (the engine does not read B-tree operator classes such as ops: raw(...) back from the ' +
-      'database). --raw keeps them.',
-  );
-  return hasStatements(without) ? without.replace(/^\n+/, '') : undefined;
+  const scripts = await engineDiff(resources, migrations, schema);
+  if (raw) return scripts.next;
+  let reconciled: Awaited<ReturnType<typeof reconcileIndexes>>;
+  try {
+    reconciled = await reconcileIndexes(resources, migrations, scripts);
+  } catch (error) {
+    if (error instanceof DiffError) throw error;
+    throw new DiffError(
+      `Checking index definitions on ${resources.tempDb} failed: ${errorText(error)}. ` +
+        '`--raw` skips that check and prints the engine\'s SQL as it is.',
+    );
+  }
+  for (const note of reconciled.notes) console.error(`db:diff: ${note}`);
+  return reconciled.script;
 }
 
 function writeMigration(name: string, sql: string): string {
@@ -339,7 +414,9 @@ async function main(): Promise<number> {
   }
 
   const resources = new Resources();
+  let interrupted = false;
   const onSignal = (signal: NodeJS.Signals) => {
+    interrupted = true;
     console.error(`db:diff: ${signal}, dropping the temporary database`);
     void resources.release().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
   };
@@ -368,6 +445,7 @@ async function main(): Promise<number> {
     console.log(path.relative(process.cwd(), file));
     return 0;
   } catch (error) {
+    if (interrupted) return 130; // the failure is the interruption's (its connections were closed)
     if (error instanceof DiffError) console.error(`db:diff: ${error.message}`);
     else console.error('db:diff: unexpected failure:', error);
     return 2;

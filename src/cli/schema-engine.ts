@@ -139,11 +139,30 @@ export function tempDatabaseFactory(databaseUrl: string): TempDatabaseFactory {
   };
 }
 
+export interface StartedEngine {
+  engine: SchemaEngine;
+  /** The message of an engine error, with the JavaScript error behind an "External error id#N" filled in. */
+  explain(error: unknown): string;
+}
+
 /** Starts an engine on the factory. `onLog` receives the engine's JSON log lines. */
 export async function startSchemaEngine(
   factory: SqlMigrationAwareDriverAdapterFactory,
   onLog: (line: string) => void = () => {},
-): Promise<SchemaEngine> {
+): Promise<StartedEngine> {
   const runtime = await loadSchemaEngineModule();
-  return runtime.SchemaEngine.new({ datamodels: undefined }, onLog, bindMigrationAwareSqlAdapterFactory(factory));
+  const bound = bindMigrationAwareSqlAdapterFactory(factory);
+  const engine = await runtime.SchemaEngine.new({ datamodels: undefined }, onLog, bound);
+  return {
+    engine,
+    explain(error) {
+      // Engine errors carry a Rust span trace after the message ("   0: sql_schema_connector::..."): keep the message.
+      let message = (error instanceof Error ? error.message : String(error)).split(/\n\s+0: /)[0]!.trim();
+      message = message.replace(/External error id#(\d+)/g, (text, id: string) => {
+        const cause = bound.errorRegistry.consumeError(Number(id))?.error;
+        return cause instanceof Error ? `${text}: ${cause.message}` : cause === undefined ? text : `${text}: ${String(cause)}`;
+      });
+      return message;
+    },
+  };
 }
