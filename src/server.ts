@@ -17,7 +17,7 @@ import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
 
 export interface ServerOptions {
-  config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql'>;
+  config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups'>;
   logger: Logger;
 }
 
@@ -27,15 +27,30 @@ interface RequestScope {
 
 const requestScope = new AsyncLocalStorage<RequestScope>();
 
-const EXAMPLE_OPERATIONS = /* GraphQL */ `# Store two records, then read them back.
-# Run "Ingest" first, then "Recent" (pick the operation with the ▶ button).
+const EXAMPLE_OPERATIONS = /* GraphQL */ `# Store two records, then read them back:
+# run "Ingest", then "Recent" (the ▶ button asks which).
 
 mutation Ingest {
   ingestMetrics(records: [
-    { eventId: "demo-1", userId: "alice", sessionId: "s-1", timestamp: ${1_795_000_000},
-      talkedTime: 120, microphoneUsed: true, speakerUsed: true, voiceSentiment: "positive" }
-    { eventId: "demo-2", userId: "bob", sessionId: "s-2", timestamp: ${1_795_000_060},
-      talkedTime: 45, microphoneUsed: true, speakerUsed: false }
+    {
+      eventId: "demo-1"
+      userId: "alice"
+      sessionId: "s-1"
+      timestamp: 1795000000
+      talkedTime: 120
+      microphoneUsed: true
+      speakerUsed: true
+      voiceSentiment: "positive"
+    }
+    {
+      eventId: "demo-2"
+      userId: "bob"
+      sessionId: "s-2"
+      timestamp: 1795000060
+      talkedTime: 45
+      microphoneUsed: true
+      speakerUsed: false
+    }
   ]) {
     accepted
     duplicates
@@ -44,9 +59,21 @@ mutation Ingest {
 }
 
 query Recent {
-  metrics(where: { userId: { in: ["alice", "bob"] } }, first: 10) {
+  metrics(
+    where: { userId: { in: ["alice", "bob"] } }
+    first: 10
+  ) {
     totalCount
-    edges { node { id userId sessionId occurredAt talkedTime voiceSentiment } }
+    edges {
+      node {
+        id
+        userId
+        sessionId
+        occurredAt
+        talkedTime
+        voiceSentiment
+      }
+    }
     pageInfo { hasNextPage endCursor }
   }
 }
@@ -101,7 +128,7 @@ export function createServer({ config, logger }: ServerOptions) {
     maskedErrors: { maskError },
     context: () => ({
       requestId: requestScope.getStore()?.requestId ?? crypto.randomUUID(),
-      limits: { maxBatchSize: config.maxBatchSize },
+      limits: { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups },
     }),
     plugins: [
       useReadinessCheck({
