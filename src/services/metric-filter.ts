@@ -123,14 +123,15 @@ function stringCondition(column: Prisma.Sql, filter: NullableStringFilter, path:
   if (filter.in != null) {
     checkList(filter.in, `${path}.in`);
     filter.in.forEach((v, i) => checkText(v, `${path}.in[${i}]`));
-    parts.push(filter.in.length === 0 ? FALSE : Prisma.sql`${column} = ANY(${[...filter.in]}::text[])`);
+    // An empty list is false for a value and unknown for a null (`col <> col`), so that NOT of it still skips nulls.
+    parts.push(filter.in.length === 0 ? Prisma.sql`${column} <> ${column}` : Prisma.sql`${column} = ANY(${[...filter.in]}::text[])`);
   }
   if (filter.notIn != null) {
     checkList(filter.notIn, `${path}.notIn`);
     filter.notIn.forEach((v, i) => checkText(v, `${path}.notIn[${i}]`));
     parts.push(
       filter.notIn.length === 0
-        ? Prisma.sql`${column} IS NOT NULL`
+        ? Prisma.sql`${column} = ${column}` // true for a value, unknown for a null: nulls match neither it nor its NOT
         : Prisma.sql`${column} <> ALL(${[...filter.notIn]}::text[])`,
     );
   }
@@ -227,8 +228,8 @@ function stringTri(value: string | null, f: NullableStringFilter): Tri[] {
   const out: Tri[] = [];
   const known = value !== null;
   if (f.equals != null) out.push(known ? value === f.equals : null);
-  if (f.in != null) out.push(f.in.length === 0 ? false : known ? f.in.includes(value) : null);
-  if (f.notIn != null) out.push(known ? !f.notIn.includes(value) : f.notIn.length === 0 ? false : null);
+  if (f.in != null) out.push(known ? f.in.includes(value) : null);
+  if (f.notIn != null) out.push(known ? !f.notIn.includes(value) : null);
   if (f.startsWith != null) out.push(known ? likePrefix(value, f.startsWith) : null);
   if (f.contains != null) out.push(known ? value.includes(f.contains) : null);
   if (f.isNull != null) out.push(f.isNull ? !known : known);
