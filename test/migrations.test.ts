@@ -40,7 +40,7 @@ after(async () => {
   await testDb?.drop();
 });
 
-const target = () => (testDb.url ? { DATABASE_URL: testDb.url } : { DATA_DIR: testDb.dataDir });
+const target = (): Record<string, string> => (testDb.url ? { DATABASE_URL: testDb.url } : { DATA_DIR: testDb.dataDir });
 
 async function withDatabase<T>(work: (db: Database) => Promise<T>): Promise<T> {
   const db = await openDatabase({ url: testDb.url, dataDir: testDb.dataDir, poolMax: 4 });
