@@ -10,6 +10,7 @@ import { connectDatabase, disconnectDatabase } from './db.js';
 import type { Logger } from './logger.js';
 import { migrate, migrationStatus } from './migrations.js';
 import { createServer } from './server.js';
+import { redactRedisUrl, startMetricEvents, stopMetricEvents } from './services/events.js';
 
 export interface App {
   /** Base URL, e.g. http://127.0.0.1:4000 */
@@ -24,7 +25,14 @@ export class StartupError extends Error {
 }
 
 export async function startApp(config: Config, logger: Logger): Promise<App> {
-  const db = await connectDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolMax: config.dbPoolMax });
+  const db = await connectDatabase({
+    url: config.databaseUrl,
+    dataDir: config.dataDir,
+    poolMax: config.dbPoolMax,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+    transactionTimeoutMs: config.dbTransactionTimeoutMs,
+    connectTimeoutMs: config.dbConnectTimeoutMs,
+  });
   let socketServer: PGLiteSocketServer | undefined;
   try {
     if (db.kind === 'embedded') {
@@ -57,8 +65,31 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       );
     }
 
-    const { handler } = createServer({ config, logger });
-    const server = http.createServer(handler);
+    const events = await startMetricEvents({ redisUrl: config.redisUrl, channelPrefix: config.redisChannelPrefix, logger });
+    logger.info(
+      { liveUpdates: events.kind },
+      events.kind === 'redis'
+        ? `Live updates (metricIngested) go through Redis at ${redactRedisUrl(config.redisUrl ?? '')}, channel prefix ${config.redisChannelPrefix}`
+        : 'Live updates (metricIngested) are in-process; set REDIS_URL to share them between instances',
+    );
+
+    const { handler, authPolicy } = createServer({ config, logger });
+    const auth = await authPolicy.describe();
+    logger[auth.level]({ auth: auth.mode }, auth.message);
+    // Requests being answered, so that shutdown can tell their clients not to reuse the connection.
+    const inFlight = new Set<http.ServerResponse>();
+    let draining = false;
+    const server = http.createServer((req, res) => {
+      // After SIGTERM the listener accepts no connection, but a keep-alive connection can still carry a request: it is
+      // answered 503 (retry elsewhere) and closed, so that draining ends.
+      if (draining) {
+        refuseWhileStopping(req, res);
+        return;
+      }
+      inFlight.add(res);
+      res.once('close', () => inFlight.delete(res));
+      handler(req, res);
+    });
     server.requestTimeout = 120_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -72,22 +103,67 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     let stopping: Promise<void> | undefined;
     const stop = () => {
       stopping ??= (async () => {
+        const startedAt = Date.now();
+        draining = true;
+        // Answers still to come close their connection after them; idle keep-alive connections close now.
+        for (const res of inFlight) if (!res.headersSent) res.setHeader('connection', 'close');
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
-        const timer = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
+        // Open subscriptions end here, so their streams finish instead of holding the shutdown to its timeout.
+        await stopMetricEvents();
+        server.closeIdleConnections();
+        // The whole shutdown fits in SHUTDOWN_TIMEOUT_MS: requests get all of it but a reserve for closing the database.
+        const reserve = Math.min(2_000, Math.floor(config.shutdownTimeoutMs / 5));
+        const timer = setTimeout(() => {
+          logger.warn(
+            { inFlight: inFlight.size },
+            `${inFlight.size} request(s) still running after ${config.shutdownTimeoutMs - reserve} ms: closing their connections. ` +
+              'A batch cut off here is stored whole or not at all (one statement); its client saw no reply and retries.',
+          );
+          server.closeAllConnections();
+        }, config.shutdownTimeoutMs - reserve - (Date.now() - startedAt));
         await closed;
         clearTimeout(timer);
         await socketServer?.stop();
-        await disconnectDatabase();
+        // A statement still running (its request was cut off) would hold pool.end(): the database gets what is left.
+        const left = Math.max(100, config.shutdownTimeoutMs - (Date.now() - startedAt));
+        let bound: NodeJS.Timeout | undefined;
+        const gaveUp = await Promise.race([
+          disconnectDatabase().then(() => false),
+          new Promise<boolean>((resolve) => (bound = setTimeout(() => resolve(true), left))),
+        ]);
+        clearTimeout(bound);
+        if (gaveUp) logger.warn(`The database connections did not close within ${left} ms; leaving them to the process exit`);
       })();
       return stopping;
     };
     return { url, server, stop };
   } catch (error) {
+    await stopMetricEvents().catch(() => {});
     await socketServer?.stop().catch(() => {});
     await disconnectDatabase().catch(() => {});
     throw error;
   }
+}
+
+/** 503 UNAVAILABLE with Retry-After and Connection: close, once the request's body has arrived (so it is not reset). */
+function refuseWhileStopping(req: http.IncomingMessage, res: http.ServerResponse): void {
+  const send = () => {
+    if (res.headersSent) return;
+    const body = JSON.stringify({
+      errors: [
+        {
+          message: 'The service is shutting down and did not run this request. Retry it (another instance will answer).',
+          extensions: { code: 'UNAVAILABLE' },
+        },
+      ],
+    });
+    res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1', connection: 'close' });
+    res.end(body);
+  };
+  req.once('end', send);
+  req.once('error', () => res.destroy());
+  req.resume();
 }
 
 function warnIfNewer(unknown: string[], logger: Logger): void {

@@ -34,7 +34,52 @@ export interface Config {
   graphiql: boolean;
   /** `SHUTDOWN_TIMEOUT_MS`: how long SIGTERM/SIGINT waits for requests in flight; default 25,000. */
   shutdownTimeoutMs: number;
+  /**
+   * `DB_STATEMENT_TIMEOUT_MS`: PostgreSQL cancels any one statement that runs longer (its work is rolled back) and the
+   * client gets QUERY_TIMEOUT; 0 = no limit; default 30,000. The embedded database (PGlite) does not enforce it.
+   */
+  dbStatementTimeoutMs: number;
+  /**
+   * `DB_TRANSACTION_TIMEOUT_MS`: longest a transaction may stay open: Prisma's interactive-transaction timeout, and
+   * PostgreSQL's idle_in_transaction_session_timeout (a transaction left idle that long is rolled back); 0 = no limit;
+   * default 60,000.
+   */
+  dbTransactionTimeoutMs: number;
+  /** `DB_CONNECT_TIMEOUT_MS`: how long opening a PostgreSQL connection may take before the request fails with UNAVAILABLE; default 5,000. */
+  dbConnectTimeoutMs: number;
+  /** `MAX_STAT_GROUPS`: most groups one `metricStats` answer may have; default 1,000. A query with more fails with an error naming this variable. */
+  maxStatGroups: number;
+  /** `REDIS_URL`: a `redis://` or `rediss://` URL. When set, the `metricIngested` subscription goes through Redis pub/sub, so every instance sharing it sees every record; unset means in-process delivery (one instance). */
+  redisUrl: string | undefined;
+  /** `REDIS_CHANNEL_PREFIX`: prefix of the Redis pub/sub channel; default `metrics-service:`. Instances that should see each other's records must use the same one. */
+  redisChannelPrefix: string;
+  /**
+   * `AUTH`: whether requests need an API key. `auto` (default): required with NODE_ENV=production, otherwise from the
+   * moment any key exists; `on`: always; `off`: never (refused with NODE_ENV=production).
+   */
+  auth: AuthSetting;
+  /** `INTROSPECTION`: answer `__schema` / `__type` queries; default true, except in production. */
+  introspection: boolean;
+  /** `FIELD_SUGGESTIONS`: keep "Did you mean ...?" hints in error messages; default true, except in production. */
+  fieldSuggestions: boolean;
+  /** `MAX_DEPTH`: deepest selection nesting an operation may have; default 6. */
+  maxDepth: number;
+  /** `MAX_ALIASES`: most aliased fields in one operation; default 15. */
+  maxAliases: number;
+  /** `MAX_TOKENS`: most lexical tokens in the query text (variables not counted); default 1,000. */
+  maxTokens: number;
+  /** `MAX_DIRECTIVES`: most directives in one operation; default 50. */
+  maxDirectives: number;
+  /** `MAX_COST`: most objects an operation's answer may hold, a page counting `first` times (README: "Security"); default 5,000. */
+  maxCost: number;
+  /** `INGEST_RATE_REQUESTS`: `ingestMetrics` requests per second per API key (burst: one second's worth); 0 = unlimited; default 100. */
+  ingestRequestsPerSecond: number;
+  /** `INGEST_RATE_RECORDS`: records per second per API key (burst: one second's worth, at least MAX_BATCH_SIZE); 0 = unlimited; default 50,000. */
+  ingestRecordsPerSecond: number;
 }
+
+/** See `Config.auth`. */
+export type AuthSetting = 'auto' | 'on' | 'off';
 
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -105,6 +150,30 @@ export function loadConfig(env: Env = process.env): Config {
   const embeddedDbPort = embeddedDbPortRaw === undefined ? undefined : integer('EMBEDDED_DB_PORT', 0, 1, 65535);
   const maxBatchSize = integer('MAX_BATCH_SIZE', 5000, 1, 100_000);
 
+  const redisUrl = read('REDIS_URL');
+  if (redisUrl !== undefined) {
+    let ok = false;
+    try {
+      const url = new URL(redisUrl);
+      ok = url.protocol === 'redis:' || url.protocol === 'rediss:';
+    } catch {
+      ok = false;
+    }
+    if (!ok) problems.push('REDIS_URL must be a redis:// or rediss:// URL (unset it for in-process subscriptions)');
+  }
+
+  const authRaw = (read('AUTH') ?? 'auto').toLowerCase();
+  let auth: AuthSetting = 'auto';
+  if (authRaw === 'auto' || authRaw === 'on' || authRaw === 'off') auth = authRaw;
+  else problems.push(`AUTH=${JSON.stringify(env.AUTH)} must be auto, on or off`);
+  if (auth === 'off' && nodeEnv === 'production') {
+    // A production service open to anyone is never what was meant; a gateway in front can still send a key.
+    problems.push(
+      'AUTH=off is refused with NODE_ENV=production: create a key with `npm run keys -- create --scope ingest --name <name>` ' +
+        'and send it as `Authorization: Bearer <key>` (or leave NODE_ENV unset for local development)',
+    );
+  }
+
   const config: Config = {
     nodeEnv,
     port: integer('PORT', 4000, 0, 65535),
@@ -119,6 +188,22 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     graphiql: boolean('GRAPHIQL', nodeEnv !== 'production'),
     shutdownTimeoutMs: integer('SHUTDOWN_TIMEOUT_MS', 25_000, 0, 600_000),
+    dbStatementTimeoutMs: integer('DB_STATEMENT_TIMEOUT_MS', 30_000, 0, 86_400_000),
+    dbTransactionTimeoutMs: integer('DB_TRANSACTION_TIMEOUT_MS', 60_000, 0, 86_400_000),
+    dbConnectTimeoutMs: integer('DB_CONNECT_TIMEOUT_MS', 5_000, 100, 600_000),
+    maxStatGroups: integer('MAX_STAT_GROUPS', 1000, 1, 1_000_000),
+    redisUrl,
+    redisChannelPrefix: read('REDIS_CHANNEL_PREFIX') ?? 'metrics-service:',
+    auth,
+    introspection: boolean('INTROSPECTION', nodeEnv !== 'production'),
+    fieldSuggestions: boolean('FIELD_SUGGESTIONS', nodeEnv !== 'production'),
+    maxDepth: integer('MAX_DEPTH', 6, 1, 1000),
+    maxAliases: integer('MAX_ALIASES', 15, 0, 10_000),
+    maxTokens: integer('MAX_TOKENS', 1000, 10, 1_000_000),
+    maxDirectives: integer('MAX_DIRECTIVES', 50, 0, 10_000),
+    maxCost: integer('MAX_COST', 5000, 1, 100_000_000),
+    ingestRequestsPerSecond: integer('INGEST_RATE_REQUESTS', 100, 0, 1_000_000),
+    ingestRecordsPerSecond: integer('INGEST_RATE_RECORDS', 50_000, 0, 100_000_000),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;

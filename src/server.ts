@@ -15,9 +15,12 @@ import type { Logger } from './logger.js';
 import { migrationStatus } from './migrations.js';
 import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
+import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
+import { callerOf } from './http/auth.js';
+import { type SecurityConfig, createSecurity } from './http/security.js';
 
 export interface ServerOptions {
-  config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups'>;
+  config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups' | 'dbStatementTimeoutMs'> & SecurityConfig;
   logger: Logger;
 }
 
@@ -108,6 +111,11 @@ export function createServer({ config, logger }: ServerOptions) {
     }
     if (error instanceof GraphQLError && (!original || original instanceof GraphQLError)) return error;
     const requestId = requestScope.getStore()?.requestId;
+    const fault = classifyDatabaseError(original);
+    if (fault) {
+      logger.warn({ err: original, requestId, reason: fault.reason, path: error instanceof GraphQLError ? error.path : undefined }, `Database ${fault.kind}`);
+      return databaseFaultError(fault, error, requestId, config.dbStatementTimeoutMs);
+    }
     logger.error({ err: original, requestId, path: error instanceof GraphQLError ? error.path : undefined }, 'Unexpected error');
     return new GraphQLError(message, {
       nodes: error instanceof GraphQLError ? error.nodes : undefined,
@@ -116,6 +124,7 @@ export function createServer({ config, logger }: ServerOptions) {
     });
   };
 
+  const security = createSecurity(config, logger);
   const yoga = createYoga<Record<string, unknown>, Omit<RequestContext, keyof import('graphql-yoga').YogaInitialContext>>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -126,8 +135,9 @@ export function createServer({ config, logger }: ServerOptions) {
     renderGraphiQL,
     logging: yogaLogger(logger),
     maskedErrors: { maskError },
-    context: () => ({
+    context: ({ request }) => ({
       requestId: requestScope.getStore()?.requestId ?? crypto.randomUUID(),
+      caller: callerOf(request),
       limits: { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups },
     }),
     plugins: [
@@ -146,6 +156,8 @@ export function createServer({ config, logger }: ServerOptions) {
           }
         },
       }),
+      // Authentication, scopes, query limits, rate limits: src/http/security.ts.
+      ...security.plugins,
     ] satisfies Plugin[],
   });
 
@@ -159,8 +171,34 @@ export function createServer({ config, logger }: ServerOptions) {
     });
   };
 
-  return { yoga, handler };
+  return { yoga, handler, authPolicy: security.policy };
 }
+
+/**
+ * What a client sees when the database failed it: a code to act on and the HTTP status that generic clients and
+ * proxies already treat as "try again". Both mean the operation's writes did not happen (or, if the connection broke
+ * after a commit, happened once: a retried batch is counted as duplicates, never stored twice).
+ */
+function databaseFaultError(fault: DatabaseFault, error: unknown, requestId: string | undefined, statementTimeoutMs: number): GraphQLError {
+  const location = {
+    nodes: error instanceof GraphQLError ? error.nodes : undefined,
+    path: error instanceof GraphQLError ? error.path : undefined,
+  };
+  if (fault.kind === 'unavailable') {
+    return new GraphQLError(
+      'The database is unavailable right now, so this operation did not run. Retry it after the Retry-After delay; a retried ingestMetrics batch is never stored twice.',
+      { ...location, extensions: { code: 'UNAVAILABLE', requestId, http: { status: 503, headers: { 'Retry-After': String(RETRY_AFTER_SECONDS) } } } },
+    );
+  }
+  return new GraphQLError(
+    `The database did not finish this operation within the time limit${statementTimeoutMs > 0 ? ` (${statementTimeoutMs} ms)` : ''} and cancelled it: nothing it would have written was stored. ` +
+      'Narrow the filter or ask for less; retry unchanged only if the database was busy.',
+    { ...location, extensions: { code: 'QUERY_TIMEOUT', requestId, http: { status: 504 } } },
+  );
+}
+
+/** Seconds a client should wait before retrying after UNAVAILABLE: a restarting PostgreSQL is usually back within a few. */
+const RETRY_AFTER_SECONDS = 1;
 
 function jsonResponse(status: number, body: unknown): Response {
   return new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });

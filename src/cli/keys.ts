@@ -1,0 +1,141 @@
+/**
+ * `npm run keys -- <command>`: API keys of the configured database (DATABASE_URL, or the embedded database in DATA_DIR).
+ *
+ *   create --scope <ingest|read|admin>[,...] [--scope ...] --name <name>   prints the new key on stdout, once
+ *   list [--json]                                                          every key, revoked ones included
+ *   revoke <id>                                                            refused from the next request on
+ *
+ * Exit codes: 0 done, 1 failed (no such key, database problem), 2 bad usage.
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from '../config.js';
+import { connectDatabase, database, disconnectDatabase } from '../db.js';
+import { MigrationError, migrate, migrationStatus } from '../migrations.js';
+import { type ApiKeyInfo, SCOPES, createApiKey, listApiKeys, revokeApiKey } from '../services/api-keys.js';
+import { InputError } from '../services/errors.js';
+
+const USAGE = `usage: npm run keys -- <command>
+  create --scope <${SCOPES.join('|')}>[,...] --name <name>   create a key; it is printed once, on stdout
+  list [--json]                                            list keys (never their secrets)
+  revoke <id>                                              revoke a key (its id is in \`list\`, e.g. mk_Ab3dE9xQ)
+The database is DATABASE_URL, or the embedded database in DATA_DIR (default ./.data).`;
+
+class UsageError extends Error {}
+
+async function openConfiguredDatabase(): Promise<string> {
+  const config = loadConfig();
+  try {
+    await connectDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolMax: 1 });
+  } catch (error) {
+    if (!config.databaseUrl && error instanceof Error && /in use by process/.test(error.message)) {
+      throw new Error(
+        `${error.message}\nThe running service holds the embedded database. Either stop it, run \`npm run keys\`, and start ` +
+          'it again; or, with an admin key, use the GraphQL mutations createApiKey / revokeApiKey and the apiKeys query.',
+      );
+    }
+    throw error;
+  }
+  const db = database();
+  const status = await migrationStatus(db);
+  if (status.pending.length > 0) {
+    if (!config.migrateOnStart) {
+      throw new Error(`The database lacks migrations ${status.pending.join(', ')}: run \`npm run db:migrate\` first.`);
+    }
+    // As the service does at start-up (MIGRATE_ON_START), so a key can be made before the first start.
+    const { applied } = await migrate(db);
+    process.stderr.write(`Applied ${applied.length} pending migration(s): ${applied.join(', ')}\n`);
+  }
+  return db.kind === 'embedded' ? `the embedded database in ${db.location}` : db.location;
+}
+
+function formatDate(date: Date | null): string {
+  return date ? date.toISOString().replace(/\.\d{3}Z$/, 'Z') : '-';
+}
+
+function printTable(keys: ApiKeyInfo[]): void {
+  const rows = [
+    ['ID', 'NAME', 'SCOPES', 'CREATED', 'LAST USED', 'STATUS'],
+    ...keys.map((k) => [
+      k.id,
+      k.name,
+      k.scopes.join(','),
+      formatDate(k.createdAt),
+      formatDate(k.lastUsedAt),
+      k.revokedAt ? `revoked ${formatDate(k.revokedAt)}` : 'active',
+    ]),
+  ];
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  for (const row of rows) process.stdout.write(`${row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`);
+}
+
+async function run(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    process.stderr.write(`${USAGE}\n`);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === 'create') {
+    const { values } = parseArgs({
+      args: rest,
+      options: { scope: { type: 'string', multiple: true }, name: { type: 'string' } },
+      strict: true,
+    });
+    const scopes = (values.scope ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+    if (scopes.length === 0) throw new UsageError(`create needs --scope (${SCOPES.join(', ')})`);
+    if (values.name === undefined) throw new UsageError('create needs --name (what the key is for)');
+    const where = await openConfiguredDatabase();
+    const { key, info } = await createApiKey({ name: values.name, scopes });
+    process.stderr.write(
+      `Created API key ${info.id} "${info.name}" with scope(s) ${info.scopes.join(', ')} in ${where}.\n` +
+        'The key is printed below, this once: it is stored only as a hash and cannot be shown again.\n' +
+        'Send it as the header: Authorization: Bearer <key>\n',
+    );
+    process.stdout.write(`${key}\n`);
+    return 0;
+  }
+  if (command === 'list') {
+    const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true });
+    await openConfiguredDatabase();
+    const keys = await listApiKeys();
+    if (values.json) process.stdout.write(`${JSON.stringify(keys, null, 2)}\n`);
+    else if (keys.length === 0) process.stderr.write('No API keys. Create one with `npm run keys -- create --scope read --name <name>`.\n');
+    else printTable(keys);
+    return 0;
+  }
+  if (command === 'revoke') {
+    const { positionals } = parseArgs({ args: rest, allowPositionals: true, strict: true });
+    if (positionals.length !== 1 || !positionals[0]) throw new UsageError('revoke needs exactly one key id (see `list`)');
+    await openConfiguredDatabase();
+    const result = await revokeApiKey(positionals[0]);
+    if (!result) {
+      process.stderr.write(`No API key has the id ${positionals[0]} (see \`npm run keys -- list\`).\n`);
+      return 1;
+    }
+    process.stdout.write(
+      result.revokedNow
+        ? `Revoked ${result.info.id} "${result.info.name}": it is refused from the next request on.\n`
+        : `${result.info.id} "${result.info.name}" was already revoked at ${formatDate(result.info.revokedAt)}.\n`,
+    );
+    return 0;
+  }
+  throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+}
+
+let exitCode: number;
+try {
+  exitCode = await run(process.argv.slice(2));
+} catch (error) {
+  if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
+    process.stderr.write(`${error.message}\n\n${USAGE}\n`);
+    exitCode = 2;
+  } else if (error instanceof ConfigError || error instanceof MigrationError || error instanceof InputError) {
+    process.stderr.write(`${error.message}\n`);
+    exitCode = error instanceof InputError ? 2 : 1;
+  } else {
+    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
+    exitCode = 1;
+  }
+} finally {
+  await disconnectDatabase().catch(() => {});
+}
+process.exit(exitCode);

@@ -1,0 +1,168 @@
+/**
+ * Authentication and scopes.
+ *
+ * 1. Before the request body is even parsed, the `Authorization: Bearer <key>` header is checked against the hashed
+ *    keys in the database (one index probe, not cached, so a revocation holds from the next request on). A missing or
+ *    wrong key is refused with 401 and `WWW-Authenticate`.
+ * 2. After parsing and validation, before execution (so before any SQL of the operation), each root field the operation
+ *    selects is checked against the key's scopes; a missing scope is refused with 403 naming it.
+ */
+import type { GraphQLSchema, OperationTypeNode } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
+import type { AuthSetting } from '../config.js';
+import type { RequestContext } from '../context.js';
+import type { Logger } from '../logger.js';
+import { ANONYMOUS, type Caller, type Scope, anyApiKeyExists, authenticateApiKey, hasScope, isScope } from '../services/api-keys.js';
+import { findOperation, httpError, rootFields } from './operation.js';
+
+const REALM = 'metrics-service';
+
+/**
+ * Root fields whose scope differs from their operation type's default (query and subscription fields need `read`,
+ * mutation fields `admin`, so that a new mutation is admin-only until it is listed here). A field can also declare
+ * `extensions: { requiredScope: '...' }` in the schema.
+ */
+const ROOT_FIELD_SCOPES: Readonly<Record<string, Scope>> = {
+  'mutation.ingestMetrics': 'ingest',
+};
+const DEFAULT_SCOPES: Readonly<Record<OperationTypeNode, Scope>> = {
+  query: 'read',
+  subscription: 'read',
+  mutation: 'admin',
+} as Record<OperationTypeNode, Scope>;
+
+/** The scope a root field needs; null for meta fields (`__typename`; introspection is governed by INTROSPECTION). */
+export function requiredScope(schema: GraphQLSchema, operation: OperationTypeNode, fieldName: string): Scope | null {
+  if (fieldName.startsWith('__')) return null;
+  const declared = schema.getRootType(operation)?.getFields()[fieldName]?.extensions?.requiredScope;
+  if (typeof declared === 'string' && isScope(declared)) return declared;
+  return ROOT_FIELD_SCOPES[`${operation}.${fieldName}`] ?? DEFAULT_SCOPES[operation];
+}
+
+export interface AuthOptions {
+  setting: AuthSetting;
+  production: boolean;
+}
+
+/** Whether a request must carry a key right now. */
+export class AuthPolicy {
+  private keysSeen = false;
+  constructor(private readonly options: AuthOptions) {}
+
+  async required(): Promise<boolean> {
+    const { setting, production } = this.options;
+    if (setting === 'off') return false;
+    if (setting === 'on' || production || this.keysSeen) return true;
+    // auto outside production: open until the first key exists. Keys are never deleted, so once seen it stays on.
+    this.keysSeen = await anyApiKeyExists();
+    return this.keysSeen;
+  }
+
+  /** The mode, why, and what to do about it: the start-up log line. */
+  async describe(): Promise<{ mode: 'on' | 'off' | 'until-first-key'; level: 'info' | 'warn'; message: string }> {
+    const { setting, production } = this.options;
+    if (setting === 'off') {
+      return {
+        mode: 'off',
+        level: 'warn',
+        message: 'Authentication is off (AUTH=off): anyone who can reach the service can read and write. Unset AUTH to require API keys',
+      };
+    }
+    const why = setting === 'on' ? 'AUTH=on' : production ? 'NODE_ENV=production' : 'API keys exist';
+    if (setting === 'on' || production) {
+      const keys = await anyApiKeyExists();
+      if (!keys) {
+        return {
+          mode: 'on',
+          level: 'warn',
+          message: `Authentication is on (${why}) and no API key exists yet: every request will be refused. ` +
+            'Create one with `npm run keys -- create --scope read --name <name>`',
+        };
+      }
+      return { mode: 'on', level: 'info', message: `Authentication is on (${why}): requests need an API key (\`npm run keys -- list\`)` };
+    }
+    if (await this.required()) return { mode: 'on', level: 'info', message: `Authentication is on (${why}): requests need an API key` };
+    return {
+      mode: 'until-first-key',
+      level: 'warn',
+      message: 'Authentication is off until the first API key is created (AUTH=auto, not production): anyone can read and write. ' +
+        'Create a key with `npm run keys -- create` to require keys',
+    };
+  }
+}
+
+function unauthenticated(message: string, invalidToken: boolean) {
+  const challenge = invalidToken ? `Bearer realm="${REALM}", error="invalid_token"` : `Bearer realm="${REALM}"`;
+  return httpError(message, 'UNAUTHENTICATED', 401, {}, { 'WWW-Authenticate': challenge });
+}
+
+/** The caller of each request, found in onRequestParse and read by the context factory. */
+const callers = new WeakMap<Request, Caller>();
+
+export function callerOf(request: Request): Caller {
+  return callers.get(request) ?? ANONYMOUS;
+}
+
+async function identify(request: Request, policy: AuthPolicy, setting: AuthSetting): Promise<Caller> {
+  if (setting === 'off') return ANONYMOUS;
+  const header = request.headers.get('authorization');
+  if (header === null || header.trim() === '') {
+    if (await policy.required()) {
+      throw unauthenticated('This service needs an API key: send it as the header `Authorization: Bearer <key>`.', false);
+    }
+    return ANONYMOUS;
+  }
+  const match = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
+  if (!match?.[1]) {
+    throw unauthenticated('The Authorization header must be `Bearer <key>`, with the API key after one space.', true);
+  }
+  const caller = await authenticateApiKey(match[1]);
+  if (!caller) throw unauthenticated('The API key is not valid: it is unknown or has been revoked.', true);
+  return caller;
+}
+
+export function useAuthentication(policy: AuthPolicy, setting: AuthSetting, logger: Logger): Plugin {
+  return {
+    async onRequestParse({ request }) {
+      const caller = await identify(request, policy, setting);
+      callers.set(request, caller);
+      if (caller.keyId) logger.debug({ apiKey: caller.keyId }, 'Authenticated');
+    },
+  };
+}
+
+/** Refuses, before execution, an operation that selects a root field the caller's scopes do not cover. */
+export function useScopes(): Plugin {
+  const check = (
+    args: { schema: GraphQLSchema; document: import('graphql').DocumentNode; operationName?: string | null },
+    context: RequestContext,
+  ) => {
+    const operation = findOperation(args.document, args.operationName);
+    if (!operation) return null;
+    const caller = context.caller ?? ANONYMOUS;
+    const missing = new Map<Scope, string[]>();
+    for (const field of rootFields(args.document, operation)) {
+      const scope = requiredScope(args.schema, operation.operation, field.name.value);
+      if (scope && !hasScope(caller.scopes, scope)) missing.set(scope, [...(missing.get(scope) ?? []), field.name.value]);
+    }
+    if (missing.size === 0) return null;
+    const needs = [...missing.entries()].map(([scope, fields]) => `\`${scope}\` (for ${[...new Set(fields)].join(', ')})`);
+    const who = caller.keyId ? `The API key ${caller.keyId}` : 'This caller';
+    return httpError(
+      `${who} lacks the scope ${needs.join(' and ')}; its scopes: ${caller.scopes.join(', ') || 'none'}.`,
+      'FORBIDDEN',
+      403,
+      { requiredScopes: [...missing.keys()] },
+    );
+  };
+  return {
+    onExecute({ args, setResultAndStopExecution }) {
+      const error = check(args, args.contextValue as RequestContext);
+      if (error) setResultAndStopExecution({ errors: [error] });
+    },
+    onSubscribe({ args, setResultAndStopExecution }) {
+      const error = check(args, args.contextValue as RequestContext);
+      if (error) setResultAndStopExecution({ errors: [error] });
+    },
+  };
+}

@@ -1,0 +1,262 @@
+/**
+ * Limits on what one operation may ask, all enforced before execution (so before any SQL):
+ *
+ * - tokens (while parsing), depth, aliases and directives (while validating): graphql-armor's rules, with errors that
+ *   carry a code and the limit;
+ * - cost (after validation, when the variables are known): the most objects the answer can hold, see `operationCost`;
+ * - introspection can be switched off; "Did you mean ...?" hints can be removed from every error;
+ * - CSRF: a request a browser could send cross-site without a CORS preflight is refused.
+ */
+import { maxAliasesPlugin } from '@escape.tech/graphql-armor-max-aliases';
+import { maxDepthPlugin } from '@escape.tech/graphql-armor-max-depth';
+import { maxDirectivesPlugin } from '@escape.tech/graphql-armor-max-directives';
+import { maxTokensPlugin } from '@escape.tech/graphql-armor-max-tokens';
+import {
+  type DocumentNode,
+  type FragmentDefinitionNode,
+  GraphQLError,
+  type GraphQLNamedType,
+  type GraphQLSchema,
+  Kind,
+  type OperationDefinitionNode,
+  type SelectionSetNode,
+  type ValidationContext,
+  type ValidationRule,
+  getNamedType,
+  isCompositeType,
+  isInterfaceType,
+  isObjectType,
+} from 'graphql';
+import type { Plugin } from 'graphql-yoga';
+import { PAGE_LIMITS } from '../services/metric-query.js';
+import { findOperation, fragmentsOf, httpError, rawArgument } from './operation.js';
+
+export interface QueryLimits {
+  maxDepth: number;
+  maxAliases: number;
+  maxTokens: number;
+  maxDirectives: number;
+  maxCost: number;
+}
+
+function limitError(message: string, code: string, limit: number, found: number | undefined): GraphQLError {
+  return httpError(message, code, 400, { limit, ...(found === undefined ? {} : { found }) });
+}
+
+/** graphql-armor reports "..., found N."; its number is kept, its wording replaced by ours. */
+function foundIn(error: GraphQLError): number | undefined {
+  const match = /found (\d+)/.exec(error.message);
+  return match?.[1] === undefined ? undefined : Number(match[1]);
+}
+
+/** Turns one of armor's rejections into our error, reported as a validation error (or thrown while parsing). */
+function reject(code: string, limit: number, describe: (found: number | undefined) => string) {
+  return (context: ValidationContext | null, armorError: GraphQLError) => {
+    const found = foundIn(armorError);
+    const error = limitError(describe(found), code, limit, found);
+    if (context) context.reportError(error);
+    else throw error;
+  };
+}
+
+/** Armor's depth, aliases, directives and tokens limits. */
+export function armorPlugins(limits: QueryLimits): Plugin[] {
+  return [
+    maxTokensPlugin({
+      n: limits.maxTokens,
+      propagateOnRejection: false,
+      onReject: [
+        reject('TOKEN_LIMIT_EXCEEDED', limits.maxTokens, () =>
+          `The query text has more than ${limits.maxTokens} tokens, the most this service parses. Send large inputs as variables, not literals.`),
+      ],
+    }),
+    maxDepthPlugin({
+      n: limits.maxDepth,
+      propagateOnRejection: false,
+      onReject: [
+        reject('DEPTH_LIMIT_EXCEEDED', limits.maxDepth, (found) =>
+          `The operation nests selections ${found ?? 'too many'} levels deep; at most ${limits.maxDepth} are allowed.`),
+      ],
+    }),
+    maxAliasesPlugin({
+      n: limits.maxAliases,
+      propagateOnRejection: false,
+      onReject: [
+        reject('ALIAS_LIMIT_EXCEEDED', limits.maxAliases, (found) =>
+          `The operation uses ${found ?? 'too many'} aliases; at most ${limits.maxAliases} are allowed.`),
+      ],
+    }),
+    maxDirectivesPlugin({
+      n: limits.maxDirectives,
+      propagateOnRejection: false,
+      onReject: [
+        reject('DIRECTIVE_LIMIT_EXCEEDED', limits.maxDirectives, (found) =>
+          `The operation uses ${found ?? 'too many'} directives; at most ${limits.maxDirectives} are allowed.`),
+      ],
+    }),
+  ] as Plugin[];
+}
+
+/**
+ * The cost of an operation: the most objects its answer can hold. Each selected field of object type counts 1 (scalars
+ * count 0: how many there are per object is bounded by the schema and by the alias limit); the sub-selection of a field
+ * with a `first` argument (a page) counts `first` times — the value from the literal, the variables, or the default
+ * page size. graphql-armor's cost rule cannot see variables (`first: $n` counts 1), so this one replaces it.
+ *
+ * A full page of `metrics(first: 1000)` with every field costs 1 + 1000 x (edges, node, pageInfo) = 3,001: it fits the
+ * default budget of 5,000, a second one in the same operation does not. Introspection fields are not counted.
+ */
+export function operationCost(
+  schema: GraphQLSchema,
+  document: DocumentNode,
+  operation: OperationDefinitionNode,
+  variables: Readonly<Record<string, unknown>> | null | undefined,
+): number {
+  const fragments = fragmentsOf(document);
+  // A fragment's cost does not depend on where it is spread: computed once, so fan-out cannot make this exponential.
+  const fragmentCosts = new Map<string, number>();
+  const pageSize = (raw: unknown): number => {
+    if (typeof raw !== 'number' || !Number.isFinite(raw) || raw < 0) return PAGE_LIMITS.defaultFirst;
+    // Past the page limit the field refuses the request itself, with a message about `first` that is clearer than cost.
+    return Math.min(Math.floor(raw), PAGE_LIMITS.maxFirst + 1);
+  };
+
+  const costOf = (selectionSet: SelectionSetNode, parentType: GraphQLNamedType | undefined): number => {
+    let total = 0;
+    for (const selection of selectionSet.selections) {
+      if (selection.kind === Kind.FIELD) {
+        const name = selection.name.value;
+        if (name.startsWith('__') || !(isObjectType(parentType) || isInterfaceType(parentType))) continue;
+        const field = parentType.getFields()[name];
+        if (!field) continue;
+        const type = getNamedType(field.type);
+        if (!isCompositeType(type)) continue;
+        let children = selection.selectionSet ? costOf(selection.selectionSet, type) : 0;
+        if (field.args.some((a) => a.name === 'first')) {
+          const { present, value } = rawArgument(selection, 'first', operation, variables);
+          const fallback = field.args.find((a) => a.name === 'first')?.defaultValue;
+          children *= pageSize(present ? value : fallback);
+        }
+        total += 1 + children;
+      } else if (selection.kind === Kind.INLINE_FRAGMENT) {
+        const type = selection.typeCondition ? schema.getType(selection.typeCondition.name.value) : parentType;
+        total += costOf(selection.selectionSet, type ?? undefined);
+      } else {
+        total += fragmentCost(fragments.get(selection.name.value));
+      }
+    }
+    return total;
+  };
+  const fragmentCost = (fragment: FragmentDefinitionNode | undefined): number => {
+    if (!fragment) return 0;
+    const known = fragmentCosts.get(fragment.name.value);
+    if (known !== undefined) return known;
+    fragmentCosts.set(fragment.name.value, 0); // cycles are invalid (validation ran), but never loop
+    const cost = costOf(fragment.selectionSet, schema.getType(fragment.typeCondition.name.value) ?? undefined);
+    fragmentCosts.set(fragment.name.value, cost);
+    return cost;
+  };
+  return costOf(operation.selectionSet, schema.getRootType(operation.operation) ?? undefined);
+}
+
+export function useCostLimit(maxCost: number): Plugin {
+  const check = (args: {
+    schema: GraphQLSchema;
+    document: DocumentNode;
+    operationName?: string | null;
+    variableValues?: Readonly<Record<string, unknown>> | null;
+  }): GraphQLError | null => {
+    const operation = findOperation(args.document, args.operationName);
+    if (!operation) return null;
+    const cost = operationCost(args.schema, args.document, operation, args.variableValues);
+    if (cost <= maxCost) return null;
+    return limitError(
+      `The operation could return ${cost} objects; at most ${maxCost} are allowed. A page of \`first: n\` counts n times ` +
+        'its selection: ask for smaller pages, fewer pages in one operation, or fewer nested objects.',
+      'COST_LIMIT_EXCEEDED',
+      maxCost,
+      cost,
+    );
+  };
+  return {
+    onExecute({ args, setResultAndStopExecution }) {
+      const error = check(args);
+      if (error) setResultAndStopExecution({ errors: [error] });
+    },
+    onSubscribe({ args, setResultAndStopExecution }) {
+      const error = check(args);
+      if (error) setResultAndStopExecution({ errors: [error] });
+    },
+  };
+}
+
+const noIntrospection: ValidationRule = (context) => ({
+  Field(node) {
+    if (node.name.value === '__schema' || node.name.value === '__type') {
+      context.reportError(
+        httpError('Introspection is disabled on this service (`__schema` and `__type`).', 'INTROSPECTION_DISABLED', 400, {}),
+      );
+    }
+  },
+});
+
+export function useDisableIntrospection(): Plugin {
+  return {
+    onValidate({ addValidationRule }) {
+      addValidationRule(noIntrospection);
+    },
+  };
+}
+
+/** graphql-js hints: `Did you mean "x"?`, `Did you mean "x" or "y"?`, `Did you mean the enum value "X"?`. */
+const SUGGESTION = /\s*Did you mean [^?]*\?/;
+const SUGGESTIONS = new RegExp(SUGGESTION.source, 'g');
+
+/** Removes "Did you mean" hints (which reveal the schema's names) from every error of every result. */
+export function useBlockFieldSuggestions(): Plugin {
+  return {
+    onExecutionResult({ result, setResult }) {
+      if (!result || Symbol.asyncIterator in result || !result.errors?.length) return;
+      if (!result.errors.some((e) => SUGGESTION.test(e.message))) return;
+      setResult({
+        ...result,
+        errors: result.errors.map((e) => {
+          if (!SUGGESTION.test(e.message)) return e;
+          return new GraphQLError(e.message.replace(SUGGESTIONS, ''), {
+            nodes: e.nodes,
+            source: e.source,
+            positions: e.positions,
+            path: e.path,
+            originalError: e.originalError,
+            extensions: e.extensions,
+          });
+        }),
+      });
+    },
+  };
+}
+
+/** A header a browser cannot add cross-site without a CORS preflight. */
+export const CSRF_HEADER = 'x-graphql-yoga-csrf';
+const SIMPLE_CONTENT_TYPES = ['application/x-www-form-urlencoded', 'multipart/form-data', 'text/plain'];
+
+/**
+ * Refuses requests a browser may send cross-site without a CORS preflight (GET, or a form's content type) unless they
+ * carry a header only a preflighted request can have: `x-graphql-yoga-csrf` (any value) or `Authorization`.
+ * Yoga's own plugin does the same; this one says which header to send and gives a code.
+ */
+export function useCsrfPrevention(): Plugin {
+  return {
+    onRequestParse({ request }) {
+      const contentType = request.headers.get('content-type')?.toLowerCase();
+      const simple = !contentType || SIMPLE_CONTENT_TYPES.some((t) => contentType.startsWith(t));
+      if (!simple || request.headers.has(CSRF_HEADER) || request.headers.has('authorization')) return;
+      throw httpError(
+        'This request could come from another site without the browser asking first (a GET, or a form content type). ' +
+          `Send a JSON body with \`Content-Type: application/json\`, or add the header \`${CSRF_HEADER}: 1\`.`,
+        'CSRF_PREVENTED',
+        403,
+      );
+    },
+  };
+}
