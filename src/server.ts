@@ -5,6 +5,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import crypto from 'node:crypto';
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import { Transform } from 'node:stream';
 import { GraphQLError } from 'graphql';
 import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { type Plugin, type YogaLogger, createYoga, useReadinessCheck } from 'graphql-yoga';
@@ -226,14 +227,19 @@ function enforceBodyLimit(req: IncomingMessage, res: ServerResponse, limit: numb
     return false;
   }
   if (req.headers['transfer-encoding'] !== undefined) {
+    // Counted through a pipe, not a 'data' listener: a listener starts the stream flowing before Yoga reads it, and the
+    // chunks that arrive in between are lost. Yoga reads a request's `body`, when set, in place of the request stream.
     let received = 0;
-    req.on('data', (chunk: Buffer) => {
-      received += chunk.length;
-      if (received > limit && !res.headersSent) {
-        sendTooLarge(res, limit);
+    const counted = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        received += chunk.length;
+        if (received <= limit) return done(null, chunk);
+        if (!res.headersSent) sendTooLarge(res, limit);
         req.destroy();
-      }
+        done(new Error(`The request body is larger than ${limit} bytes`));
+      },
     });
+    Object.assign(req, { body: req.pipe(counted) });
   }
   return true;
 }
