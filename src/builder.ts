@@ -20,3 +20,4 @@ builder.addScalarType('SafeInt', SafeIntResolver);
 
 builder.queryType({});
 builder.mutationType({});
+builder.subscriptionType({});

@@ -3,6 +3,7 @@
  */
 import crypto from 'node:crypto';
 import { database } from '../db.js';
+import { publishStored } from './events.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 
 export interface RejectedRecord extends FieldProblem {
@@ -129,6 +130,8 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
     })
     .sort((a, b) => a.id - b.id);
 
+  // Live subscribers (metricIngested) get exactly the rows this call stored: no duplicates, no rejected records.
+  publishStored(stored);
   return {
     accepted: stored.length,
     duplicates: repeatsInBatch + (rows.length - stored.length),
