@@ -30,6 +30,11 @@ export interface Config {
   maxBodyBytes: number;
   /** `LOG_LEVEL`: one of fatal, error, warn, info, debug, trace, silent; default `info` (`warn` under test). */
   logLevel: LogLevel;
+  /**
+   * `LOG_FORMAT`: `json` (one JSON object per line), `pretty` (colored, human-readable; pino-pretty) or `auto` (default:
+   * pretty when NODE_ENV=development and stdout is a terminal, JSON otherwise).
+   */
+  logFormat: 'json' | 'pretty' | 'auto';
   /** `GRAPHIQL`: serve GraphiQL at /graphql; default true, except in production. */
   graphiql: boolean;
   /** `SHUTDOWN_TIMEOUT_MS`: how long SIGTERM/SIGINT waits for requests in flight; default 25,000. */
@@ -146,6 +151,11 @@ export function loadConfig(env: Env = process.env): Config {
   if ((LOG_LEVELS as string[]).includes(logLevelRaw)) logLevel = logLevelRaw as LogLevel;
   else problems.push(`LOG_LEVEL=${JSON.stringify(logLevelRaw)} must be one of ${LOG_LEVELS.join(', ')}`);
 
+  const logFormatRaw = (read('LOG_FORMAT') ?? 'auto').toLowerCase();
+  let logFormat: Config['logFormat'] = 'auto';
+  if (logFormatRaw === 'json' || logFormatRaw === 'pretty' || logFormatRaw === 'auto') logFormat = logFormatRaw;
+  else problems.push(`LOG_FORMAT=${JSON.stringify(env.LOG_FORMAT)} must be json, pretty or auto`);
+
   const embeddedDbPortRaw = read('EMBEDDED_DB_PORT');
   const embeddedDbPort = embeddedDbPortRaw === undefined ? undefined : integer('EMBEDDED_DB_PORT', 0, 1, 65535);
   const maxBatchSize = integer('MAX_BATCH_SIZE', 5000, 1, 100_000);
@@ -186,6 +196,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxBatchSize,
     maxBodyBytes: integer('MAX_BODY_BYTES', bodyLimitFor(maxBatchSize), 1024, 1024 * 1024 * 1024),
     logLevel,
+    logFormat,
     graphiql: boolean('GRAPHIQL', nodeEnv !== 'production'),
     shutdownTimeoutMs: integer('SHUTDOWN_TIMEOUT_MS', 25_000, 0, 600_000),
     dbStatementTimeoutMs: integer('DB_STATEMENT_TIMEOUT_MS', 30_000, 0, 86_400_000),

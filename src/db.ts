@@ -9,6 +9,7 @@ import pg from 'pg';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
+import { classifyDatabaseError } from './db-errors.js';
 import { PrismaClient } from './generated/prisma/client.js';
 
 /** One connection, held for a unit of work (a migration run). */
@@ -27,6 +28,15 @@ export interface Database {
   withSession<T>(work: (session: SqlSession) => Promise<T>): Promise<T>;
   /** The PGlite instance, for serving the embedded database over the wire protocol. */
   readonly pglite?: PGlite;
+  /** The pg connection pool (PostgreSQL only): for COPY in bulk loading and for pool-usage metrics. */
+  readonly pool?: pg.Pool;
+  /**
+   * Runs one statement on the driver itself, not through Prisma: for the bulk insert of ingestion only, where Prisma's
+   * handling of a raw query (argument conversion, its query interpreter, result mapping) cost more than the statement
+   * did (profile: bench/README.md). With `name`, PostgreSQL parses and plans it once per connection (a prepared
+   * statement); PGlite ignores the name.
+   */
+  queryDirect<Row>(text: string, params: unknown[], name?: string): Promise<Row[]>;
   close(): Promise<void>;
 }
 
@@ -37,7 +47,19 @@ export interface DatabaseOptions {
   dataDir?: string;
   /** PostgreSQL connections in the pool; default 10. */
   poolMax?: number;
+  /** Longest one statement may run before PostgreSQL cancels it, in ms; default 0 (no limit: tools and migrations). */
+  statementTimeoutMs?: number;
+  /** Longest a transaction may stay open (interactive) or idle, in ms; default 0 (no limit). */
+  transactionTimeoutMs?: number;
+  /** Longest opening a PostgreSQL connection may take, in ms; default 10,000. */
+  connectTimeoutMs?: number;
 }
+
+/**
+ * Past the statement timeout, how much longer the client waits for PostgreSQL's own cancellation before it gives the
+ * connection up as lost (a network that silently drops packets never delivers either).
+ */
+const CLIENT_TIMEOUT_GRACE_MS = 5_000;
 
 // PostgreSQL returns int8 as text; our int8 values (unix seconds, counts) are within 2^53.
 pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
@@ -53,20 +75,42 @@ export function redactUrl(url: string): string {
 }
 
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
-  return options.url ? openPostgres(options.url, options.poolMax ?? 10) : openEmbedded(options.dataDir ?? '.data');
+  return options.url ? openPostgres(options.url, options) : openEmbedded(options.dataDir ?? '.data', options);
 }
 
-async function openPostgres(url: string, poolMax: number): Promise<Database> {
-  const pool = new pg.Pool({ connectionString: url, max: poolMax, connectionTimeoutMillis: 10_000 });
-  // An idle client losing its connection (database restart) must not crash the process; the pool replaces it.
+async function openPostgres(url: string, options: DatabaseOptions): Promise<Database> {
+  const statementTimeout = options.statementTimeoutMs ?? 0;
+  const transactionTimeout = options.transactionTimeoutMs ?? 0;
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.poolMax ?? 10,
+    // Short, so that requests fail fast (UNAVAILABLE) while the server is down or the network drops packets.
+    connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+    // Keepalives let the kernel notice a peer that vanished without a FIN (a killed VM, a dropped route).
+    keepAlive: true,
+    // Sent in the start-up packet: every connection of the pool has the limits from its first statement on.
+    ...(statementTimeout > 0 ? { statement_timeout: statementTimeout, query_timeout: statementTimeout + CLIENT_TIMEOUT_GRACE_MS } : {}),
+    ...(transactionTimeout > 0 ? { idle_in_transaction_session_timeout: transactionTimeout } : {}),
+  });
+  // An idle client losing its connection (database restart) must not crash the process; the pool replaces it. A client
+  // that fails during a query is released with the error by pg's pool.query (adapter-pg uses it), which discards it:
+  // no dead connection is handed out again.
   pool.on('error', () => {});
-  const prisma = new PrismaClient({ adapter: new PrismaPg(pool) });
+  const prisma = new PrismaClient({
+    adapter: new PrismaPg(pool),
+    ...(transactionTimeout > 0 ? { transactionOptions: { timeout: transactionTimeout } } : {}),
+  });
   return {
     kind: 'postgres',
     location: redactUrl(url),
     prisma,
+    pool,
+    async queryDirect<Row>(text: string, params: unknown[], name?: string) {
+      return (await pool.query({ text, values: params, name })).rows as Row[];
+    },
     async withSession(work) {
       const client = await pool.connect();
+      let broken: Error | undefined;
       try {
         return await work({
           query: async (text, params) => (await client.query(text, params)).rows,
@@ -74,8 +118,12 @@ async function openPostgres(url: string, poolMax: number): Promise<Database> {
             await client.query(script);
           },
         });
+      } catch (error) {
+        // A connection that broke or timed out mid-query is discarded, not returned to the pool.
+        if (classifyDatabaseError(error)?.kind === 'unavailable') broken = error as Error;
+        throw error;
       } finally {
-        client.release();
+        client.release(broken);
       }
     },
     async close() {
@@ -85,7 +133,7 @@ async function openPostgres(url: string, poolMax: number): Promise<Database> {
   };
 }
 
-async function openEmbedded(dataDir: string): Promise<Database> {
+async function openEmbedded(dataDir: string, options: DatabaseOptions): Promise<Database> {
   const inMemory = dataDir.startsWith('memory://');
   let releaseLock = () => {};
   if (!inMemory) {
@@ -99,12 +147,22 @@ async function openEmbedded(dataDir: string): Promise<Database> {
     releaseLock();
     throw error;
   }
-  const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
+  // PGlite has one session, so SET holds for every later query. PGlite 0.5 runs queries on the JavaScript thread
+  // without timers and does not enforce statement_timeout (measured); it is set so that SHOW reports the limit.
+  // idle_in_transaction_session_timeout is left alone: enforced, it would end the only session there is.
+  if (options.statementTimeoutMs) await pglite.exec(`SET statement_timeout = ${Math.floor(options.statementTimeoutMs)}`);
+  const prisma = new PrismaClient({
+    adapter: new PrismaPGlite(pglite),
+    ...(options.transactionTimeoutMs ? { transactionOptions: { timeout: options.transactionTimeoutMs } } : {}),
+  });
   return {
     kind: 'embedded',
     location: inMemory ? 'memory' : dataDir,
     prisma,
     pglite,
+    async queryDirect<Row>(text: string, params: unknown[]) {
+      return (await pglite.query<Row>(text, params)).rows;
+    },
     async withSession(work) {
       return work({
         query: async (text, params) => (await pglite.query(text, params)).rows as never[],

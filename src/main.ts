@@ -14,7 +14,7 @@ try {
   throw error;
 }
 
-const logger = createLogger(config.logLevel);
+const logger = createLogger(config.logLevel, { format: config.logFormat, nodeEnv: config.nodeEnv });
 try {
   const app = await startApp(config, logger);
   let signals = 0;

@@ -19,6 +19,7 @@ import { InputError } from './services/errors.js';
 import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
 import { callerOf } from './http/auth.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
+import { useMetrics } from './observability/metrics.js';
 
 export interface ServerOptions {
   config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups' | 'dbStatementTimeoutMs'> & SecurityConfig;
@@ -142,6 +143,8 @@ export function createServer({ config, logger }: ServerOptions) {
       limits: { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups },
     }),
     plugins: [
+      // GET /metrics (Prometheus) and request timing per operation: first, so it times everything after it.
+      useMetrics(),
       useReadinessCheck({
         endpoint: '/ready',
         check: async () => {

@@ -5,6 +5,7 @@ import { type IngestResult, type RejectedRecord, type StoredMetric, ingestMetric
 import type { MetricFilter } from '../services/metric-filter.js';
 import { type MetricOrder, type MetricRow, PAGE_LIMITS, findMetricById, findMetricPage } from '../services/metric-query.js';
 import { LIMITS } from '../services/validation.js';
+import { recordIngestResult } from '../observability/metrics.js';
 
 export const UserMetric = builder.objectRef<StoredMetric>('UserMetric').implement({
   description: 'One report of how a user\'s session went.',
@@ -98,7 +99,9 @@ builder.mutationField('ingestMetrics', (t) =>
           { extensions: { code: 'BATCH_TOO_LARGE', limit, received: args.records.length } },
         );
       }
-      return ingestMetrics(args.records, { atomic: args.atomic ?? false });
+      const result = await ingestMetrics(args.records, { atomic: args.atomic ?? false });
+      recordIngestResult(result);
+      return result;
     },
   }),
 );

@@ -1,0 +1,48 @@
+/**
+ * Opening the configured database for a command-line tool (import, export, seed), with the service's migration
+ * policy and messages that say what to do when the embedded database is busy.
+ */
+import type { Config } from '../config.js';
+import { type Database, connectDatabase } from '../db.js';
+import { migrate, migrationStatus } from '../migrations.js';
+
+/** An error the user can act on: printed as is, without a stack. */
+export class ToolError extends Error {
+  override readonly name = 'ToolError';
+}
+
+/** Where the data is, for messages: "PostgreSQL at postgres://..." or "the embedded database in ./.data". */
+export function describeDatabase(db: Database): string {
+  return db.kind === 'embedded' ? `the embedded database in ${db.location}` : `PostgreSQL at ${db.location}`;
+}
+
+/**
+ * Connects the process's database (the `database()` singleton the services use). Pending migrations are applied when
+ * MIGRATE_ON_START allows it (the default), as the service would; otherwise the tool refuses, naming the command.
+ */
+export async function connectForTool(config: Config, tool: string): Promise<Database> {
+  let db: Database;
+  try {
+    db = await connectDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolMax: 4 });
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    if (!config.databaseUrl && /in use by process/.test(message)) {
+      throw new ToolError(
+        `${message}\nThe embedded database serves one process at a time, so \`${tool}\` cannot run while the service does. ` +
+          'Stop the service and run it again, or point both at PostgreSQL with DATABASE_URL.',
+      );
+    }
+    throw new ToolError(`Cannot open the database (${config.databaseUrl ? 'DATABASE_URL' : `DATA_DIR=${config.dataDir}`}): ${message}`);
+  }
+  if (config.migrateOnStart) {
+    await migrate(db);
+  } else {
+    const status = await migrationStatus(db);
+    if (status.pending.length > 0) {
+      throw new ToolError(
+        `${describeDatabase(db)} lacks migrations ${status.pending.join(', ')} and MIGRATE_ON_START=false: run \`npm run db:migrate\` first.`,
+      );
+    }
+  }
+  return db;
+}

@@ -1,0 +1,118 @@
+/**
+ * `npm run export -- [--where JSON] [--format csv|ndjson] [--out file]`: streams the records matching a filter (the
+ * GraphQL MetricFilter, as JSON) to a file or stdout, a batch at a time. The output imports back with `npm run import`.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Writable } from 'node:stream';
+import { parseArgs } from 'node:util';
+import { type GraphQLInputType, coerceInputValue, isInputType } from 'graphql';
+import { loadConfig } from '../config.js';
+import { disconnectDatabase } from '../db.js';
+import { schema } from '../schema/index.js';
+import type { MetricFilter } from '../services/metric-filter.js';
+import { exportMetrics } from '../services/metric-export.js';
+import { UsageError, close, integerOption, runTool, write } from '../bulk/cli-support.js';
+import { connectForTool, describeDatabase } from '../bulk/connect.js';
+import { Progress, formatCount } from '../bulk/progress.js';
+import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
+
+const USAGE = `usage: npm run export -- [options]
+
+  --where <json>          which records: the GraphQL MetricFilter as JSON, e.g.
+                          '{"userId":{"in":["user-0001"]},"timestamp":{"gte":1790000000},"voiceSentiment":{"isNull":false}}'
+  --format csv|ndjson     default: from --out's extension, else csv. CSV has the seed's column names
+                          (id,event_id,user_id,...,created_at); NDJSON the API's camelCase names
+  --out <file>            default: standard output
+  --batch-size <n>        records per query, 100..50000 (default 5000)
+  --progress bar|lines|none  (only with --out; default: a bar on a terminal, a line every 5 s otherwise)
+  -h, --help
+
+Reads DATABASE_URL, or the embedded database in DATA_DIR (stop the service first: it holds that folder).
+The output imports back with npm run import (id and created_at are read past; the database assigns them).`;
+
+/** The --where JSON checked and converted exactly as the API's `where` argument (types, names, DateTime values). */
+function parseWhere(json: string): MetricFilter {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch (error) {
+    throw new UsageError(`--where is not valid JSON: ${(error as Error).message}`, false);
+  }
+  const type = schema.getType('MetricFilter');
+  if (!type || !isInputType(type)) throw new Error('The schema has no MetricFilter input type');
+  const problems: string[] = [];
+  const coerced = coerceInputValue(value, type as GraphQLInputType, (pathTo, _invalid, error) => {
+    const where = pathTo.length > 0 ? `where.${pathTo.join('.')}` : 'where';
+    problems.push(`${where}: ${error.message}`);
+  });
+  if (problems.length > 0) {
+    throw new UsageError(`--where is not a valid MetricFilter:\n  ${problems.join('\n  ')}`, false);
+  }
+  return coerced as MetricFilter;
+}
+
+async function main(): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: process.argv.slice(2),
+      options: {
+        where: { type: 'string' },
+        format: { type: 'string' },
+        out: { type: 'string' },
+        'batch-size': { type: 'string' },
+        progress: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const filter = values.where === undefined ? undefined : parseWhere(values.where);
+  if (values.format !== undefined && values.format !== 'csv' && values.format !== 'ndjson') {
+    throw new UsageError(`--format must be csv or ndjson (got ${JSON.stringify(values.format)})`);
+  }
+  const extension = values.out ? path.extname(values.out).toLowerCase() : '';
+  const format = values.format ?? (extension === '.ndjson' || extension === '.jsonl' ? 'ndjson' : 'csv');
+  const batchSize = integerOption('batch-size', values['batch-size'], 5000, 100, 50_000);
+  if (values.progress !== undefined && !['bar', 'lines', 'none'].includes(values.progress)) throw new UsageError('--progress must be bar, lines or none');
+
+  const config = loadConfig();
+  const db = await connectForTool(config, 'npm run export');
+  const out: Writable = values.out ? fs.createWriteStream(values.out) : process.stdout;
+  let rows = 0;
+  const progress = new Progress({
+    label: 'export',
+    // On stdout the data is the output: progress would only go to a terminal's stderr, and only when asked.
+    mode: (values.progress as 'bar' | 'lines' | 'none' | undefined) ?? (values.out ? undefined : 'none'),
+    sample: () => ({ rows }),
+  });
+  const started = performance.now();
+  progress.start();
+  try {
+    if (format === 'csv') await write(out, `${CSV_HEADER.join(',')}\n`);
+    for await (const batch of exportMetrics(filter, batchSize)) {
+      let text = '';
+      for (const row of batch) text += format === 'csv' ? csvLine(row) : ndjsonLine(row);
+      rows += batch.length;
+      await write(out, text);
+    }
+    await close(out);
+  } finally {
+    progress.stop();
+    await disconnectDatabase();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  process.stderr.write(
+    `Exported ${formatCount(rows)} records from ${describeDatabase(db)} as ${format === 'csv' ? 'CSV' : 'NDJSON'}` +
+      `${values.out ? ` to ${values.out}` : ''} in ${seconds.toFixed(1)} s (${formatCount(rows / Math.max(seconds, 0.001))} records/s)\n`,
+  );
+  return 0;
+}
+
+runTool(USAGE, main);

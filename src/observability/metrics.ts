@@ -1,0 +1,172 @@
+/**
+ * Prometheus metrics (prom-client), served at GET /metrics by the Yoga plugin below:
+ *
+ *   graphql_requests_total{operation_name, operation_type, outcome}   GraphQL requests, outcome success | error
+ *   graphql_request_duration_seconds{operation_name, operation_type}  from the request's arrival to its response
+ *   ingest_records_total{result}                                      ingestMetrics records: accepted | duplicate | rejected
+ *   db_pool_connections{state}, db_pool_waiting_clients,              the PostgreSQL pool (absent on the embedded database)
+ *   db_pool_max_connections
+ *   process_*, nodejs_*                                               prom-client's default process metrics
+ *
+ * One registry per process (module singleton): metrics count the process's work, whatever creates servers in it.
+ */
+import { type OperationTypeNode, getOperationAST } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { database } from '../db.js';
+
+export const registry = new Registry();
+collectDefaultMetrics({ register: registry });
+
+const requests = new Counter({
+  name: 'graphql_requests_total',
+  help: 'GraphQL requests by operation name and type, and whether the response carried errors.',
+  labelNames: ['operation_name', 'operation_type', 'outcome'] as const,
+  registers: [registry],
+});
+
+const duration = new Histogram({
+  name: 'graphql_request_duration_seconds',
+  help: 'Time from a GraphQL request\'s arrival to its response, by operation name and type.',
+  labelNames: ['operation_name', 'operation_type'] as const,
+  buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+  registers: [registry],
+});
+
+const ingested = new Counter({
+  name: 'ingest_records_total',
+  help: 'Records sent to ingestMetrics: accepted (newly stored), duplicate (stored already or repeated), rejected (failed a rule).',
+  labelNames: ['result'] as const,
+  registers: [registry],
+});
+// Present at zero from the start, so that rate() and alerts see the series before the first ingestion.
+for (const result of ['accepted', 'duplicate', 'rejected']) ingested.inc({ result }, 0);
+
+/** The PostgreSQL pool, when there is one (the embedded database has none). */
+function pool() {
+  try {
+    return database().pool;
+  } catch {
+    return undefined;
+  }
+}
+
+new Gauge({
+  name: 'db_pool_connections',
+  help: 'PostgreSQL pool connections: open (total), idle, and in use (checked out by a query or transaction).',
+  labelNames: ['state'] as const,
+  registers: [registry],
+  collect() {
+    this.reset();
+    const current = pool();
+    if (!current) return;
+    this.set({ state: 'total' }, current.totalCount);
+    this.set({ state: 'idle' }, current.idleCount);
+    this.set({ state: 'in_use' }, current.totalCount - current.idleCount);
+  },
+});
+
+new Gauge({
+  name: 'db_pool_waiting_clients',
+  help: 'Queries waiting for a free PostgreSQL pool connection (the pool is exhausted while this is above 0).',
+  registers: [registry],
+  collect() {
+    this.reset();
+    const current = pool();
+    if (current) this.set(current.waitingCount);
+  },
+});
+
+new Gauge({
+  name: 'db_pool_max_connections',
+  help: 'Most connections the PostgreSQL pool opens (DB_POOL_MAX).',
+  registers: [registry],
+  collect() {
+    this.reset();
+    const current = pool();
+    if (current) this.set(current.options.max ?? 10);
+  },
+});
+
+/** Counts one ingestMetrics result: called by the resolver with what it returns. */
+export function recordIngestResult(result: { accepted: number; duplicates: number; rejected: readonly { index: number }[] }): void {
+  if (result.accepted > 0) ingested.inc({ result: 'accepted' }, result.accepted);
+  if (result.duplicates > 0) ingested.inc({ result: 'duplicate' }, result.duplicates);
+  // A record with two problems has two entries: count records.
+  const rejected = new Set(result.rejected.map((r) => r.index)).size;
+  if (rejected > 0) ingested.inc({ result: 'rejected' }, rejected);
+}
+
+/** Operation names are chosen by clients: past this many distinct ones, new names are counted as "(other)". */
+const MAX_OPERATION_NAMES = 200;
+const knownNames = new Set<string>();
+
+function operationLabel(name: string | undefined): string {
+  if (!name) return '(anonymous)';
+  if (knownNames.has(name)) return name;
+  if (knownNames.size >= MAX_OPERATION_NAMES) return '(other)';
+  knownNames.add(name);
+  return name;
+}
+
+interface RequestTiming {
+  started: number;
+  graphql: boolean;
+  name?: string;
+  type?: OperationTypeNode | 'unknown';
+  failed: boolean;
+}
+
+export interface MetricsPluginOptions {
+  /** The path that serves the metrics; default `/metrics`. */
+  endpoint?: string;
+}
+
+/**
+ * The Yoga plugin: serves GET /metrics, and times every GraphQL request under its operation's name and type.
+ * Requests that never reach execution (unparsable, invalid, refused) count as operation_type "unknown", outcome error.
+ */
+export function useMetrics(options: MetricsPluginOptions = {}): Plugin {
+  const endpoint = options.endpoint ?? '/metrics';
+  const timings = new WeakMap<Request, RequestTiming>();
+  const noteOperation = (request: Request | undefined, document: Parameters<typeof getOperationAST>[0], operationName?: string | null) => {
+    const timing = request && timings.get(request);
+    if (!timing) return;
+    const operation = getOperationAST(document, operationName ?? undefined);
+    timing.name = operation?.name?.value ?? operationName ?? undefined;
+    timing.type = operation?.operation ?? 'unknown';
+  };
+  return {
+    async onRequest({ request, url, endResponse, fetchAPI }) {
+      if (url.pathname === endpoint && request.method === 'GET') {
+        endResponse(new fetchAPI.Response(await registry.metrics(), { status: 200, headers: { 'content-type': registry.contentType } }));
+        return;
+      }
+      timings.set(request, { started: performance.now(), graphql: false, failed: false });
+    },
+    onParams({ request }) {
+      const timing = timings.get(request);
+      if (timing) timing.graphql = true;
+    },
+    onExecute({ args }) {
+      noteOperation(args.contextValue.request, args.document, args.operationName);
+    },
+    onSubscribe({ args }) {
+      noteOperation(args.contextValue.request, args.document, args.operationName);
+    },
+    onResultProcess({ request, result }) {
+      const timing = timings.get(request);
+      if (!timing) return;
+      const results = Array.isArray(result) ? result : Symbol.asyncIterator in result ? [] : [result];
+      if (results.some((r) => (r.errors?.length ?? 0) > 0)) timing.failed = true;
+    },
+    onResponse({ request, response }) {
+      const timing = timings.get(request);
+      if (!timing?.graphql) return;
+      timings.delete(request);
+      const labels = { operation_name: timing.type ? operationLabel(timing.name) : '(none)', operation_type: timing.type ?? 'unknown' };
+      duration.observe(labels, (performance.now() - timing.started) / 1000);
+      requests.inc({ ...labels, outcome: timing.failed || response.status >= 400 ? 'error' : 'success' });
+    },
+  };
+}
