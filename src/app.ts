@@ -3,7 +3,7 @@
  * main.ts runs it for real; tests run it on a port and a database of their own.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
 import type { Config } from './config.js';
 import { connectDatabase, disconnectDatabase } from './db.js';
@@ -19,6 +19,9 @@ export interface App {
   /** Stops accepting, waits for requests in flight (up to the shutdown timeout), closes the database. */
   stop(): Promise<void>;
 }
+
+/** How long after SIGTERM an idle keep-alive connection may still bring a request (answered 503) before it is closed. */
+const IDLE_CONNECTION_GRACE_MS = 250;
 
 export class StartupError extends Error {
   override readonly name = 'StartupError';
@@ -105,13 +108,16 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       stopping ??= (async () => {
         const startedAt = Date.now();
         draining = true;
-        // Answers still to come close their connection after them; idle keep-alive connections close now.
+        // Answers still to come close their connection after them.
         for (const res of inFlight) if (!res.headersSent) res.setHeader('connection', 'close');
-        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        server.closeIdleConnections();
+        // net.Server's close, not http.Server's: that one would also close idle keep-alive connections at once, and a
+        // client sending its next request at that moment would see a reset instead of an answer.
+        const closed = new Promise<void>((resolve) => net.Server.prototype.close.call(server, () => resolve()));
         // Open subscriptions end here, so their streams finish instead of holding the shutdown to its timeout.
         await stopMetricEvents();
-        server.closeIdleConnections();
+        // Idle keep-alive connections (finished subscription streams' too) are closed after a moment: one a client is
+        // busy on carries its next request in that moment and is answered 503 with Connection: close.
+        const sweep = setInterval(() => server.closeIdleConnections(), IDLE_CONNECTION_GRACE_MS);
         // The whole shutdown fits in SHUTDOWN_TIMEOUT_MS: requests get all of it but a reserve for closing the database.
         const reserve = Math.min(2_000, Math.floor(config.shutdownTimeoutMs / 5));
         const timer = setTimeout(() => {
@@ -124,6 +130,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         }, config.shutdownTimeoutMs - reserve - (Date.now() - startedAt));
         await closed;
         clearTimeout(timer);
+        clearInterval(sweep);
         await socketServer?.stop();
         // A statement still running (its request was cut off) would hold pool.end(): the database gets what is left.
         const left = Math.max(100, config.shutdownTimeoutMs - (Date.now() - startedAt));
