@@ -51,42 +51,45 @@ function pool() {
   }
 }
 
-new Gauge({
-  name: 'db_pool_connections',
-  help: 'PostgreSQL pool connections: open (total), idle, and in use (checked out by a query or transaction).',
-  labelNames: ['state'] as const,
-  registers: [registry],
-  collect() {
-    this.reset();
-    const current = pool();
-    if (!current) return;
-    this.set({ state: 'total' }, current.totalCount);
-    this.set({ state: 'idle' }, current.idleCount);
-    this.set({ state: 'in_use' }, current.totalCount - current.idleCount);
-  },
-});
+let poolGauges = false;
 
-new Gauge({
-  name: 'db_pool_waiting_clients',
-  help: 'Queries waiting for a free PostgreSQL pool connection (the pool is exhausted while this is above 0).',
-  registers: [registry],
-  collect() {
-    this.reset();
-    const current = pool();
-    if (current) this.set(current.waitingCount);
-  },
-});
-
-new Gauge({
-  name: 'db_pool_max_connections',
-  help: 'Most connections the PostgreSQL pool opens (DB_POOL_MAX).',
-  registers: [registry],
-  collect() {
-    this.reset();
-    const current = pool();
-    if (current) this.set(current.options.max ?? 10);
-  },
-});
+/**
+ * The pool gauges, registered once the process has a PostgreSQL pool: on the embedded database they would only
+ * ever say 0, which reads like an exhausted pool.
+ */
+function registerPoolGauges(): void {
+  if (poolGauges || !pool()) return;
+  poolGauges = true;
+  new Gauge({
+    name: 'db_pool_connections',
+    help: 'PostgreSQL pool connections: open (total), idle, and in use (checked out by a query or transaction).',
+    labelNames: ['state'] as const,
+    registers: [registry],
+    collect() {
+      const current = pool();
+      if (!current) return;
+      this.set({ state: 'total' }, current.totalCount);
+      this.set({ state: 'idle' }, current.idleCount);
+      this.set({ state: 'in_use' }, current.totalCount - current.idleCount);
+    },
+  });
+  new Gauge({
+    name: 'db_pool_waiting_clients',
+    help: 'Queries waiting for a free PostgreSQL pool connection (the pool is exhausted while this is above 0).',
+    registers: [registry],
+    collect() {
+      this.set(pool()?.waitingCount ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'db_pool_max_connections',
+    help: 'Most connections the PostgreSQL pool opens (DB_POOL_MAX).',
+    registers: [registry],
+    collect() {
+      this.set(pool()?.options.max ?? 0);
+    },
+  });
+}
 
 /** Counts one ingestMetrics result: called by the resolver with what it returns. */
 export function recordIngestResult(result: { accepted: number; duplicates: number; rejected: readonly { index: number }[] }): void {
@@ -128,6 +131,8 @@ export interface MetricsPluginOptions {
  */
 export function useMetrics(options: MetricsPluginOptions = {}): Plugin {
   const endpoint = options.endpoint ?? '/metrics';
+  // The server is created after the database is connected (startApp): the pool, if any, exists now.
+  registerPoolGauges();
   const timings = new WeakMap<Request, RequestTiming>();
   const noteOperation = (request: Request | undefined, document: Parameters<typeof getOperationAST>[0], operationName?: string | null) => {
     const timing = request && timings.get(request);
