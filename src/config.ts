@@ -93,9 +93,12 @@ export class ConfigError extends Error {
   }
 }
 
-/** Bytes one record can take in a JSON request body with every string at its maximum length of 4-byte characters. */
+/**
+ * Bytes one record can take in a JSON request body with every string at its maximum length: 6 bytes a character, the
+ * most any JSON encoder writing UTF-8 needs (a control character is written `\u001f`; a 4-byte character as itself).
+ */
 const MAX_RECORD_JSON_BYTES =
-  4 * (255 /* eventId */ + 255 /* userId */ + 255 /* sessionId */ + 50) /* voiceSentiment */ + 256; /* keys, numbers, punctuation */
+  6 * (255 /* eventId */ + 255 /* userId */ + 255 /* sessionId */ + 50) /* voiceSentiment */ + 256; /* keys, numbers, punctuation */
 
 /** The default body limit: a full batch at maximum field lengths plus the query text, rounded up to a whole MiB. */
 export function bodyLimitFor(maxBatchSize: number): number {

@@ -136,6 +136,8 @@ export function createServer({ config, logger }: ServerOptions) {
     // GraphiQL's assets are served by the service itself, not fetched from a CDN: it works offline and behind firewalls.
     renderGraphiQL,
     logging: yogaLogger(logger),
+    // Yoga has a body limit of its own (25 MB by default) that would refuse a full batch the configured limit allows.
+    maxRequestBodySize: config.maxBodyBytes,
     maskedErrors: { maskError },
     context: ({ request }) => ({
       requestId: requestScope.getStore()?.requestId ?? crypto.randomUUID(),

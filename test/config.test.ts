@@ -34,8 +34,8 @@ test('defaults: port 4000 on 127.0.0.1, the embedded database in ./.data migrate
   assert.equal(config.maxBatchSize, 5000);
   assert.equal(config.logLevel, 'info');
   assert.equal(config.graphiql, true);
-  // A full batch with every string at its maximum length in 4-byte characters (815 characters a record) fits.
-  assert.ok(config.maxBodyBytes >= 5000 * (815 * 4 + 200), String(config.maxBodyBytes));
+  // A full batch with every string at its maximum length (815 characters a record), each written in JSON as up to 6 bytes.
+  assert.ok(config.maxBodyBytes >= 5000 * (815 * 6 + 200), String(config.maxBodyBytes));
   assert.equal(loadConfig({ NODE_ENV: 'production' }).graphiql, false, 'no GraphiQL in production by default');
   assert.equal(loadConfig({ NODE_ENV: 'test' }).logLevel, 'warn');
 });

@@ -414,38 +414,60 @@ test('a batch over the default limit of 5,000 is refused whole, naming the limit
   assert.equal(await count(`session_id = 'over-default-limit'`), 0);
 });
 
-test('a full batch at the default limit, every field at its maximum length in 4-byte characters, fits the body limit', async () => {
-  assert.equal(service.config.maxBatchSize, 5000, 'the default batch limit');
-  const glyphs = [...'😀😁😂🤣😃😄😅😆😉😊😋😎😍😘🥰😗😙🥲😚🙂🤗🤩🤔🫡🤨😐😑😶🫥🙄'];
-  const digits = (n: number, width: number) => {
+/**
+ * A full batch at the default limit with every string at its maximum length: `fill` characters, each ending in three
+ * `glyphs` that make it unique. Returns the records and the size of the request body JSON.stringify makes of them.
+ */
+function fullBatch(fill: string, glyphs: string[]) {
+  const digits = (n: number) => {
     let out = '';
-    for (let i = 0; i < width; i++) {
+    for (let i = 0; i < 3; i++) {
       out = (glyphs[n % glyphs.length] as string) + out;
       n = Math.floor(n / glyphs.length);
     }
     return out;
   };
   const limit = service.config.maxBatchSize;
+  assert.ok(glyphs.length ** 3 >= limit);
   const records = Array.from({ length: limit }, (_, i) => ({
-    eventId: '𝔼'.repeat(252) + digits(i, 3),
-    userId: '𝕌'.repeat(252) + digits(i, 3),
-    sessionId: '𝕊'.repeat(252) + digits(i, 3),
+    eventId: fill.repeat(252) + digits(i),
+    userId: fill.repeat(252) + digits(i),
+    sessionId: fill.repeat(252) + digits(i),
     timestamp: nowSeconds() - 86_400 * 365 - i,
     talkedTime: 86_400,
     microphoneUsed: false,
     speakerUsed: false,
-    voiceSentiment: '𝕍'.repeat(47) + digits(i, 3),
+    voiceSentiment: fill.repeat(47) + digits(i),
   }));
-  const bodyBytes = Buffer.byteLength(JSON.stringify({ query: INGEST, variables: { records } }));
-  assert.ok(bodyBytes > limit * (4 * 815), `the body (${bodyBytes} bytes) is a full batch at maximum lengths`);
+  return { records, bodyBytes: Buffer.byteLength(JSON.stringify({ query: INGEST, variables: { records } })) };
+}
+
+async function storesFullBatch(fill: string, glyphs: string[], bytesPerCharacter: number): Promise<void> {
+  const limit = service.config.maxBatchSize;
+  assert.equal(limit, 5000, 'the default batch limit');
+  const { records, bodyBytes } = fullBatch(fill, glyphs);
+  assert.ok(bodyBytes > limit * 815 * bytesPerCharacter, `the body (${bodyBytes} bytes) is a full batch at maximum lengths`);
   assert.ok(bodyBytes <= service.config.maxBodyBytes, `${bodyBytes} bytes fit the body limit of ${service.config.maxBodyBytes}`);
   const response = await service.request(INGEST, { records });
   assert.equal(response.status, 200, JSON.stringify(response).slice(0, 500));
   assert.deepEqual(response.data?.ingestMetrics, { accepted: limit, duplicates: 0, rejected: [] });
-  const [stats] = await service.sql<{ n: number; chars: number; bytes: number }>(
-    `SELECT count(*)::int AS n, sum(char_length(event_id) + char_length(user_id) + char_length(session_id) + char_length(voice_sentiment))::int AS chars,
-            sum(octet_length(event_id) + octet_length(user_id) + octet_length(session_id) + octet_length(voice_sentiment))::int AS bytes
-     FROM user_metrics WHERE user_id LIKE '𝕌%'`,
+  const [stats] = await service.sql<{ n: number; chars: number }>(
+    `SELECT count(*)::int AS n,
+            sum(char_length(event_id) + char_length(user_id) + char_length(session_id) + char_length(voice_sentiment))::int AS chars
+     FROM user_metrics WHERE starts_with(user_id, $1)`,
+    [fill.repeat(252)],
   );
-  assert.deepEqual(stats, { n: limit, chars: limit * 815, bytes: limit * 815 * 4 });
+  assert.deepEqual(stats, { n: limit, chars: limit * 815 });
+}
+
+test('a full batch at the default limit, every field at its maximum length in 4-byte characters, fits the body limit', async () => {
+  await storesFullBatch('𝕌', [...'😀😁😂🤣😃😄😅😆😉😊😋😎😍😘🥰😗😙🥲😚🙂🤗🤩🤔🫡🤨😐😑😶🫥🙄'], 4);
+  const [row] = await service.sql<{ bytes: number }>(`SELECT sum(octet_length(user_id))::int AS bytes FROM user_metrics WHERE starts_with(user_id, '𝕌')`);
+  assert.equal(row?.bytes, 5000 * 255 * 4, 'stored as 4-byte characters');
+});
+
+test('a full batch at the default limit fits the body limit even when every character must be escaped in JSON', async () => {
+  // Control characters are valid (not blank, not NUL) and JSON writes each as \u00XX: 6 bytes, the most for any character.
+  const escaped = [...Array(32).keys()].map((c) => String.fromCharCode(c)).filter((c) => JSON.stringify(c).length === 8 && c !== '\0');
+  await storesFullBatch('\u0001', escaped.slice(1), 6);
 });

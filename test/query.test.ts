@@ -82,6 +82,7 @@ async function page(vars: { where?: unknown; orderBy?: unknown; first?: number; 
 /** Every id the query returns, page by page, checking pageInfo on the way. */
 async function allIds(where: unknown, orderBy: unknown, first: number): Promise<{ ids: number[]; totalCount: number; pages: number }> {
   const ids: number[] = [];
+  const seen = new Set<number>();
   let after: string | null = null;
   let totalCount = -1;
   let pages = 0;
@@ -89,7 +90,12 @@ async function allIds(where: unknown, orderBy: unknown, first: number): Promise<
     const p: Page = await page({ where, orderBy, first, after, count: pages === 0 });
     if (pages === 0) totalCount = p.totalCount as number;
     pages++;
-    ids.push(...p.edges.map((e) => Number(e.node.id)));
+    for (const edge of p.edges) {
+      const id = Number(edge.node.id);
+      assert.ok(!seen.has(id), `row ${id} came again on page ${pages}`);
+      seen.add(id);
+      ids.push(id);
+    }
     assert.equal(p.pageInfo.endCursor, p.edges.at(-1)?.cursor ?? null, 'endCursor is the last edge cursor');
     if (!p.pageInfo.hasNextPage) {
       assert.ok(p.edges.length <= first);
