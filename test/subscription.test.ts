@@ -10,6 +10,9 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
+import { createLogger } from '../src/logger.js';
+import { SubscriberTooSlowError, createMetricEvents } from '../src/services/events.js';
+import type { StoredMetric } from '../src/services/ingest.js';
 import { INGEST, type TestService, nowSeconds, record, startTestService, usingPostgres } from './support/harness.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 
@@ -312,6 +315,36 @@ test(
     await second.kill();
   },
 );
+
+test('the live-update hub: registered on subscribe, a reader too far behind is dropped with a clear error', async () => {
+  const events = await createMetricEvents({ channelPrefix: 'unused:', logger: createLogger('silent'), maxQueuedPerSubscriber: 3 });
+  const metric = (id: number): StoredMetric => ({
+    id,
+    eventId: null,
+    userId: 'hub',
+    sessionId: 's',
+    timestamp: nowSeconds(),
+    talkedTime: id,
+    microphoneUsed: true,
+    speakerUsed: false,
+    voiceSentiment: null,
+    createdAt: new Date(),
+  });
+  const odd = events.subscribe((m) => m.id % 2 === 1);
+  const slow = events.subscribe(() => true);
+  // Published before anything was read: still delivered, since a subscription counts from when it is made.
+  events.publish([metric(1), metric(2), metric(3)]);
+  assert.deepEqual([(await odd.next()).value?.id, (await odd.next()).value?.id], [1, 3]);
+  events.publish([metric(4), metric(5)]);
+  assert.equal((await odd.next()).value?.id, 5);
+  // `slow` never read: 5 records waiting, more than 3.
+  await assert.rejects(slow.next(), (error: unknown) => error instanceof SubscriberTooSlowError && error.code === 'SUBSCRIBER_TOO_SLOW');
+  assert.deepEqual(await slow.next(), { value: undefined, done: true });
+  await odd.return?.();
+  events.publish([metric(7)]);
+  assert.deepEqual(await odd.next(), { value: undefined, done: true }, 'nothing after return()');
+  await events.stop();
+});
 
 test('stopping the service ends open subscriptions instead of waiting for them', async () => {
   const stream = await open();

@@ -15,6 +15,7 @@
  */
 import { Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
+import { InputError } from './errors.js';
 import type { StoredMetric } from './ingest.js';
 
 export interface MetricEventsOptions {
@@ -39,9 +40,13 @@ export interface MetricEvents {
   stop(): Promise<void>;
 }
 
-/** A subscriber whose client reads slower than records arrive, dropped so that it cannot hold memory without bound. */
-export class SubscriberTooSlowError extends Error {
+/**
+ * A subscriber whose client reads slower than records arrive, dropped so that it cannot hold memory without bound.
+ * The client is told (code SUBSCRIBER_TOO_SLOW) and can subscribe again, with a narrower filter if need be.
+ */
+export class SubscriberTooSlowError extends InputError {
   override readonly name = 'SubscriberTooSlowError';
+  override readonly code = 'SUBSCRIBER_TOO_SLOW';
 }
 
 /** Records as they travel through Redis (JSON): createdAt as an ISO string. */
@@ -81,7 +86,10 @@ class Subscription implements AsyncIterableIterator<StoredMetric> {
       } else if (this.queue.length >= this.maxQueued) {
         // Nobody is waiting here (a waiting reader means an empty queue): the error is the reader's next result.
         this.queue.length = 0;
-        this.error = new SubscriberTooSlowError(`The subscriber fell more than ${this.maxQueued} records behind and was dropped`);
+        this.error = new SubscriberTooSlowError(
+          `This subscription fell more than ${this.maxQueued} records behind (the client read too slowly) and was ended; subscribe again`,
+          'metricIngested',
+        );
         this.finish();
         return;
       } else {
