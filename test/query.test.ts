@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { picker, sleep } from './support/fixtures.js';
+import { database } from '../src/db.js';
 import { INGEST, type TestService, nowSeconds, startTestService } from './support/harness.js';
 
 const SEED = Number(process.env.TEST_SEED ?? 20261127);
@@ -372,6 +373,23 @@ test('every filter operator and combination matches an independent SQL count, ac
     }
   }
   assert.deepEqual(failures, []);
+});
+
+test('startsWith can use an index (a LIKE prefix with % and _ escaped, as the service sends it)', async () => {
+  const plans = await database().withSession(async (session) => {
+    await session.query('SET enable_seqscan = off');
+    try {
+      const explain = async (column: string, prefix: string) =>
+        (await session.query<{ 'QUERY PLAN': string }>(`EXPLAIN SELECT id FROM user_metrics WHERE ${column} LIKE $1`, [`${prefix}%`]))
+          .map((r) => r['QUERY PLAN'])
+          .join('\n');
+      return { userId: await explain('user_id', 'a\\%'), sessionId: await explain('session_id', 'sess\\_') };
+    } finally {
+      await session.query('RESET enable_seqscan');
+    }
+  });
+  assert.match(plans.userId, /Index Cond: .*user_id.* ~>=~ 'a%'.* ~<~ 'a&'/, plans.userId);
+  assert.match(plans.sessionId, /Index Cond: .*session_id.* ~>=~ 'sess_'.* ~<~ 'sess`'/, plans.sessionId);
 });
 
 test('filter mistakes are errors that name the argument', async () => {
