@@ -4,6 +4,7 @@
  * checked against the database with SQL of the test's own.
  */
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { INGEST, type TestService, nowSeconds, record, startTestService } from './support/harness.js';
 
@@ -129,6 +130,11 @@ function ruleCases(): RuleCase[] {
     { name: 'NUL in sessionId', overrides: { sessionId: '\u0000' }, problems: [nul('sessionId')] },
     { name: 'NUL in voiceSentiment', overrides: { voiceSentiment: 'pos\u0000' }, problems: [nul('voiceSentiment')] },
     { name: 'NUL in eventId', overrides: { eventId: 'ev\u0000' }, problems: [nul('eventId')] },
+    {
+      name: 'unpaired surrogate in userId',
+      overrides: { userId: 'a\uD800b' },
+      problems: [{ field: 'userId', code: 'INVALID_CHARACTER', message: /userId.*surrogate/ }],
+    },
     {
       name: 'two problems: blank sessionId and talkedTime out of range',
       overrides: { sessionId: ' ', talkedTime: 100_000 },
@@ -348,6 +354,20 @@ test('a record with an eventId and an identical record without one are two recor
   assert.deepEqual(await ingest(records), { accepted: 0, duplicates: 4, rejected: [] });
   assert.equal(await count(`session_id = 'with-and-without'`), 4);
   assert.equal(await count(`session_id = 'with-and-without' AND event_id IS NULL`), 1);
+});
+
+test('the identity is the documented, fixed digest: sha256 of "event:" + eventId, else of the canonical content', async () => {
+  const withEvent = record({ sessionId: 'digest-form', eventId: 'Évent "1" 🎉', talkedTime: 1 });
+  const withoutEvent = record({ sessionId: 'digest-form', userId: 'quote " and 😀', talkedTime: 2, voiceSentiment: null });
+  const sentiment = record({ sessionId: 'digest-form', talkedTime: 3, voiceSentiment: 'tab\there' });
+  assert.equal((await ingest([withEvent, withoutEvent, sentiment])).accepted, 3);
+  const sha256 = (text: string) => crypto.createHash('sha256').update(text, 'utf8').digest('hex');
+  const content = (r: Record<string, unknown>) =>
+    `content:v1:${JSON.stringify([r.userId, r.sessionId, r.timestamp, r.talkedTime, r.microphoneUsed, r.speakerUsed, r.voiceSentiment ?? null])}`;
+  const keys = await service.sql<{ t: number; key: string }>(
+    `SELECT talked_time AS t, encode(record_key, 'hex') AS key FROM user_metrics WHERE session_id = 'digest-form' ORDER BY 1`,
+  );
+  assert.deepEqual(keys.map((k) => k.key), [sha256(`event:${withEvent.eventId}`), sha256(content(withoutEvent)), sha256(content(sentiment))]);
 });
 
 test('duplicates within one batch are counted and stored once', async () => {
