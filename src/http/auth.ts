@@ -12,7 +12,16 @@ import type { Plugin } from 'graphql-yoga';
 import type { AuthSetting } from '../config.js';
 import type { RequestContext } from '../context.js';
 import type { Logger } from '../logger.js';
-import { ANONYMOUS, type Caller, type Scope, anyApiKeyExists, authenticateApiKey, hasScope, isScope } from '../services/api-keys.js';
+import {
+  ANONYMOUS,
+  type Caller,
+  type Scope,
+  anyApiKeyExists,
+  apiKeyCreatedInThisProcess,
+  authenticateApiKey,
+  hasScope,
+  isScope,
+} from '../services/api-keys.js';
 import { findOperation, httpError, rootFields } from './operation.js';
 
 const REALM = 'metrics-service';
@@ -44,9 +53,16 @@ export interface AuthOptions {
   production: boolean;
 }
 
+/**
+ * While no key exists (AUTH=auto outside production) the database is asked at most this often whether one does now:
+ * a key made by this process counts at once, one made by another process (the CLI, another instance) within this time.
+ */
+const NO_KEYS_RECHECK_MS = 1000;
+
 /** Whether a request must carry a key right now. */
 export class AuthPolicy {
   private keysSeen = false;
+  private noKeysCheckedAt = Number.NEGATIVE_INFINITY;
   constructor(private readonly options: AuthOptions) {}
 
   async required(): Promise<boolean> {
@@ -54,7 +70,11 @@ export class AuthPolicy {
     if (setting === 'off') return false;
     if (setting === 'on' || production || this.keysSeen) return true;
     // auto outside production: open until the first key exists. Keys are never deleted, so once seen it stays on.
-    this.keysSeen = await anyApiKeyExists();
+    if (apiKeyCreatedInThisProcess()) this.keysSeen = true;
+    else if (performance.now() - this.noKeysCheckedAt >= NO_KEYS_RECHECK_MS) {
+      this.keysSeen = await anyApiKeyExists();
+      this.noKeysCheckedAt = performance.now();
+    }
     return this.keysSeen;
   }
 

@@ -100,6 +100,14 @@ export interface CreatedApiKey {
   info: ApiKeyInfo;
 }
 
+/** Databases this process created a key in. */
+const databasesWithKeys = new WeakSet<object>();
+
+/** True when this process created a key in the connected database: the auth policy switches on without asking it. */
+export function apiKeyCreatedInThisProcess(): boolean {
+  return databasesWithKeys.has(database());
+}
+
 export async function createApiKey(input: { name: string; scopes: readonly string[] }): Promise<CreatedApiKey> {
   const name = checkName(input.name);
   const scopes = checkScopes(input.scopes);
@@ -112,7 +120,10 @@ export async function createApiKey(input: { name: string; scopes: readonly strin
       INSERT INTO api_keys (id, name, secret_hash, scopes) VALUES (${id}, ${name}, decode(${hashKey(key)}, 'hex'), ${scopes}::text[])
       ON CONFLICT DO NOTHING
       RETURNING id, name, scopes, created_at AS "createdAt", last_used_at AS "lastUsedAt", revoked_at AS "revokedAt"`;
-    if (row) return { key, info: toInfo(row) };
+    if (row) {
+      databasesWithKeys.add(database());
+      return { key, info: toInfo(row) };
+    }
     if (attempt >= 5) throw new Error('Could not draw an unused API key id');
   }
 }
