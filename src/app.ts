@@ -4,9 +4,9 @@
  */
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
-import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
 import type { Config } from './config.js';
 import { connectDatabase, disconnectDatabase } from './db.js';
+import { type EmbeddedWireServer, startEmbeddedWireServer } from './embedded-wire.js';
 import type { Logger } from './logger.js';
 import { migrate, migrationStatus } from './migrations.js';
 import { createServer } from './server.js';
@@ -36,7 +36,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     transactionTimeoutMs: config.dbTransactionTimeoutMs,
     connectTimeoutMs: config.dbConnectTimeoutMs,
   });
-  let socketServer: PGLiteSocketServer | undefined;
+  let socketServer: EmbeddedWireServer | undefined;
   try {
     if (db.kind === 'embedded') {
       logger.info({ dataDir: db.location }, `Using the embedded PostgreSQL (PGlite) in ${db.location}; set DATABASE_URL to use a PostgreSQL server`);
@@ -60,8 +60,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     }
 
     if (db.pglite && config.embeddedDbPort !== undefined) {
-      socketServer = new PGLiteSocketServer({ db: db.pglite, host: '127.0.0.1', port: config.embeddedDbPort, maxConnections: 8 });
-      await socketServer.start();
+      socketServer = await startEmbeddedWireServer({ db: db.pglite, port: config.embeddedDbPort, logger });
       logger.info(
         { port: config.embeddedDbPort },
         `The embedded database is served at postgresql://postgres@127.0.0.1:${config.embeddedDbPort}/postgres (for Prisma Studio, psql)`,

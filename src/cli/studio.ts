@@ -8,9 +8,9 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
 import { loadConfig } from '../config.js';
 import { openDatabase } from '../db.js';
+import { startEmbeddedWireServer } from '../embedded-wire.js';
 import { migrate } from '../migrations.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -44,10 +44,8 @@ async function main(): Promise<number> {
     return 1;
   }
   await migrate(db);
-  const server = new PGLiteSocketServer({ db: db.pglite!, host: '127.0.0.1', port: config.embeddedDbPort ?? 0, maxConnections: 4 });
-  await server.start();
-  const address = server.getServerConn();
-  const code = await runStudio(`postgresql://postgres@${address}/postgres`);
+  const server = await startEmbeddedWireServer({ db: db.pglite!, port: config.embeddedDbPort ?? 0 });
+  const code = await runStudio(server.url);
   await server.stop();
   await db.close();
   return code;
