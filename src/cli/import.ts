@@ -122,6 +122,38 @@ class RejectedLines {
   }
 }
 
+/**
+ * Reads the file's first 64 kB to settle its format and, for CSV, check the header, before the database is opened:
+ * a wrong file fails at once, not after the embedded database's start-up.
+ */
+function checkFileStart(file: string, format: Format | undefined): Format | undefined {
+  const buffer = Buffer.alloc(64 * 1024);
+  const fd = fs.openSync(file, 'r');
+  let head: string;
+  try {
+    head = buffer.toString('utf8', 0, fs.readSync(fd, buffer, 0, buffer.length, 0));
+  } finally {
+    fs.closeSync(fd);
+  }
+  if (head.trim() === '') return format;
+  const detected = format ?? formatFromContent(head);
+  if (detected !== 'csv') return detected;
+  let header: (string | null)[] | undefined;
+  const reader = new CsvReader();
+  new LineSplitter().push(head, (raw, line) => {
+    if (!header) reader.line(raw, line, (record) => (header ??= record.fields), () => {});
+  });
+  if (header) {
+    try {
+      csvLayout(header);
+    } catch (error) {
+      if (error instanceof CsvHeaderError) throw new ToolError(`${file}: the first line is not a usable CSV header: ${error.message}`);
+      throw error;
+    }
+  }
+  return detected;
+}
+
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   if (!options) {
@@ -146,6 +178,7 @@ async function main(): Promise<number> {
     input = fs.createReadStream(options.file, { encoding: 'utf8', highWaterMark: 256 * 1024 });
   }
   let format = options.format ?? (options.file === '-' ? undefined : formatFromName(options.file));
+  if (options.file !== '-') format = checkFileStart(options.file, format);
 
   const db = await connectForTool(config, 'npm run import');
   const writer = await openBulkWriter(options.method);
