@@ -76,15 +76,16 @@ export class Progress {
     const elapsed = (performance.now() - this.started) / 1000;
     const rate = elapsed > 0 ? rows / elapsed : 0;
     const eta = fraction !== undefined && fraction > 0 ? (elapsed * (1 - fraction)) / fraction : undefined;
+    // Most telling first: a narrow terminal cuts the end of the line.
     const parts = [
       `${formatCount(rows)} records`,
-      `${formatCount(rate)} records/s`,
+      `${formatCount(rate)}/s`,
+      ...(eta !== undefined ? [`ETA ${formatDuration(eta)}`] : []),
       ...(detail ? [detail] : []),
       `elapsed ${formatDuration(elapsed)}`,
-      ...(eta !== undefined ? [`ETA ${formatDuration(eta)}`] : []),
     ];
     if (this.mode === 'bar') {
-      const width = 24;
+      const width = 20;
       const done = Math.min(width, Math.round((fraction ?? 0) * width));
       const bar = fraction === undefined ? '' : `[${'#'.repeat(done)}${'-'.repeat(width - done)}] ${(fraction * 100).toFixed(0).padStart(3)}% `;
       const columns = this.stream.columns ?? 100;
