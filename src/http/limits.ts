@@ -39,8 +39,14 @@ export interface QueryLimits {
   maxCost: number;
 }
 
+/**
+ * A refused operation. `spec: true`: like any invalid operation, 400 for clients that accept
+ * application/graphql-response+json, 200 for plain application/json ones (the GraphQL over HTTP specification).
+ */
 function limitError(message: string, code: string, limit: number, found: number | undefined): GraphQLError {
-  return httpError(message, code, 400, { limit, ...(found === undefined ? {} : { found }) });
+  return new GraphQLError(message, {
+    extensions: { code, limit, ...(found === undefined ? {} : { found }), http: { status: 400, spec: true } },
+  });
 }
 
 /** graphql-armor reports "..., found N."; its number is kept, its wording replaced by ours. */
@@ -194,7 +200,10 @@ const noIntrospection: ValidationRule = (context) => ({
   Field(node) {
     if (node.name.value === '__schema' || node.name.value === '__type') {
       context.reportError(
-        httpError('Introspection is disabled on this service (`__schema` and `__type`).', 'INTROSPECTION_DISABLED', 400, {}),
+        new GraphQLError('Introspection is disabled on this service (`__schema` and `__type`).', {
+          nodes: node,
+          extensions: { code: 'INTROSPECTION_DISABLED', http: { status: 400, spec: true } },
+        }),
       );
     }
   },
