@@ -6,7 +6,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import crypto from 'node:crypto';
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import { Transform } from 'node:stream';
-import { GraphQLError, execute } from 'graphql';
+import { GraphQLError } from 'graphql';
 import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { type Plugin, type YogaLogger, createYoga, useReadinessCheck } from 'graphql-yoga';
 import type { Config } from './config.js';
@@ -17,7 +17,9 @@ import { migrationStatus } from './migrations.js';
 import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
 import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
+import { useEmptySubscriptionGuard } from './empty-subscription.js';
 import { callerOf } from './http/auth.js';
+import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
 import { useMetrics } from './observability/metrics.js';
 
@@ -164,7 +166,10 @@ export function createServer({ config, logger }: ServerOptions) {
       }),
       // Authentication, scopes, query limits, rate limits: src/http/security.ts.
       ...security.plugins,
-      useGraphqlJsExecute(),
+      // graphql-jit for ingestMetrics, graphql-js for the rest: src/http/execute.ts.
+      useFastExecute(),
+      // A subscription with every root field skipped would crash graphql-js: refused as a client error.
+      useEmptySubscriptionGuard(),
     ] satisfies Plugin[],
   });
 
@@ -179,20 +184,6 @@ export function createServer({ config, logger }: ServerOptions) {
   };
 
   return { yoga, handler, authPolicy: security.policy };
-}
-
-/**
- * Runs operations with graphql-js's own `execute` instead of Yoga's default executor (@graphql-tools/executor), which
- * copies every variable value into null-prototype objects before coercing the copies: for an ingestMetrics batch of
- * 1,000 records that copy cost as much again as the coercion itself, the largest item of the request's CPU profile
- * (bench/README.md). Coercion, results and error messages are graphql-js's in both. Subscriptions keep Yoga's executor.
- */
-function useGraphqlJsExecute(): Plugin {
-  return {
-    onExecute({ setExecuteFn }) {
-      setExecuteFn(execute);
-    },
-  };
 }
 
 /**
