@@ -17,8 +17,11 @@
  * - renames the named prepared statements and portals of each connection (prefix `w<connection>_`), so two clients
  *   both preparing "s1" do not collide, and closes them when the connection ends;
  * - rolls back what a closing connection left open, and ends a connection idle inside a transaction for too long
- *   (it would hold up the whole service).
- * Session settings (SET without LOCAL, search_path, DISCARD/DEALLOCATE ALL in SQL) stay shared with the service.
+ *   (it would hold up the whole service);
+ * - takes a COPY FROM STDIN's data before handing the COPY to PGlite: asked for a COPY without its data in the same
+ *   call, PGlite ends the whole process. Such a COPY anywhere but in a simple query of its own is refused.
+ * Not isolated: session settings (SET without LOCAL, DISCARD/DEALLOCATE ALL in SQL) are shared with the service, and
+ * LISTEN/NOTIFY between connections does not work (there is one backend).
  */
 import net from 'node:net';
 import type { PGlite } from '@electric-sql/pglite';
@@ -36,6 +39,11 @@ export interface EmbeddedWireOptions {
    * The service's own queries wait while a wire client holds the session.
    */
   idleInTransactionTimeoutMs?: number;
+  /**
+   * Most COPY FROM STDIN data held for one COPY, in bytes (PGlite takes a COPY's data in one piece, so it is held in
+   * memory until the client ends it); a bigger COPY fails. Default 256 MiB.
+   */
+  maxCopyBytes?: number;
   /** Where connection problems are logged; default: nowhere. */
   logger?: Logger;
 }
@@ -101,6 +109,7 @@ export async function startEmbeddedWireServer(options: EmbeddedWireOptions): Pro
     }
     const connection = new WireConnection(nextId++, socket, options.db, session, {
       idleTimeoutMs,
+      maxCopyBytes: options.maxCopyBytes ?? 256 * 2 ** 20,
       logger: options.logger,
       tooMany: connections.size >= maxConnections,
       onFinished: () => connections.delete(connection),
@@ -227,6 +236,7 @@ type Job = RunJob | { reply: Buffer };
 
 interface ConnectionOptions {
   idleTimeoutMs: number;
+  maxCopyBytes: number;
   logger: Logger | undefined;
   tooMany: boolean;
   onFinished: () => void;
@@ -246,6 +256,7 @@ class WireConnection {
   private skipUntilSync = false;
   /** A COPY FROM STDIN being received: its Query and data, sent to PGlite together once the client ends it. */
   private copyUpload: Buffer[] | undefined;
+  private copyUploadBytes = 0;
   /** Work waiting for the session, in order. */
   private readonly jobs: Job[] = [];
   /** This connection's (renamed) prepared statements, to close when it ends. */
@@ -363,8 +374,17 @@ class WireConnection {
       return;
     }
     if (this.copyUpload) {
-      this.copyUpload.push(message);
+      this.copyUploadBytes += message.length;
+      if (this.copyUploadBytes > this.options.maxCopyBytes) {
+        // Keep only the COPY itself; PGlite answers the CopyFail below with the error the client sees.
+        this.copyUpload.length = 1;
+      } else {
+        this.copyUpload.push(message);
+      }
       if (type === MSG.copyDone || type === MSG.copyFail) {
+        if (this.copyUploadBytes > this.options.maxCopyBytes) {
+          this.copyUpload.push(copyFail(`more than ${this.options.maxCopyBytes} bytes of COPY data on the embedded database port (npm run import loads big files)`));
+        }
         this.jobs.push({ bytes: Buffer.concat(this.copyUpload), dropCopyInResponse: true });
         this.copyUpload = undefined;
       }
@@ -385,6 +405,7 @@ class WireConnection {
           // the client gets CopyInResponse from here, and the COPY runs once its data is complete.
           this.jobs.push({ reply: copyInResponse(/\bbinary\b/i.test(withoutComments(sql)) ? 1 : 0) });
           this.copyUpload = [message];
+          this.copyUploadBytes = 0;
         } else {
           this.jobs.push({ bytes: REFUSE_COPY });
         }

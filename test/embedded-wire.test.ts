@@ -262,7 +262,7 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
   describe('limits (a second server with small ones, on the same database)', () => {
     let small: EmbeddedWireServer;
     before(async () => {
-      small = await startEmbeddedWireServer({ db: database().pglite!, port: 0, maxConnections: 2, idleInTransactionTimeoutMs: 400 });
+      small = await startEmbeddedWireServer({ db: database().pglite!, port: 0, maxConnections: 2, idleInTransactionTimeoutMs: 400, maxCopyBytes: 4096 });
     });
     after(async () => {
       await small?.stop();
@@ -288,6 +288,28 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
       assert.equal(await count('idle'), 0);
       assert.equal(await count('after-idle'), 1);
       await idle.end().catch(() => {});
+    });
+
+    test('a COPY with more data than the limit fails with its reason, and the connection goes on', async () => {
+      for (let waited = 0; small.connectionCount() > 0 && waited < 5000; waited += 20) await sleep(20);
+      const client = new pg.Client({ connectionString: small.url });
+      await client.connect();
+      try {
+        const copy = (rows: number) =>
+          new Promise<void>((resolve, reject) => {
+            const stream = client.query(copyFrom('COPY wire_items (owner, n) FROM STDIN'));
+            stream.on('finish', resolve);
+            stream.on('error', reject);
+            for (let i = 0; i < rows; i++) stream.write(`big-copy\t${i}\n`);
+            stream.end();
+          });
+        await assert.rejects(copy(1000), { code: '57014', message: /more than 4096 bytes of COPY data/ });
+        assert.equal(await count('big-copy'), 0);
+        await copy(10);
+        assert.equal(await count('big-copy'), 10);
+      } finally {
+        await client.end();
+      }
     });
 
     test('connections over the limit are refused with "too many clients"', async () => {
