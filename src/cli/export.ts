@@ -85,6 +85,11 @@ async function main(): Promise<number> {
   const config = loadConfig();
   const db = await connectForTool(config, 'npm run export');
   const out: Writable = values.out ? fs.createWriteStream(values.out) : process.stdout;
+  // `npm run export | head` closes the pipe early: that is the reader being done, not a failure.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(0);
+    throw error;
+  });
   let rows = 0;
   const progress = new Progress({
     label: 'export',
