@@ -2,6 +2,7 @@
 import SchemaBuilder from '@pothos/core';
 import { DateTimeResolver, SafeIntResolver } from 'graphql-scalars';
 import type { RequestContext } from './context.js';
+import { refusingObjects } from './input-guards.js';
 
 export const builder = new SchemaBuilder<{
   Context: RequestContext;
@@ -15,8 +16,9 @@ export const builder = new SchemaBuilder<{
   defaultFieldNullability: false,
 });
 
-builder.addScalarType('DateTime', DateTimeResolver);
-builder.addScalarType('SafeInt', SafeIntResolver);
+// Wrapped: graphql-scalars would throw a TypeError (HTTP 500) on an object whose toString is not a function.
+builder.addScalarType('DateTime', refusingObjects(DateTimeResolver));
+builder.addScalarType('SafeInt', refusingObjects(SafeIntResolver));
 
 builder.queryType({});
 builder.mutationType({});

@@ -17,7 +17,7 @@ import { migrationStatus } from './migrations.js';
 import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
 import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
-import { useEmptySubscriptionGuard } from './empty-subscription.js';
+import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
 import { callerOf } from './http/auth.js';
 import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
@@ -168,7 +168,8 @@ export function createServer({ config, logger }: ServerOptions) {
       ...security.plugins,
       // graphql-jit for ingestMetrics, graphql-js for the rest: src/http/execute.ts.
       useFastExecute(),
-      // A subscription with every root field skipped would crash graphql-js: refused as a client error.
+      // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
+      useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),
     ] satisfies Plugin[],
   });
