@@ -145,42 +145,58 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
  * The batch insert: one INSERT ... SELECT FROM unnest(column arrays), one statement and one round trip whatever the
  * batch size, prepared once per connection. It runs on the driver directly (`queryDirect`), not through Prisma: for this
  * one statement Prisma's raw-query path cost more CPU than everything else in the request (bench/README.md).
+ * Each column goes as one array literal in a text parameter (cast to its array type by PostgreSQL), built here in one
+ * pass over the rows: pg's own encoder walks and escapes each array's elements separately (measured: ~1.2 ms per 1,000
+ * records; this ~0.7-1.0 ms).
  */
 const INSERT_ROWS_SQL = `
     INSERT INTO user_metrics
       (record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used, voice_sentiment)
     SELECT decode(k, 'hex'), e, u, s, t, tt, m, sp, v
-    FROM unnest($1::text[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int8[], $6::int4[], $7::bool[], $8::bool[],
-                $9::varchar[]) AS r(k, e, u, s, t, tt, m, sp, v)
+    FROM unnest($1::text::text[], $2::text::varchar[], $3::text::varchar[], $4::text::varchar[], $5::text::int8[],
+                $6::text::int4[], $7::text::bool[], $8::text::bool[], $9::text::varchar[]) AS r(k, e, u, s, t, tt, m, sp, v)
     ON CONFLICT (record_key) DO NOTHING
     RETURNING id, encode(record_key, 'hex') AS key, created_at`;
 
+/** Characters that must be backslash-escaped inside a quoted element of an array literal. */
+const ARRAY_ESCAPES = /["\\]/g;
+
+/** One element of a PostgreSQL array literal: always quoted (so spaces, commas, braces and "NULL" stay text), or NULL. */
+function arrayElement(value: string | null | undefined): string {
+  if (value === null || value === undefined) return 'NULL';
+  ARRAY_ESCAPES.lastIndex = 0;
+  return ARRAY_ESCAPES.test(value) ? `"${value.replace(ARRAY_ESCAPES, '\\$&')}"` : `"${value}"`;
+}
+
 async function insertRows(rows: PendingRow[]): Promise<InsertedRow[]> {
-  const n = rows.length;
-  const keys = new Array<string>(n);
-  const eventIds = new Array<string | null>(n);
-  const userIds = new Array<string>(n);
-  const sessionIds = new Array<string>(n);
-  const timestamps = new Array<number>(n);
-  const talkedTimes = new Array<number>(n);
-  const microphones = new Array<boolean>(n);
-  const speakers = new Array<boolean>(n);
-  const sentiments = new Array<string | null>(n);
-  for (let i = 0; i < n; i++) {
+  // Validation has refused NUL characters and unpaired surrogates, the two things an array literal cannot carry.
+  let keys = '{';
+  let eventIds = '{';
+  let userIds = '{';
+  let sessionIds = '{';
+  let timestamps = '{';
+  let talkedTimes = '{';
+  let microphones = '{';
+  let speakers = '{';
+  let sentiments = '{';
+  for (let i = 0; i < rows.length; i++) {
     const { keyHex, record } = rows[i] as PendingRow;
-    keys[i] = keyHex;
-    eventIds[i] = record.eventId ?? null;
-    userIds[i] = record.userId;
-    sessionIds[i] = record.sessionId;
-    timestamps[i] = record.timestamp;
-    talkedTimes[i] = record.talkedTime;
-    microphones[i] = record.microphoneUsed;
-    speakers[i] = record.speakerUsed;
-    sentiments[i] = record.voiceSentiment ?? null;
+    const comma = i === 0 ? '' : ',';
+    keys += `${comma}${keyHex}`;
+    eventIds += `${comma}${arrayElement(record.eventId)}`;
+    userIds += `${comma}${arrayElement(record.userId)}`;
+    sessionIds += `${comma}${arrayElement(record.sessionId)}`;
+    // GraphQL (Int, SafeInt) has made these integers; String() of an integer is its plain decimal form.
+    timestamps += `${comma}${record.timestamp}`;
+    talkedTimes += `${comma}${record.talkedTime}`;
+    microphones += record.microphoneUsed ? `${comma}t` : `${comma}f`;
+    speakers += record.speakerUsed ? `${comma}t` : `${comma}f`;
+    sentiments += `${comma}${arrayElement(record.voiceSentiment)}`;
   }
+  const close = (literal: string) => `${literal}}`;
   return database().queryDirect<InsertedRow>(
     INSERT_ROWS_SQL,
-    [keys, eventIds, userIds, sessionIds, timestamps, talkedTimes, microphones, speakers, sentiments],
+    [keys, eventIds, userIds, sessionIds, timestamps, talkedTimes, microphones, speakers, sentiments].map(close),
     'ingest_metrics_insert',
   );
 }
