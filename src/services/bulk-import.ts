@@ -20,7 +20,7 @@ import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { database } from '../db.js';
-import { ingestMetrics, recordKey } from './ingest.js';
+import { ingestMetrics, recordKeyHex } from './ingest.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 
 export type BulkMethod = 'copy' | 'insert';
@@ -149,7 +149,7 @@ class CopyWriter implements BulkWriter {
         rejected.set(index, problems);
         return;
       }
-      const key = recordKey(record).toString('hex');
+      const key = recordKeyHex(record);
       if (rows.has(key)) repeats++;
       else rows.set(key, record);
     });
