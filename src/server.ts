@@ -97,6 +97,9 @@ function yogaLogger(logger: Logger): YogaLogger {
     const requestId = requestScope.getStore()?.requestId;
     const [first, ...rest] = args;
     const fields: Record<string, unknown> = requestId ? { requestId } : {};
+    // Yoga logs every error it masks; a database fault is already logged once (warn) by maskError, and during an
+    // outage a second, error-level entry with a stack for every request would only bury the log.
+    if (first instanceof Error && level === 'error' && classifyDatabaseError(first)) return;
     if (first instanceof Error) logger[level]({ ...fields, err: first }, first.message);
     else logger[level]({ ...fields, ...(rest.length > 0 ? { details: rest } : {}) }, String(first));
   };

@@ -154,7 +154,7 @@ test('every acknowledged record is stored exactly once through resets, blackhole
   const fired: string[] = [];
   let clientsDone = false;
   faults.latency = { min: 0, max: 4 };
-  faults.resetProbability = 0.01;
+  faults.resetProbability = 0.03;
   const chaos = (async () => {
     for (const event of events) {
       while (!clientsDone && ackedRecords / totalRecords < event.at) await pause(20);
