@@ -10,15 +10,36 @@
  *   into JavaScript, variable coercion included: the same batch coerces ~8x faster. Only when the variables are
  *   invalid (graphql-jit then returns errors and has run nothing) is the operation run again by graphql-js, whose
  *   messages name the record and field at fault (`records[2].timestamp`), as the API documents.
- * - every other operation runs on graphql-js's own `execute`, without the copies.
+ * - every other operation runs on graphql-js's own `execute`, without the copies. Queries are not compiled: graphql-jit
+ *   cannot compile an operation whose variables have a recursive input type such as MetricFilter (see below).
  * Subscriptions keep Yoga's executor.
  */
-import { type DocumentNode, type ExecutionArgs, type ExecutionResult, Kind, type OperationDefinitionNode, execute } from 'graphql';
+import {
+  type DocumentNode,
+  type ExecutionArgs,
+  type ExecutionResult,
+  Kind,
+  type OperationDefinitionNode,
+  type TypeNode,
+  execute,
+  isInputObjectType,
+} from 'graphql';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { Plugin } from 'graphql-yoga';
 
 /** Root fields whose operations are compiled: those that take large input lists. */
 const COMPILED_ROOT_FIELDS = new Set(['ingestMetrics']);
+
+/**
+ * Input object types a compiled operation's variables may have. graphql-jit generates coercion code for every variable
+ * type, unrolling nested input types; on a recursive one (MetricFilter's AND/OR/NOT) the compilation never ends and
+ * exhausts the heap (seen when queries were compiled too). So only these flat types are compiled.
+ */
+const COMPILED_INPUT_TYPES = new Set(['UserMetricInput']);
+
+function namedType(type: TypeNode): string {
+  return type.kind === Kind.NAMED_TYPE ? type.name.value : namedType(type.type);
+}
 
 /** Compiled operations per parsed document (Yoga's parser cache hands out the same document for the same text). */
 const compiled = new WeakMap<DocumentNode, Map<string, CompiledQuery | null>>();
@@ -45,7 +66,11 @@ function compiledFor(args: ExecutionArgs): CompiledQuery | null {
   const eligible =
     operation?.operation === 'mutation' &&
     fields.length > 0 &&
-    fields.every((s) => s.kind === Kind.FIELD && COMPILED_ROOT_FIELDS.has(s.name.value) && !s.directives?.length);
+    fields.every((s) => s.kind === Kind.FIELD && COMPILED_ROOT_FIELDS.has(s.name.value) && !s.directives?.length) &&
+    (operation.variableDefinitions ?? []).every((v) => {
+      const type = args.schema.getType(namedType(v.type));
+      return !isInputObjectType(type) || COMPILED_INPUT_TYPES.has(type.name);
+    });
   if (eligible) {
     const attempt = compileQuery(args.schema, args.document, args.operationName ?? undefined);
     if (isCompiledQuery(attempt)) result = attempt;
