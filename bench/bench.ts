@@ -29,7 +29,7 @@ import {
 } from './data.js';
 import { type BenchSql, connectPostgres, wrapPglite } from './databases.js';
 import { type QueryCase, queryCases } from './queries.js';
-import { HttpClient, type RunningService, freePort, startService, watchMemory } from './service.js';
+import { HttpClient, type RunningService, cpuTimeOf, createApiKey, freePort, startService, watchMemory } from './service.js';
 import { type Summary, formatNumber, quantile, summarize, table } from './stats.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -51,6 +51,7 @@ const { values: opts } = parseArgs({
     'no-build': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
     pool: { type: 'string' },
+    'service-root': { type: 'string' },
     out: { type: 'string', default: 'bench-results/latest.json' },
     help: { type: 'boolean', default: false },
   },
@@ -72,6 +73,7 @@ if (opts.help) {
   --no-build          do not run \`npm run build\` first
   --profile           CPU-profile the service (node --cpu-prof) into bench-results/profiles/
   --pool N            DB_POOL_MAX for the service (default: the service's own default)
+  --service-root DIR  run the service built in another checkout (to compare two versions; not built by the bench)
   --out FILE          where to write the JSON results (default bench-results/latest.json)
 Environment: BENCH_DATABASE_URL, the PostgreSQL server's admin URL (default postgres://postgres@127.0.0.1:5432/postgres).
 `);
@@ -107,6 +109,9 @@ if (opts.only !== undefined && opts.only !== 'ingest' && opts.only !== 'queries'
   process.exit(2);
 }
 
+/** Where the service runs from: this checkout, or --service-root. */
+const SERVICE_ROOT = opts['service-root'] ? path.resolve(opts['service-root']) : ROOT;
+
 const log = (message: string) => process.stdout.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
 const elapsed = (start: bigint) => Number(process.hrtime.bigint() - start) / 1e6; // ms
 
@@ -138,10 +143,16 @@ interface Setup {
   teardown(): Promise<void>;
 }
 
+/**
+ * The service as it runs in production (NODE_ENV=production: API keys required, introspection off), with the per-key
+ * ingestion rate limit off: the benchmark measures how fast the service can go, not the limit an operator sets.
+ */
 function serviceEnv(extra: Record<string, string>): Record<string, string> {
   return {
     NODE_ENV: 'production',
     LOG_LEVEL: 'warn',
+    INGEST_RATE_REQUESTS: '0',
+    INGEST_RATE_RECORDS: '0',
     ...(settings.pool !== undefined ? { DB_POOL_MAX: String(settings.pool) } : {}),
     ...extra,
   };
@@ -194,12 +205,9 @@ async function setupPostgres(): Promise<Setup> {
   let service: RunningService | undefined;
   let sql: BenchSql | undefined;
   try {
-    service = await startService({
-      fromSource: settings.fromSource,
-      cwd: ROOT,
-      env: serviceEnv({ DATABASE_URL: url.toString() }),
-      nodeFlags: profileFlags(),
-    });
+    const env = serviceEnv({ DATABASE_URL: url.toString() });
+    const apiKey = createApiKey({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env });
+    service = await startService({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env, nodeFlags: profileFlags(), apiKey });
     sql = await connectPostgres(url.toString());
     await createReferenceTable(sql);
   } catch (error) {
@@ -241,13 +249,9 @@ async function setupEmbedded(): Promise<Setup> {
   const [version] = await referenceSql.query<{ server_version: string }>('SHOW server_version');
 
   const dbPort = await freePort();
-  const start = () =>
-    startService({
-      fromSource: settings.fromSource,
-      cwd: ROOT,
-      env: serviceEnv({ DATA_DIR: dataDir, EMBEDDED_DB_PORT: String(dbPort) }),
-      nodeFlags: profileFlags(),
-    });
+  const env = serviceEnv({ DATA_DIR: dataDir, EMBEDDED_DB_PORT: String(dbPort) });
+  const apiKey = createApiKey({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env });
+  const start = () => startService({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env, nodeFlags: profileFlags(), apiKey });
   const connectServiceSql = async () => {
     // The service serves its PGlite over the wire protocol: the raw SQL runs on the same database as the service.
     const client = await connectPostgres(`postgres://postgres@127.0.0.1:${dbPort}/postgres`);
@@ -291,8 +295,8 @@ interface IngestResponse {
 }
 
 /** Sends every body once, `clients` at a time (each client one keep-alive connection, one request in flight). */
-async function sendBatches(baseUrl: string, bodies: readonly Buffer[], clients: number): Promise<{ ms: number; accepted: number; duplicates: number }> {
-  const pool = Array.from({ length: clients }, () => new HttpClient(baseUrl));
+async function sendBatches(service: RunningService, bodies: readonly Buffer[], clients: number): Promise<{ ms: number; accepted: number; duplicates: number }> {
+  const pool = Array.from({ length: clients }, () => new HttpClient(service.url, service.headers));
   let next = 0;
   let accepted = 0;
   let duplicates = 0;
@@ -323,6 +327,8 @@ interface IngestMethod {
   label: string;
   /** Rows per second of each round. */
   runs: number[];
+  /** The service's CPU time per 1,000 records, each round (GraphQL methods). */
+  cpuMsPer1000: number[];
 }
 
 async function benchIngest(setup: Setup) {
@@ -346,18 +352,18 @@ async function benchIngest(setup: Setup) {
 
   // Warm-up: the service's JIT, connections, caches; the database's catalog caches. Different records, then emptied.
   const warm = makeRecords(Math.min(20 * settings.batch, settings.records), { seed: 2, users: 1000, days: 30, endSeconds: nowSeconds - 3600 });
-  await sendBatches(setup.service.url, ingestBodies(warm, settings.batch), settings.clients);
-  await sendBatches(setup.service.url, ingestBodies(warm, settings.batch), 1);
+  await sendBatches(setup.service, ingestBodies(warm, settings.batch), settings.clients);
+  await sendBatches(setup.service, ingestBodies(warm, settings.batch), 1);
   await referenceSql.copyIn(REFERENCE_TABLE, COPY_COLUMNS, [copyText(warm)]);
   await truncateService();
   await truncateReference();
 
   const methods: Record<string, IngestMethod> = {
-    copy: { key: 'copy', label: 'COPY FROM STDIN, 1 stream (reference)', runs: [] },
-    gql1: { key: 'gql1', label: 'GraphQL ingestMetrics, 1 client', runs: [] },
-    [`gql${settings.clients}`]: { key: `gql${settings.clients}`, label: `GraphQL ingestMetrics, ${settings.clients} clients`, runs: [] },
-    dup1: { key: 'dup1', label: 'GraphQL, all duplicates, 1 client', runs: [] },
-    [`dup${settings.clients}`]: { key: `dup${settings.clients}`, label: `GraphQL, all duplicates, ${settings.clients} clients`, runs: [] },
+    copy: { key: 'copy', label: 'COPY FROM STDIN, 1 stream (reference)', runs: [], cpuMsPer1000: [] },
+    gql1: { key: 'gql1', label: 'GraphQL ingestMetrics, 1 client', runs: [], cpuMsPer1000: [] },
+    [`gql${settings.clients}`]: { key: `gql${settings.clients}`, label: `GraphQL ingestMetrics, ${settings.clients} clients`, runs: [], cpuMsPer1000: [] },
+    dup1: { key: 'dup1', label: 'GraphQL, all duplicates, 1 client', runs: [], cpuMsPer1000: [] },
+    [`dup${settings.clients}`]: { key: `dup${settings.clients}`, label: `GraphQL, all duplicates, ${settings.clients} clients`, runs: [], cpuMsPer1000: [] },
   };
   const rowsPerSecond = (ms: number) => (records.length / ms) * 1000;
 
@@ -373,18 +379,27 @@ async function benchIngest(setup: Setup) {
   };
   const graphqlUnit = (clients: number) => async () => {
     await truncateService();
-    const fresh = await sendBatches(setup.service.url, bodies, clients);
+    const cpu0 = cpuTimeOf(setup.service.pid);
+    const fresh = await sendBatches(setup.service, bodies, clients);
+    const cpu1 = cpuTimeOf(setup.service.pid);
     if (fresh.accepted !== records.length) throw new Error(`GraphQL (${clients} clients) accepted ${fresh.accepted} of ${records.length}`);
     methods[`gql${clients}`]?.runs.push(rowsPerSecond(fresh.ms));
     await serviceSql.checkpoint();
-    const again = await sendBatches(setup.service.url, bodies, clients);
+    const cpu2 = cpuTimeOf(setup.service.pid);
+    const again = await sendBatches(setup.service, bodies, clients);
+    const cpu3 = cpuTimeOf(setup.service.pid);
     if (again.duplicates !== records.length || again.accepted !== 0) {
       throw new Error(`Resending (${clients} clients): ${again.accepted} accepted, ${again.duplicates} duplicates; expected all duplicates`);
     }
     methods[`dup${clients}`]?.runs.push(rowsPerSecond(again.ms));
+    methods[`gql${clients}`]?.cpuMsPer1000.push(((cpu1 - cpu0) / records.length) * 1000);
+    methods[`dup${clients}`]?.cpuMsPer1000.push(((cpu3 - cpu2) / records.length) * 1000);
     const n = await countRows(serviceSql, 'user_metrics');
     if (n !== records.length) throw new Error(`user_metrics has ${n} rows after the run, expected ${records.length}`);
-    log(`  GraphQL ${clients} client(s): ${formatNumber(rowsPerSecond(fresh.ms))} rows/s; all duplicates: ${formatNumber(rowsPerSecond(again.ms))} rows/s`);
+    log(
+      `  GraphQL ${clients} client(s): ${formatNumber(rowsPerSecond(fresh.ms))} rows/s (service CPU ${formatNumber(((cpu1 - cpu0) / records.length) * 1000, 1)} ms per 1,000); ` +
+        `all duplicates: ${formatNumber(rowsPerSecond(again.ms))} rows/s (${formatNumber(((cpu3 - cpu2) / records.length) * 1000, 1)} ms per 1,000)`,
+    );
   };
   const units = [copyUnit, graphqlUnit(1), graphqlUnit(settings.clients)];
 
@@ -440,7 +455,7 @@ interface QueryMethodResult {
 }
 
 async function benchQueries(setup: Setup, endSeconds: number) {
-  const client = new HttpClient(setup.service.url);
+  const client = new HttpClient(setup.service.url, setup.service.headers);
   const cases = await queryCases({ sql: setup.serviceSql, client, users: settings.users, days: settings.days, endSeconds });
   const results: Array<{ case: QueryCase; raw: QueryMethodResult; graphql: QueryMethodResult | undefined }> = [];
   for (const c of cases) {
@@ -522,11 +537,13 @@ async function main() {
   const started = Date.now();
   const machine = machineInfo();
   log(`${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node}, load average ${machine.loadAverageAtStart.join(' ')}`);
-  if (!settings.fromSource && opts.build && !opts['no-build']) {
+  if (!settings.fromSource && opts.build && !opts['no-build'] && SERVICE_ROOT === ROOT) {
     log('npm run build');
     execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
   }
-  if (!settings.fromSource && !fs.existsSync(path.join(ROOT, 'dist/main.js'))) throw new Error('dist/main.js is missing: run npm run build');
+  if (!settings.fromSource && !fs.existsSync(path.join(SERVICE_ROOT, 'dist/main.js'))) {
+    throw new Error(`${path.join(SERVICE_ROOT, 'dist/main.js')} is missing: run npm run build`);
+  }
 
   const setup = settings.mode === 'postgres' ? await setupPostgres() : await setupEmbedded();
   let ingest: Awaited<ReturnType<typeof benchIngest>> | undefined;
@@ -552,12 +569,19 @@ async function main() {
     const copy = summarize(ingest.methods.copy?.runs ?? []);
     const fresh1 = summarize(ingest.methods.gql1?.runs ?? []);
     const freshN = summarize(ingest.methods[`gql${settings.clients}`]?.runs ?? []);
-    const entries: Record<string, Summary & { label: string; ratioToCopy: number }> = {};
+    const entries: Record<string, Summary & { label: string; ratioToCopy: number; serviceCpuMsPer1000?: Summary }> = {};
     for (const method of Object.values(ingest.methods)) {
       const s = summarize(method.runs);
       const ratio = s.median / copy.median;
-      entries[method.key] = { label: method.label, ...s, ratioToCopy: ratio };
-      rows.push([method.label, `${formatNumber(s.median)} rows/s`, range(s, 0), method.key === 'copy' ? '1.00' : `${ratio.toFixed(2)} x COPY`]);
+      const cpu = method.cpuMsPer1000.length > 0 ? summarize(method.cpuMsPer1000) : undefined;
+      entries[method.key] = { label: method.label, ...s, ratioToCopy: ratio, ...(cpu ? { serviceCpuMsPer1000: cpu } : {}) };
+      rows.push([
+        method.label,
+        `${formatNumber(s.median)} rows/s`,
+        range(s, 0),
+        method.key === 'copy' ? '1.00' : `${ratio.toFixed(2)} x COPY`,
+        cpu ? `${formatNumber(cpu.median, 1)} ms` : '',
+      ]);
     }
     const dup1 = summarize(ingest.methods.dup1?.runs ?? []);
     const dupN = summarize(ingest.methods[`dup${settings.clients}`]?.runs ?? []);
@@ -566,7 +590,7 @@ async function main() {
     targets.push(target('all duplicates / fresh, 1 client', dup1.median / fresh1.median, '>=', 1));
     targets.push(target(`all duplicates / fresh, ${settings.clients} clients`, dupN.median / freshN.median, '>=', 1));
     const peakMiB = Math.max(ingest.memory.peakRss, Number.isFinite(ingest.memory.hwm) ? ingest.memory.hwm : 0) / 2 ** 20;
-    rows.push(['Service peak RSS during ingestion', `${formatNumber(peakMiB)} MiB`, '', '']);
+    rows.push(['Service peak RSS during ingestion', `${formatNumber(peakMiB)} MiB`, '', '', '']);
     targets.push(target('service peak RSS (MiB)', peakMiB, '<', 300));
     json.ingest = { records: settings.records, batch: settings.batch, clients: settings.clients, unit: 'rows/s', methods: entries };
     json.memory = { peakRssBytes: ingest.memory.peakRss, vmHwmBytes: ingest.memory.hwm, peakMiB };
@@ -576,14 +600,14 @@ async function main() {
     for (const q of queries) {
       const rawP50 = summarize(q.raw.p50);
       const rawP95 = summarize(q.raw.p95);
-      rows.push([`${q.raw.label} p50`, `${formatNumber(rawP50.median, 2)} ms`, range(rawP50, 2), '1.00']);
-      rows.push([`${q.raw.label} p95`, `${formatNumber(rawP95.median, 2)} ms`, range(rawP95, 2), '1.00']);
+      rows.push([`${q.raw.label} p50`, `${formatNumber(rawP50.median, 2)} ms`, range(rawP50, 2), '1.00', '']);
+      rows.push([`${q.raw.label} p95`, `${formatNumber(rawP95.median, 2)} ms`, range(rawP95, 2), '1.00', '']);
       const entry: Record<string, unknown> = { label: q.case.label, sql: q.case.sqlText, raw: { p50: rawP50, p95: rawP95 } };
       if (q.graphql) {
         const apiP50 = summarize(q.graphql.p50);
         const apiP95 = summarize(q.graphql.p95);
-        rows.push([`${q.graphql.label} p50`, `${formatNumber(apiP50.median, 2)} ms`, range(apiP50, 2), `${(apiP50.median / rawP50.median).toFixed(2)} x raw`]);
-        rows.push([`${q.graphql.label} p95`, `${formatNumber(apiP95.median, 2)} ms`, range(apiP95, 2), `${(apiP95.median / rawP95.median).toFixed(2)} x raw`]);
+        rows.push([`${q.graphql.label} p50`, `${formatNumber(apiP50.median, 2)} ms`, range(apiP50, 2), `${(apiP50.median / rawP50.median).toFixed(2)} x raw`, '']);
+        rows.push([`${q.graphql.label} p95`, `${formatNumber(apiP95.median, 2)} ms`, range(apiP95, 2), `${(apiP95.median / rawP95.median).toFixed(2)} x raw`, '']);
         entry.graphql = { p50: apiP50, p95: apiP95, ratioP50: apiP50.median / rawP50.median, ratioP95: apiP95.median / rawP95.median };
         targets.push(target(`${q.case.label}: GraphQL p50 / raw p50`, apiP50.median / rawP50.median, '<=', q.case.targetRatio));
       } else {
@@ -599,7 +623,7 @@ async function main() {
   const header = `${settings.mode === 'postgres' ? setup.databaseVersion : setup.databaseVersion}; ${machine.cpuModel}, ${machine.cores} cores; Node ${machine.node}; ` +
     `${settings.rounds} rounds; load average ${machine.loadAverageAtStart.join(' ')} at start, ${loadAtEnd.join(' ')} at end`;
   process.stdout.write(`\n${header}\n\n`);
-  process.stdout.write(`${table(['measure', 'median', 'min–max (rounds)', 'vs raw reference'], rows)}\n\n`);
+  process.stdout.write(`${table(['measure', 'median', 'min–max (rounds)', 'vs raw reference', 'service CPU / 1,000 rec'], rows)}\n\n`);
   process.stdout.write(
     `${table(
       ['target', 'value', 'needed', 'holds'],

@@ -2,6 +2,7 @@
  * The read benchmarks: each the same question asked through GraphQL over HTTP and as SQL run directly with `pg`.
  * The SQL is the statement the service runs for that GraphQL request, so the ratio is the service's own overhead.
  */
+import type { StatsArgs } from '../src/services/stats.js';
 import type { BenchSql } from './databases.js';
 import { userName } from './data.js';
 import type { HttpClient } from './service.js';
@@ -44,18 +45,12 @@ async function gql<T>(client: HttpClient, query: string, variables: Record<strin
   return body.data;
 }
 
-/** Does the schema have this Query field? (The aggregates arrive with the analytics work.) */
-async function hasQueryField(client: HttpClient, name: string): Promise<boolean> {
-  try {
-    const data = await gql<{ __type: { fields: Array<{ name: string }> } | null }>(
-      client,
-      '{ __type(name: "Query") { fields { name } } }',
-      {},
-    );
-    return data.__type?.fields.some((f) => f.name === name) ?? false;
-  } catch {
-    return false;
-  }
+/** Does the schema have this Query field? Asked by querying it: production services answer no introspection. */
+async function hasQueryField(client: HttpClient, name: string, selection: string): Promise<boolean> {
+  const body = (await client.post(JSON.stringify({ query: `{ ${name} ${selection} }` }))) as GraphQLBody<unknown>;
+  if (body.errors?.some((e) => /Cannot query field/.test(e.message))) return false;
+  if (body.errors) throw new Error(`${name}: ${JSON.stringify(body.errors).slice(0, 500)}`);
+  return true;
 }
 
 function sameJson(what: string, raw: unknown, api: unknown): void {
@@ -119,89 +114,90 @@ function pageCase(ctx: Context): QueryCase {
 // Grouped aggregates -----------------------------------------------------------------------------------------------------
 
 /**
- * Every MetricGroup figure for the rows matching `filter`, grouped by `groupKey`, in one statement.
- * A stand-in until src/services/stats.ts exports the SQL the service runs.
+ * The statement metricStats runs (src/services/stats.ts exports its builder so that this runs exactly that SQL), as
+ * text and parameters for pg. MAX_STAT_GROUPS at its default.
  */
-function aggregateSql(groupKey: string, filter: string): string {
-  return `WITH f AS (
-      SELECT ${groupKey} AS g, user_id, session_id, talked_time, microphone_used, speaker_used, voice_sentiment
-      FROM user_metrics WHERE ${filter}
-    ), s AS (
-      SELECT g, json_agg(json_build_object('value', v, 'count', c) ORDER BY c DESC, v NULLS LAST) AS sentiments
-      FROM (SELECT g, voice_sentiment AS v, count(*)::int AS c FROM f GROUP BY g, voice_sentiment) x GROUP BY g
-    )
-    SELECT a.*, s.sentiments FROM (
-      SELECT g, count(*)::int AS count, count(DISTINCT user_id)::int AS "distinctUsers",
-        count(DISTINCT session_id)::int AS "distinctSessions", sum(talked_time)::float8 AS sum, avg(talked_time)::float8 AS avg,
-        min(talked_time) AS min, max(talked_time) AS max,
-        percentile_cont(0.5) WITHIN GROUP (ORDER BY talked_time) AS p50,
-        percentile_cont(0.95) WITHIN GROUP (ORDER BY talked_time) AS p95,
-        avg(microphone_used::int)::float8 AS "microphoneUsageRate", avg(speaker_used::int)::float8 AS "speakerUsageRate"
-      FROM f GROUP BY g
-    ) a JOIN s ON s.g IS NOT DISTINCT FROM a.g
-    ORDER BY a.g NULLS LAST`;
+async function statsSql(args: StatsArgs): Promise<{ text: string; values: unknown[] }> {
+  const { buildStatsSql } = await import('../src/services/stats.js');
+  const sql = buildStatsSql({ ...args, maxGroups: 1000 });
+  return { text: sql.text, values: sql.values };
 }
 
 const GROUP_FIELDS = 'count distinctUsers distinctSessions talkedTime { sum avg min max p50 p95 } microphoneUsageRate speakerUsageRate sentiments { value count }';
 
-interface Group {
+interface RawGroup {
+  count: number | string;
+  talked_sum: number | string;
+}
+interface ApiGroup {
   count: number;
-  talkedTime?: { sum: number };
-  sum?: number;
+  talkedTime: { sum: number };
 }
 
 /** Compares what both sides must agree on exactly: the number of groups, their counts and sums. */
 function checkGroups(raw: unknown[], api: unknown[]): void {
-  const key = (g: Group) => [g.count, g.talkedTime?.sum ?? g.sum];
-  sameJson('aggregate groups (count, sum)', (raw as Group[]).map(key), (api as Group[]).map(key));
+  sameJson(
+    'aggregate groups (count, sum)',
+    (raw as RawGroup[]).map((g) => [Number(g.count), Number(g.talked_sum)]),
+    (api as ApiGroup[]).map((g) => [g.count, g.talkedTime.sum]),
+  );
 }
 
-function perDayCase(ctx: Context, withGraphql: boolean): QueryCase {
-  const sql = aggregateSql(`date_trunc('day', to_timestamp("timestamp"), 'UTC')`, 'user_id = $1');
+async function perDayCase(ctx: Context, withGraphql: boolean): Promise<QueryCase> {
+  const args = (p: QueryParams): StatsArgs => ({
+    where: { userId: { equals: p.userId } },
+    bucket: { unit: 'DAY', timeZone: 'UTC' },
+  });
   const query = /* GraphQL */ `
     query PerDay($where: MetricFilter) {
       metricStats(where: $where, bucket: { unit: DAY, timeZone: "UTC" }) { bucketStart ${GROUP_FIELDS} }
     }`;
+  const sample = await statsSql(args({ userId: userName(1), from: 0, to: 0 }));
   return {
     key: 'statsPerDay',
     label: 'stats per day, 1 user, 30 days',
     targetRatio: 2,
-    sqlText: sql,
+    sqlText: sample.text,
     params: (rand) => ({ userId: userName(1 + Math.floor(rand() * ctx.users)), from: 0, to: 0 }),
-    raw: (p) => ctx.sql.query(sql, [p.userId]),
+    raw: async (p) => {
+      const sql = await statsSql(args(p));
+      return ctx.sql.query(sql.text, sql.values);
+    },
     graphql: withGraphql
-      ? async (p) => (await gql<{ metricStats: unknown[] }>(ctx.client, query, { where: { userId: { equals: p.userId } } })).metricStats
+      ? async (p) => (await gql<{ metricStats: unknown[] }>(ctx.client, query, { where: args(p).where })).metricStats
       : undefined,
     check: checkGroups,
   };
 }
 
-function perSentimentCase(ctx: Context, withGraphql: boolean): QueryCase {
-  const sql = aggregateSql('voice_sentiment', 'user_id = $1 AND "timestamp" >= $2::int8 AND "timestamp" < $3::int8');
+async function perSentimentCase(ctx: Context, withGraphql: boolean): Promise<QueryCase> {
+  const args = (p: QueryParams): StatsArgs => ({
+    where: { userId: { equals: p.userId }, timestamp: { gte: p.from, lt: p.to } },
+    groupBy: ['VOICE_SENTIMENT'],
+  });
   const query = /* GraphQL */ `
     query PerSentiment($where: MetricFilter) {
       metricStats(where: $where, groupBy: [VOICE_SENTIMENT]) { voiceSentiment ${GROUP_FIELDS} }
     }`;
+  const sample = await statsSql(args({ userId: userName(1), from: 0, to: 1 }));
   return {
     key: 'statsPerSentiment',
     label: 'stats per sentiment, 1 user, 7 days',
     targetRatio: 2,
-    sqlText: sql,
+    sqlText: sample.text,
     params: (rand) => weekIn(ctx, rand),
-    raw: (p) => ctx.sql.query(sql, [p.userId, p.from, p.to]),
+    raw: async (p) => {
+      const sql = await statsSql(args(p));
+      return ctx.sql.query(sql.text, sql.values);
+    },
     graphql: withGraphql
-      ? async (p) =>
-          (
-            await gql<{ metricStats: unknown[] }>(ctx.client, query, {
-              where: { userId: { equals: p.userId }, timestamp: { gte: p.from, lt: p.to } },
-            })
-          ).metricStats
+      ? async (p) => (await gql<{ metricStats: unknown[] }>(ctx.client, query, { where: args(p).where })).metricStats
       : undefined,
     check: checkGroups,
   };
 }
 
 export async function queryCases(ctx: Context): Promise<QueryCase[]> {
-  const stats = await hasQueryField(ctx.client, 'metricStats');
-  return [pageCase(ctx), perDayCase(ctx, stats), perSentimentCase(ctx, stats)];
+  const stats = await hasQueryField(ctx.client, 'metricStats', '{ count }');
+  return [pageCase(ctx), await perDayCase(ctx, stats), await perSentimentCase(ctx, stats)];
 }

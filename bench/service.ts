@@ -2,7 +2,7 @@
  * The real service as a child process (the built `dist/main.js`, or the sources through tsx), its HTTP client, and
  * its memory read from /proc.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -18,6 +18,8 @@ export interface ServiceOptions {
 
 export interface RunningService {
   url: string;
+  /** Headers every request needs (the benchmark's API key, when the service requires one). */
+  headers: Record<string, string>;
   pid: number;
   child: ChildProcess;
   /** The last lines the service printed, for error messages. */
@@ -41,7 +43,25 @@ process.on('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
-export async function startService(options: ServiceOptions): Promise<RunningService> {
+/**
+ * Creates an API key (scopes ingest and read) with the service's own CLI, on the database the service will use, before it
+ * starts (the CLI migrates a fresh database as the service would). Undefined for a version of the service without keys.
+ */
+export function createApiKey(options: Omit<ServiceOptions, 'nodeFlags'>): string | undefined {
+  const cli = options.fromSource ? ['--import', 'tsx', 'src/cli/keys.ts'] : ['dist/cli/keys.js'];
+  if (!fs.existsSync(`${options.cwd}/${cli.at(-1)}`)) return undefined;
+  const out = execFileSync(process.execPath, [...cli, 'create', '--scope', 'ingest,read', '--name', 'bench'], {
+    cwd: options.cwd,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env },
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const key = out.trim().split('\n').pop();
+  if (!key) throw new Error(`npm run keys -- create printed no key: ${out}`);
+  return key;
+}
+
+export async function startService(options: ServiceOptions & { apiKey?: string | undefined }): Promise<RunningService> {
   const port = await freePort();
   const entry = options.fromSource ? ['--import', 'tsx', 'src/main.ts'] : ['dist/main.js'];
   const child = spawn(process.execPath, [...(options.nodeFlags ?? []), ...entry], {
@@ -73,6 +93,7 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
 
   return {
     url,
+    headers: options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {},
     pid: child.pid as number,
     child,
     output: () => tail,
@@ -104,7 +125,11 @@ export class HttpClient {
   private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   private readonly target: URL;
 
-  constructor(baseUrl: string) {
+  /** `headers`: sent with every request (the API key). */
+  constructor(
+    baseUrl: string,
+    private readonly headers: Record<string, string> = {},
+  ) {
     this.target = new URL('/graphql', baseUrl);
   }
 
@@ -119,7 +144,12 @@ export class HttpClient {
           path: this.target.pathname,
           method: 'POST',
           agent: this.agent,
-          headers: { 'content-type': 'application/json', 'content-length': payload.length, accept: 'application/json' },
+          headers: {
+            ...this.headers,
+            'content-type': 'application/json',
+            'content-length': payload.length,
+            accept: 'application/json',
+          },
         },
         (res) => {
           const chunks: Buffer[] = [];
@@ -160,6 +190,21 @@ export function memoryOf(pid: number): { rss: number; hwm: number } | undefined 
     return undefined;
   }
 }
+
+/** CPU time (user + system) a process has used so far, in ms; NaN where /proc is absent. */
+export function cpuTimeOf(pid: number): number {
+  try {
+    // Fields after the command name (which is in parentheses and may contain spaces): utime and stime are the 12th and 13th.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+
+/** The kernel's clock ticks per second for /proc times (USER_HZ: 100 on Linux). */
+const CLOCK_TICKS = 100;
 
 /** Polls a process's RSS every `intervalMs` until stopped; reports the largest value seen and the kernel's peak. */
 export function watchMemory(pid: number, intervalMs = 50): { stop(): { peakRss: number; hwm: number } } {
