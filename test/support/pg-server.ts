@@ -2,7 +2,7 @@
  * A PostgreSQL server of the test's own, to stop and restart at will (the shared one on 5432 is never touched):
  * initdb into a temporary folder, a free port on 127.0.0.1, run as the `postgres` OS user when the tests run as root.
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -33,6 +33,12 @@ export async function freePort(): Promise<number> {
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
 }
+
+/** Servers still running, stopped when this process exits however it ends (a failed test, a timeout), not left behind. */
+const liveServers = new Set<PgServer>();
+process.once('exit', () => {
+  for (const server of liveServers) server.stopNow();
+});
 
 export class PgServer {
   private running = false;
@@ -86,12 +92,14 @@ export class PgServer {
   async startServer(): Promise<void> {
     await this.pgRun('pg_ctl', ['-D', this.dataDir, '-l', path.join(path.dirname(this.dataDir), 'server.log'), '-w', '-t', '60', 'start']);
     this.running = true;
+    liveServers.add(this);
   }
 
   /** Stops the server; `immediate` kills it without a checkpoint, as a crash would. */
   async stopServer(mode: 'immediate' | 'fast' = 'immediate'): Promise<void> {
     await this.pgRun('pg_ctl', ['-D', this.dataDir, '-m', mode, '-w', '-t', '60', 'stop']);
     this.running = false;
+    liveServers.delete(this);
   }
 
   /** `pg_ctl -m immediate stop`, a pause, then start again. */
@@ -116,6 +124,19 @@ export class PgServer {
   /** Stops the server (if running) and deletes its folder. */
   async destroy(): Promise<void> {
     if (this.running) await this.stopServer('immediate').catch(() => {});
+    fs.rmSync(path.dirname(this.dataDir), { recursive: true, force: true });
+  }
+
+  /** Synchronous immediate stop and removal, for process exit. */
+  stopNow(): void {
+    const args = ['-D', this.dataDir, '-m', 'immediate', '-w', 'stop'];
+    const binary = path.join(PG_BIN, 'pg_ctl');
+    try {
+      if (this.asPostgres) execFileSync('runuser', ['-u', 'postgres', '--', binary, ...args], { stdio: 'ignore', timeout: 30_000 });
+      else execFileSync(binary, args, { stdio: 'ignore', timeout: 30_000 });
+    } catch {
+      // Already stopped.
+    }
     fs.rmSync(path.dirname(this.dataDir), { recursive: true, force: true });
   }
 
