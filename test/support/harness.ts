@@ -3,12 +3,13 @@
  *
  * With TEST_DATABASE_URL (a PostgreSQL server URL whose user may CREATE DATABASE) every test file creates its own
  * database there and drops it afterwards; an unreachable URL fails loudly, never falls back. Without it, each test file
- * gets the embedded database in a temporary folder.
+ * gets the embedded database in a temporary folder (a copy of a freshly initialised, empty one: see embeddedTemplate).
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { type App, startApp } from '../../src/app.js';
 import { type Config, loadConfig } from '../../src/config.js';
@@ -25,10 +26,32 @@ export interface TestDatabase {
 
 export const usingPostgres = Boolean(process.env.TEST_DATABASE_URL);
 
+/**
+ * An initialised, empty embedded database folder that test databases are copied from: PGlite's initdb takes seconds,
+ * a copy a fraction of one. Built once per machine and PGlite version (in the temp folder) by the first test file that
+ * needs it; the rename that publishes it is atomic, so test files running at once never see half of one.
+ */
+async function embeddedTemplate(): Promise<string> {
+  const pgliteEntry = fileURLToPath(import.meta.resolve('@electric-sql/pglite'));
+  const { version } = JSON.parse(fs.readFileSync(path.resolve(path.dirname(pgliteEntry), '../package.json'), 'utf8')) as { version: string };
+  const template = path.join(os.tmpdir(), `metrics-test-template-pglite-${version}`);
+  if (fs.existsSync(template)) return template;
+  const building = fs.mkdtempSync(path.join(os.tmpdir(), 'metrics-test-template-building-'));
+  const { PGlite } = await import('@electric-sql/pglite');
+  await (await PGlite.create(building)).close();
+  try {
+    fs.renameSync(building, template);
+  } catch {
+    fs.rmSync(building, { recursive: true, force: true }); // another test file published one first
+  }
+  return template;
+}
+
 export async function createTestDatabase(): Promise<TestDatabase> {
   const adminUrl = process.env.TEST_DATABASE_URL;
   if (!adminUrl) {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'metrics-test-'));
+    fs.cpSync(await embeddedTemplate(), dataDir, { recursive: true });
     return { url: undefined, dataDir, drop: async () => fs.rmSync(dataDir, { recursive: true, force: true }) };
   }
   const name = `metrics_test_${crypto.randomBytes(6).toString('hex')}`;
