@@ -82,10 +82,12 @@ interface PendingRow {
   record: MetricRecordInput;
 }
 
-interface InsertedRow {
-  id: number;
-  key: string;
-  created_at: Date;
+/** What the insert stored: for each new row, its position in the rows sent and its id, in id order. */
+interface Inserted {
+  positions: number[];
+  ids: number[];
+  /** created_at of every row of the batch: its default, the transaction's start time, is one value per statement. */
+  createdAt: Date;
 }
 
 export async function ingestMetrics(records: readonly MetricRecordInput[], options: IngestOptions = {}): Promise<IngestResult> {
@@ -113,23 +115,22 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
   // Rows go in in key order: concurrent batches that overlap then take their row locks in the same order and never deadlock.
   const rows = [...unique.values()].sort((a, b) => (a.keyHex < b.keyHex ? -1 : a.keyHex > b.keyHex ? 1 : 0));
   const inserted = await insertRows(rows);
-  const stored = inserted
-    .map((row): StoredMetric => {
-      const record = (unique.get(row.key) as PendingRow).record;
-      return {
-        id: row.id,
-        eventId: record.eventId ?? null,
-        userId: record.userId,
-        sessionId: record.sessionId,
-        timestamp: record.timestamp,
-        talkedTime: record.talkedTime,
-        microphoneUsed: record.microphoneUsed,
-        speakerUsed: record.speakerUsed,
-        voiceSentiment: record.voiceSentiment ?? null,
-        createdAt: row.created_at,
-      };
-    })
-    .sort((a, b) => a.id - b.id);
+  // In id order, as stored (the statement returns them so).
+  const stored = inserted.positions.map((position, i): StoredMetric => {
+    const record = (rows[position] as PendingRow).record;
+    return {
+      id: inserted.ids[i] as number,
+      eventId: record.eventId ?? null,
+      userId: record.userId,
+      sessionId: record.sessionId,
+      timestamp: record.timestamp,
+      talkedTime: record.talkedTime,
+      microphoneUsed: record.microphoneUsed,
+      speakerUsed: record.speakerUsed,
+      voiceSentiment: record.voiceSentiment ?? null,
+      createdAt: inserted.createdAt,
+    };
+  });
 
   // Live subscribers (metricIngested) get exactly the rows this call stored: no duplicates, no rejected records.
   publishStored(stored);
@@ -143,20 +144,30 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
 
 /**
  * The batch insert: one INSERT ... SELECT FROM unnest(column arrays), one statement and one round trip whatever the
- * batch size, prepared once per connection. It runs on the driver directly (`queryDirect`), not through Prisma: for this
- * one statement Prisma's raw-query path cost more CPU than everything else in the request (bench/README.md).
+ * batch size, prepared once per connection. Rows go in in the order sent (`ORDER BY position`: key order, see above).
+ * It answers with one row: "position:id" of each stored row in id order, and the batch's created_at once, instead of a
+ * row per record with its 64-character key and a timestamp to parse.
+ * It runs on the driver directly (`queryDirect`), not through Prisma: for this one statement Prisma's raw-query path
+ * cost more CPU than everything else in the request (bench/README.md).
  * Each column goes as one array literal in a text parameter (cast to its array type by PostgreSQL), built here in one
  * pass over the rows: pg's own encoder walks and escapes each array's elements separately (measured: ~1.2 ms per 1,000
  * records; this ~0.7-1.0 ms).
  */
 const INSERT_ROWS_SQL = `
-    INSERT INTO user_metrics
-      (record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used, voice_sentiment)
-    SELECT decode(k, 'hex'), e, u, s, t, tt, m, sp, v
-    FROM unnest($1::text::text[], $2::text::varchar[], $3::text::varchar[], $4::text::varchar[], $5::text::int8[],
-                $6::text::int4[], $7::text::bool[], $8::text::bool[], $9::text::varchar[]) AS r(k, e, u, s, t, tt, m, sp, v)
-    ON CONFLICT (record_key) DO NOTHING
-    RETURNING id, encode(record_key, 'hex') AS key, created_at`;
+    WITH input AS (
+      SELECT decode(k, 'hex') AS record_key, e, u, s, t, tt, m, sp, v, position
+      FROM unnest($1::text::text[], $2::text::varchar[], $3::text::varchar[], $4::text::varchar[], $5::text::int8[],
+                  $6::text::int4[], $7::text::bool[], $8::text::bool[], $9::text::varchar[])
+           WITH ORDINALITY AS r(k, e, u, s, t, tt, m, sp, v, position)
+    ), inserted AS (
+      INSERT INTO user_metrics
+        (record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used, voice_sentiment)
+      SELECT record_key, e, u, s, t, tt, m, sp, v FROM input ORDER BY position
+      ON CONFLICT (record_key) DO NOTHING
+      RETURNING id, record_key
+    )
+    SELECT string_agg((input.position - 1)::text || ':' || inserted.id::text, ',' ORDER BY inserted.id) AS stored, now() AS created_at
+    FROM inserted JOIN input USING (record_key)`;
 
 /** Characters that must be backslash-escaped inside a quoted element of an array literal. */
 const ARRAY_ESCAPES = /["\\]/g;
@@ -168,7 +179,7 @@ function arrayElement(value: string | null | undefined): string {
   return ARRAY_ESCAPES.test(value) ? `"${value.replace(ARRAY_ESCAPES, '\\$&')}"` : `"${value}"`;
 }
 
-async function insertRows(rows: PendingRow[]): Promise<InsertedRow[]> {
+async function insertRows(rows: PendingRow[]): Promise<Inserted> {
   // Validation has refused NUL characters and unpaired surrogates, the two things an array literal cannot carry.
   let keys = '{';
   let eventIds = '{';
@@ -194,9 +205,16 @@ async function insertRows(rows: PendingRow[]): Promise<InsertedRow[]> {
     sentiments += `${comma}${arrayElement(record.voiceSentiment)}`;
   }
   const close = (literal: string) => `${literal}}`;
-  return database().queryDirect<InsertedRow>(
+  const [result] = await database().queryDirect<{ stored: string | null; created_at: Date }>(
     INSERT_ROWS_SQL,
     [keys, eventIds, userIds, sessionIds, timestamps, talkedTimes, microphones, speakers, sentiments].map(close),
     'ingest_metrics_insert',
   );
+  const inserted: Inserted = { positions: [], ids: [], createdAt: result?.created_at ?? new Date() };
+  for (const pair of result?.stored ? result.stored.split(',') : []) {
+    const colon = pair.indexOf(':');
+    inserted.positions.push(Number(pair.slice(0, colon)));
+    inserted.ids.push(Number(pair.slice(colon + 1)));
+  }
+  return inserted;
 }
