@@ -37,7 +37,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: opts } = parseArgs({
   options: {
     embedded: { type: 'boolean', default: false },
-    rounds: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '5' },
     records: { type: 'string', default: '100000' },
     batch: { type: 'string', default: '1000' },
     clients: { type: 'string', default: '4' },
@@ -46,12 +46,14 @@ const { values: opts } = parseArgs({
     days: { type: 'string', default: '30' },
     requests: { type: 'string', default: '200' },
     only: { type: 'string' },
+    cases: { type: 'string' },
     source: { type: 'boolean', default: false },
     build: { type: 'boolean', default: true },
     'no-build': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
     pool: { type: 'string' },
     'service-root': { type: 'string' },
+    'node-flags': { type: 'string' },
     out: { type: 'string', default: 'bench-results/latest.json' },
     help: { type: 'boolean', default: false },
   },
@@ -60,7 +62,7 @@ const { values: opts } = parseArgs({
 if (opts.help) {
   process.stdout.write(`npm run bench -- [options]
   --embedded          run the service on the embedded database (PGlite) instead of PostgreSQL
-  --rounds N          rounds of interleaved measurements (default 3)
+  --rounds N          rounds of interleaved measurements (default 5)
   --records N         records ingested per method and round (default 100000)
   --batch N           records per ingestMetrics request (default 1000)
   --clients N         concurrent clients of the concurrent ingestion run (default 4)
@@ -69,11 +71,13 @@ if (opts.help) {
   --requests N        requests per query method and round (default 200)
   --only ingest|queries
                       run one half
+  --cases a,b         run only these query cases (page, statsPerDay, statsPerSentiment)
   --source            run src/main.ts through tsx instead of the built dist/main.js
   --no-build          do not run \`npm run build\` first
   --profile           CPU-profile the service (node --cpu-prof) into bench-results/profiles/
   --pool N            DB_POOL_MAX for the service (default: the service's own default)
   --service-root DIR  run the service built in another checkout (to compare two versions; not built by the bench)
+  --node-flags "..."  extra node flags for the service, e.g. "--max-semi-space-size=32" (experiments)
   --out FILE          where to write the JSON results (default bench-results/latest.json)
 Environment: BENCH_DATABASE_URL, the PostgreSQL server's admin URL (default postgres://postgres@127.0.0.1:5432/postgres).
 `);
@@ -159,10 +163,11 @@ function serviceEnv(extra: Record<string, string>): Record<string, string> {
 }
 
 function profileFlags(): string[] {
-  if (!opts.profile) return [];
+  const extra = opts['node-flags']?.split(/\s+/).filter(Boolean) ?? [];
+  if (!opts.profile) return extra;
   const dir = path.join(ROOT, 'bench-results', 'profiles');
   fs.mkdirSync(dir, { recursive: true });
-  return ['--cpu-prof', `--cpu-prof-dir=${dir}`];
+  return [...extra, '--cpu-prof', `--cpu-prof-dir=${dir}`];
 }
 
 const REFERENCE_TABLE = 'bench_copy_reference';
@@ -350,8 +355,9 @@ async function benchIngest(setup: Setup) {
   };
   const countRows = async (sql: BenchSql, tableName: string) => (await sql.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${tableName}`))[0]?.n;
 
-  // Warm-up: the service's JIT, connections, caches; the database's catalog caches. Different records, then emptied.
-  const warm = makeRecords(Math.min(20 * settings.batch, settings.records), { seed: 2, users: 1000, days: 30, endSeconds: nowSeconds - 3600 });
+  // Warm-up, as long as one measured run: the service's JIT and connections, the database's caches and the table's and
+  // indexes' first pages. Different records, then emptied. (With a shorter one the first round was ~30% slower.)
+  const warm = makeRecords(settings.records, { seed: 2, users: 1000, days: 30, endSeconds: nowSeconds - 3600 });
   await sendBatches(setup.service, ingestBodies(warm, settings.batch), settings.clients);
   await sendBatches(setup.service, ingestBodies(warm, settings.batch), 1);
   await referenceSql.copyIn(REFERENCE_TABLE, COPY_COLUMNS, [copyText(warm)]);
@@ -359,7 +365,12 @@ async function benchIngest(setup: Setup) {
   await truncateReference();
 
   const methods: Record<string, IngestMethod> = {
-    copy: { key: 'copy', label: 'COPY FROM STDIN, 1 stream (reference)', runs: [], cpuMsPer1000: [] },
+    copy: {
+      key: 'copy',
+      label: settings.mode === 'postgres' ? 'COPY FROM STDIN, 1 stream (reference)' : "COPY FROM '/dev/blob' (PGlite, reference)",
+      runs: [],
+      cpuMsPer1000: [],
+    },
     gql1: { key: 'gql1', label: 'GraphQL ingestMetrics, 1 client', runs: [], cpuMsPer1000: [] },
     [`gql${settings.clients}`]: { key: `gql${settings.clients}`, label: `GraphQL ingestMetrics, ${settings.clients} clients`, runs: [], cpuMsPer1000: [] },
     dup1: { key: 'dup1', label: 'GraphQL, all duplicates, 1 client', runs: [], cpuMsPer1000: [] },
@@ -456,7 +467,10 @@ interface QueryMethodResult {
 
 async function benchQueries(setup: Setup, endSeconds: number) {
   const client = new HttpClient(setup.service.url, setup.service.headers);
-  const cases = await queryCases({ sql: setup.serviceSql, client, users: settings.users, days: settings.days, endSeconds });
+  const wanted = opts.cases?.split(',').map((c) => c.trim());
+  const cases = (await queryCases({ sql: setup.serviceSql, client, users: settings.users, days: settings.days, endSeconds })).filter(
+    (c) => !wanted || wanted.includes(c.key),
+  );
   const results: Array<{ case: QueryCase; raw: QueryMethodResult; graphql: QueryMethodResult | undefined }> = [];
   for (const c of cases) {
     log(`query "${c.label}"${c.graphql ? '' : ' (no GraphQL field for it in this schema: raw SQL only)'}`);

@@ -2,7 +2,7 @@
  * Summarises a V8 CPU profile (node --cpu-prof, or `npm run bench -- --profile`): where the service's time goes, by
  * package and by function, self and total (inclusive) time.
  *
- *   npx tsx bench/profile-summary.ts bench-results/profiles/CPU.*.cpuprofile [--top 40] [--match text]
+ *   npx tsx bench/profile-summary.ts bench-results/profiles/CPU.*.cpuprofile [--top 40] [--match text] [--skip-seconds 5]
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -23,7 +23,12 @@ interface Profile {
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { top: { type: 'string', default: '35' }, match: { type: 'string', multiple: true } },
+  options: {
+    top: { type: 'string', default: '35' },
+    match: { type: 'string', multiple: true },
+    /** Leave out the first seconds of the profile (the service's start-up: module loading, migrations). */
+    'skip-seconds': { type: 'string', default: '0' },
+  },
 });
 if (positionals.length === 0) {
   process.stderr.write('usage: tsx bench/profile-summary.ts <file.cpuprofile> [--top N] [--match text]...\n');
@@ -46,6 +51,13 @@ function packageOf(url: string): string {
 
 for (const file of positionals) {
   const profile = JSON.parse(fs.readFileSync(file, 'utf8')) as Profile;
+  // Samples of the skipped start-up count as zero time.
+  const skipUs = Number(values['skip-seconds']) * 1e6;
+  let clock = 0;
+  profile.timeDeltas = profile.timeDeltas.map((delta) => {
+    clock += delta;
+    return clock <= skipUs ? 0 : delta;
+  });
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
