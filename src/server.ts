@@ -100,6 +100,12 @@ function yogaLogger(logger: Logger): YogaLogger {
     // Yoga logs every error it masks; a database fault is already logged once (warn) by maskError, and during an
     // outage a second, error-level entry with a stack for every request would only bury the log.
     if (first instanceof Error && level === 'error' && classifyDatabaseError(first)) return;
+    // A client's own mistake (a bad argument) is answered with its message; it is not the service's error.
+    const cause = first instanceof GraphQLError ? first.originalError : first;
+    if (cause instanceof InputError) {
+      logger.debug({ ...fields, code: cause.code, argument: cause.path }, cause.message);
+      return;
+    }
     if (first instanceof Error) logger[level]({ ...fields, err: first }, first.message);
     else logger[level]({ ...fields, ...(rest.length > 0 ? { details: rest } : {}) }, String(first));
   };
