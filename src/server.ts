@@ -143,7 +143,15 @@ export function createServer({ config, logger }: ServerOptions) {
     graphqlEndpoint: '/graphql',
     healthCheckEndpoint: '/health',
     landingPage: false,
-    graphiql: config.graphiql ? { title: 'Metrics service', defaultQuery: EXAMPLE_OPERATIONS } : false,
+    graphiql: config.graphiql
+      ? {
+          title: 'Metrics service',
+          defaultQuery: EXAMPLE_OPERATIONS,
+          // GraphiQL runs subscriptions as GET requests (server-sent events); the header tells CSRF prevention that
+          // the request comes from a page allowed to set headers.
+          additionalHeaders: { 'x-graphql-yoga-csrf': '1' },
+        }
+      : false,
     // GraphiQL's assets are served by the service itself, not fetched from a CDN: it works offline and behind firewalls.
     renderGraphiQL,
     logging: yogaLogger(logger),

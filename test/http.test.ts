@@ -111,6 +111,23 @@ test('GET /graphql from a browser serves GraphiQL (text/html) with the example o
   assert.match(html, /metrics\(/);
 });
 
+test('GraphiQL can run subscriptions: its requests carry the CSRF header, and a GET subscription with it streams', async () => {
+  const html = await (await fetch(`${service.url}/graphql`, { headers: { accept: 'text/html' } })).text();
+  assert.match(html, /"additionalHeaders":\{"x-graphql-yoga-csrf":"1"\}/);
+  const controller = new AbortController();
+  const query = encodeURIComponent('subscription { metricIngested { id } }');
+  const response = await fetch(`${service.url}/graphql?query=${query}`, {
+    headers: { accept: 'text/event-stream', 'x-graphql-yoga-csrf': '1' },
+    signal: controller.signal,
+  });
+  try {
+    assert.equal(response.status, 200);
+    assert.match(response.headers.get('content-type') ?? '', /^text\/event-stream/);
+  } finally {
+    controller.abort();
+  }
+});
+
 test('POST /graphql answers a query as JSON with a request id', async () => {
   const response = await service.request('{ __typename }');
   assert.equal(response.status, 200);
