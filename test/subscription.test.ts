@@ -330,8 +330,8 @@ test('the live-update hub: registered on subscribe, a reader too far behind is d
     voiceSentiment: null,
     createdAt: new Date(),
   });
-  const odd = events.subscribe((m) => m.id % 2 === 1);
-  const slow = events.subscribe(() => true);
+  const odd = await events.subscribe((m) => m.id % 2 === 1);
+  const slow = await events.subscribe(() => true);
   // Published before anything was read: still delivered, since a subscription counts from when it is made.
   events.publish([metric(1), metric(2), metric(3)]);
   assert.deepEqual([(await odd.next()).value?.id, (await odd.next()).value?.id], [1, 3]);

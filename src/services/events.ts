@@ -32,10 +32,18 @@ export interface MetricEventsOptions {
 
 export interface MetricEvents {
   readonly kind: 'in-process' | 'redis';
-  /** Sends a batch of stored records (in id order) to every subscriber; never throws, never waits. */
-  publish(records: readonly StoredMetric[]): void;
-  /** A stream of stored records for which `accept` is true; registered at once, ended by `return()`. */
-  subscribe(accept: (record: StoredMetric) => boolean): AsyncIterableIterator<StoredMetric>;
+  /**
+   * Sends a batch of stored records (in id order) to every subscriber; never throws. Resolves once the records are
+   * on their way to every instance (with Redis: once Redis has taken the PUBLISH), so that a record acknowledged to its
+   * client is never delivered to a subscription that began after the acknowledgement.
+   */
+  publish(records: readonly StoredMetric[]): Promise<void>;
+  /**
+   * A stream of stored records for which `accept` is true, ended by `return()`. Resolves once registered: every record
+   * published after that is delivered, none published before (with Redis, a PING on the subscribing connection marks
+   * the point: messages Redis sent before its reply are not this subscription's).
+   */
+  subscribe(accept: (record: StoredMetric) => boolean): Promise<AsyncIterableIterator<StoredMetric>>;
   /** Ends every subscription, then closes Redis connections. Publishing afterwards does nothing. */
   stop(): Promise<void>;
 }
@@ -157,10 +165,10 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
   if (!options.redisUrl) {
     return {
       kind: 'in-process',
-      publish(records) {
+      async publish(records) {
         if (!stopped && records.length > 0) deliver(records);
       },
-      subscribe,
+      subscribe: async (accept) => subscribe(accept),
       async stop() {
         stopped = true;
         endSubscriptions();
@@ -224,17 +232,25 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
 
   return {
     kind: 'redis',
-    publish(records) {
+    async publish(records) {
       if (stopped || records.length === 0) return;
       const wire: WireRecord[] = records.map((r) => ({ ...r, createdAt: r.createdAt.toISOString() }));
-      publisher.publish(channel, JSON.stringify(wire)).catch((error: unknown) => {
-        logger.error(
-          { err: error, channel, records: records.length, firstId: records[0]?.id },
-          'Could not publish stored records to Redis: live subscribers will not see them (they are stored)',
-        );
-      });
+      await publisher.publish(channel, JSON.stringify(wire)).then(
+        () => undefined,
+        (error: unknown) => {
+          logger.error(
+            { err: error, channel, records: records.length, firstId: records[0]?.id },
+            'Could not publish stored records to Redis: live subscribers will not see them (they are stored)',
+          );
+        },
+      );
     },
-    subscribe,
+    async subscribe(accept) {
+      // Replies on the subscribing connection come in order with the messages Redis pushes on it: once the PING is
+      // answered, every message published before the subscription began has been handed to the other subscriptions.
+      await subscriber.ping();
+      return subscribe(accept);
+    },
     async stop() {
       stopped = true;
       endSubscriptions();
@@ -263,12 +279,12 @@ export async function startMetricEvents(options: MetricEventsOptions): Promise<M
 }
 
 /** Publishes newly stored records; does nothing when live updates are not started (e.g. in a command-line tool). */
-export function publishStored(records: readonly StoredMetric[]): void {
-  active?.publish(records);
+export async function publishStored(records: readonly StoredMetric[]): Promise<void> {
+  await active?.publish(records);
 }
 
 /** Subscribes to newly stored records for which `accept` is true. */
-export function subscribeStored(accept: (record: StoredMetric) => boolean): AsyncIterableIterator<StoredMetric> {
+export function subscribeStored(accept: (record: StoredMetric) => boolean): Promise<AsyncIterableIterator<StoredMetric>> {
   if (!active) throw new Error('Live updates are not started: call startMetricEvents() first');
   return active.subscribe(accept);
 }

@@ -4,6 +4,9 @@
 import crypto from 'node:crypto';
 import { database } from '../db.js';
 import { publishStored } from './events.js';
+
+/** Longest an ingest answer waits for its records to be published to live subscribers. */
+const PUBLISH_WAIT_MS = 1000;
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 
 export interface RejectedRecord extends FieldProblem {
@@ -133,7 +136,9 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
   });
 
   // Live subscribers (metricIngested) get exactly the rows this call stored: no duplicates, no rejected records.
-  publishStored(stored);
+  // The answer waits for the publish, so a record is on its way to subscribers before its client learns it was stored
+  // (a subscription begun after that never receives it); the wait is bounded so Redis trouble cannot hold ingestion.
+  await Promise.race([publishStored(stored), new Promise((resolve) => setTimeout(resolve, PUBLISH_WAIT_MS).unref())]);
   return {
     accepted: stored.length,
     duplicates: repeatsInBatch + (rows.length - stored.length),
