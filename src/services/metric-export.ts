@@ -3,20 +3,11 @@
  * as the API, so memory holds one batch whatever the number of matches. Each batch is one indexed range read.
  */
 import { database } from '../db.js';
+import type { StoredMetric } from './ingest.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';
 
-/** A stored record as an export carries it. */
-export interface ExportedMetric {
-  id: number;
-  eventId: string | null;
-  userId: string;
-  sessionId: string;
-  timestamp: number;
-  talkedTime: number;
-  microphoneUsed: boolean;
-  speakerUsed: boolean;
-  voiceSentiment: string | null;
-  /** ISO 8601 in UTC with microseconds, as stored. */
+/** A stored record as an export carries it: createdAt as ISO 8601 in UTC with microseconds, as stored. */
+export interface ExportedMetric extends Omit<StoredMetric, 'createdAt'> {
   createdAt: string;
 }
 
