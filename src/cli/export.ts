@@ -5,14 +5,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { parseArgs } from 'node:util';
 import { type GraphQLInputType, coerceInputValue, isInputType } from 'graphql';
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db.js';
 import { schema } from '../schema/index.js';
 import type { MetricFilter } from '../services/metric-filter.js';
 import { exportMetrics } from '../services/metric-export.js';
-import { UsageError, close, integerOption, runTool, write } from '../bulk/cli-support.js';
+import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool, write } from '../bulk/cli-support.js';
 import { connectForTool, describeDatabase } from '../bulk/connect.js';
 import { Progress, formatCount } from '../bulk/progress.js';
 import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
@@ -53,34 +52,26 @@ function parseWhere(json: string): MetricFilter {
 }
 
 async function main(): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: process.argv.slice(2),
-      options: {
-        where: { type: 'string' },
-        format: { type: 'string' },
-        out: { type: 'string' },
-        'batch-size': { type: 'string' },
-        progress: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
+  const { values } = parseCommandLine({
+    args: process.argv.slice(2),
+    options: {
+      where: { type: 'string' },
+      format: { type: 'string' },
+      out: { type: 'string' },
+      'batch-size': { type: 'string' },
+      progress: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
   const filter = values.where === undefined ? undefined : parseWhere(values.where);
-  if (values.format !== undefined && values.format !== 'csv' && values.format !== 'ndjson') {
-    throw new UsageError(`--format must be csv or ndjson (got ${JSON.stringify(values.format)})`);
-  }
   const extension = values.out ? path.extname(values.out).toLowerCase() : '';
-  const format = values.format ?? (extension === '.ndjson' || extension === '.jsonl' ? 'ndjson' : 'csv');
+  const format = choiceOption('format', values.format, ['csv', 'ndjson'] as const) ?? (extension === '.ndjson' || extension === '.jsonl' ? 'ndjson' : 'csv');
   const batchSize = integerOption('batch-size', values['batch-size'], 5000, 100, 50_000);
-  if (values.progress !== undefined && !['bar', 'lines', 'none'].includes(values.progress)) throw new UsageError('--progress must be bar, lines or none');
+  const progressMode = choiceOption('progress', values.progress, PROGRESS_MODES);
 
   const config = loadConfig();
   const db = await connectForTool(config, 'npm run export');
@@ -94,7 +85,7 @@ async function main(): Promise<number> {
   const progress = new Progress({
     label: 'export',
     // On stdout the data is the output: progress would only go to a terminal's stderr, and only when asked.
-    mode: (values.progress as 'bar' | 'lines' | 'none' | undefined) ?? (values.out ? undefined : 'none'),
+    mode: progressMode ?? (values.out ? undefined : 'none'),
     sample: () => ({ rows }),
   });
   const started = performance.now();

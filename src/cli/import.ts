@@ -7,11 +7,10 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db.js';
 import { type BulkMethod, openBulkWriter } from '../services/bulk-import.js';
-import { UsageError, close, integerOption, runTool } from '../bulk/cli-support.js';
+import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool } from '../bulk/cli-support.js';
 import { ToolError, connectForTool, describeDatabase } from '../bulk/connect.js';
 import { CsvReader, LineSplitter, csvField } from '../bulk/csv.js';
 import { BatchLoader } from '../bulk/loader.js';
@@ -47,39 +46,28 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options | undefined {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        format: { type: 'string' },
-        rejected: { type: 'string' },
-        'batch-size': { type: 'string' },
-        method: { type: 'string' },
-        progress: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseCommandLine({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      format: { type: 'string' },
+      rejected: { type: 'string' },
+      'batch-size': { type: 'string' },
+      method: { type: 'string' },
+      progress: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
   if (values.help) return undefined;
   if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'Name the file to import.' : 'Import one file at a time.');
   const file = positionals[0] as string;
-  const oneOf = <T extends string>(name: string, value: string | undefined, allowed: readonly T[]): T | undefined => {
-    if (value === undefined) return undefined;
-    if (!(allowed as readonly string[]).includes(value)) throw new UsageError(`--${name} must be ${allowed.join(' or ')} (got ${JSON.stringify(value)})`);
-    return value as T;
-  };
   return {
     file,
-    format: oneOf('format', values.format, ['csv', 'ndjson'] as const),
+    format: choiceOption('format', values.format, ['csv', 'ndjson'] as const),
     rejectedPath: values.rejected ?? (file === '-' ? 'stdin.rejected.ndjson' : `${file}.rejected.ndjson`),
     batchSize: integerOption('batch-size', values['batch-size'], 10_000, 100, 100_000),
-    method: oneOf('method', values.method, ['copy', 'insert'] as const),
-    progress: oneOf('progress', values.progress, ['bar', 'lines', 'none'] as const),
+    method: choiceOption('method', values.method, ['copy', 'insert'] as const),
+    progress: choiceOption('progress', values.progress, PROGRESS_MODES),
   };
 }
 

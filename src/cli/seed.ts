@@ -4,11 +4,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db.js';
 import { type BulkMethod, openBulkWriter } from '../services/bulk-import.js';
-import { UsageError, close, integerOption, runTool, write } from '../bulk/cli-support.js';
+import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool, write } from '../bulk/cli-support.js';
 import { connectForTool, describeDatabase } from '../bulk/connect.js';
 import { createRandom, demoDay, demoDayCount, makeUsers } from '../bulk/demo-data.js';
 import { BatchLoader } from '../bulk/loader.js';
@@ -74,25 +73,20 @@ const percent = (part: number, whole: number) => `${whole === 0 ? '0.0' : ((100 
 const iso = (seconds: number) => new Date(seconds * 1000).toISOString().replace(/:00\.000Z$/, 'Z');
 
 async function main(): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: process.argv.slice(2),
-      options: {
-        users: { type: 'string' },
-        days: { type: 'string' },
-        seed: { type: 'string' },
-        end: { type: 'string' },
-        out: { type: 'string' },
-        'batch-size': { type: 'string' },
-        method: { type: 'string' },
-        progress: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
+  const { values } = parseCommandLine({
+    args: process.argv.slice(2),
+    options: {
+      users: { type: 'string' },
+      days: { type: 'string' },
+      seed: { type: 'string' },
+      end: { type: 'string' },
+      out: { type: 'string' },
+      'batch-size': { type: 'string' },
+      method: { type: 'string' },
+      progress: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
@@ -103,10 +97,8 @@ async function main(): Promise<number> {
   const seed = values.seed ?? String(Math.floor(Math.random() * 1e9));
   if (seed.length > 100) throw new UsageError('--seed may be at most 100 characters');
   const end = parseEnd(values.end);
-  if (values.method !== undefined && values.method !== 'copy' && values.method !== 'insert') throw new UsageError('--method must be copy or insert');
-  const method = values.method as BulkMethod | undefined;
-  const progressMode = values.progress;
-  if (progressMode !== undefined && !['bar', 'lines', 'none'].includes(progressMode)) throw new UsageError('--progress must be bar, lines or none');
+  const method: BulkMethod | undefined = choiceOption('method', values.method, ['copy', 'insert'] as const);
+  const progressMode = choiceOption('progress', values.progress, PROGRESS_MODES);
   if (end - days * 86_400 < 946_684_800) throw new UsageError('--days reaches before 2000-01-01, which the service refuses');
 
   const options = { users, days, seed, end };
@@ -129,7 +121,7 @@ async function main(): Promise<number> {
   let daysDone = 0;
   const progress = new Progress({
     label: 'seed',
-    mode: progressMode as 'bar' | 'lines' | 'none' | undefined,
+    mode: progressMode,
     sample: () => ({ rows: stats.records, fraction: daysDone / dayCount, detail: `day ${daysDone} of ${dayCount}` }),
   });
   let started = performance.now();
