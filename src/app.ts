@@ -8,7 +8,7 @@ import type { Config } from './config.js';
 import { connectDatabase, disconnectDatabase } from './db.js';
 import { type EmbeddedWireServer, startEmbeddedWireServer } from './embedded-wire.js';
 import type { Logger } from './logger.js';
-import { migrate, migrationStatus } from './migrations.js';
+import { ensureSchema } from './migrations.js';
 import { createServer } from './server.js';
 import { redactRedisUrl, startMetricEvents, stopMetricEvents } from './services/events.js';
 
@@ -23,9 +23,6 @@ export interface App {
 /** How long after SIGTERM an idle keep-alive connection may still bring a request (answered 503) before it is closed. */
 const IDLE_CONNECTION_GRACE_MS = 250;
 
-export class StartupError extends Error {
-  override readonly name = 'StartupError';
-}
 
 export async function startApp(config: Config, logger: Logger): Promise<App> {
   const db = await connectDatabase({
@@ -44,20 +41,11 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       logger.info({ database: db.location }, `Using PostgreSQL at ${db.location}`);
     }
 
+    const { applied, status } = await ensureSchema(db, config.migrateOnStart);
     if (config.migrateOnStart) {
-      const { applied, status } = await migrate(db);
       logger.info({ applied }, applied.length > 0 ? `Applied ${applied.length} migration(s): ${applied.join(', ')}` : 'Database schema is up to date');
-      warnIfNewer(status.unknown, logger);
-    } else {
-      const status = await migrationStatus(db);
-      if (status.pending.length > 0) {
-        throw new StartupError(
-          `The database is missing migrations ${status.pending.join(', ')} and MIGRATE_ON_START=false. ` +
-            'Run `npm run db:migrate` (in Docker: `node dist/cli/migrate.js deploy`), or set MIGRATE_ON_START=true.',
-        );
-      }
-      warnIfNewer(status.unknown, logger);
     }
+    warnIfNewer(status.unknown, logger);
 
     if (db.pglite && config.embeddedDbPort !== undefined) {
       socketServer = await startEmbeddedWireServer({ db: db.pglite, port: config.embeddedDbPort, logger });

@@ -164,3 +164,20 @@ async function applyOne(session: SqlSession, migration: LocalMigration): Promise
     throw new MigrationError(`Migration ${migration.name} failed and was rolled back (nothing of it was applied): ${reason}`, migration.name);
   }
 }
+
+/**
+ * The schema policy every process that serves or writes data follows: with `migrateOnStart`, apply what is pending;
+ * without, refuse (MigrationError naming the command) while anything is pending. Never serve an older schema silently.
+ */
+export async function ensureSchema(db: Database, migrateOnStart: boolean, dir: string = MIGRATIONS_DIR): Promise<MigrateResult> {
+  if (migrateOnStart) return migrate(db, dir);
+  const status = await migrationStatus(db, dir);
+  if (status.pending.length > 0) {
+    throw new MigrationError(
+      `The database is missing migrations ${status.pending.join(', ')} and MIGRATE_ON_START=false. ` +
+        'Run `npm run db:migrate` (in Docker: `node dist/cli/migrate.js deploy`), or set MIGRATE_ON_START=true.',
+      status.pending[0],
+    );
+  }
+  return { applied: [], status };
+}

@@ -4,7 +4,7 @@
  */
 import type { Config } from '../config.js';
 import { type Database, connectDatabase } from '../db.js';
-import { migrate, migrationStatus } from '../migrations.js';
+import { MigrationError, ensureSchema } from '../migrations.js';
 
 /** An error the user can act on: printed as is, without a stack. */
 export class ToolError extends Error {
@@ -34,15 +34,11 @@ export async function connectForTool(config: Config, tool: string): Promise<Data
     }
     throw new ToolError(`Cannot open the database (${config.databaseUrl ? 'DATABASE_URL' : `DATA_DIR=${config.dataDir}`}): ${message}`);
   }
-  if (config.migrateOnStart) {
-    await migrate(db);
-  } else {
-    const status = await migrationStatus(db);
-    if (status.pending.length > 0) {
-      throw new ToolError(
-        `${describeDatabase(db)} lacks migrations ${status.pending.join(', ')} and MIGRATE_ON_START=false: run \`npm run db:migrate\` first.`,
-      );
-    }
+  try {
+    await ensureSchema(db, config.migrateOnStart);
+  } catch (error) {
+    if (error instanceof MigrationError) throw new ToolError(`${describeDatabase(db)}: ${error.message}`);
+    throw error;
   }
   return db;
 }

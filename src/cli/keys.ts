@@ -10,7 +10,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config.js';
 import { connectDatabase, database, disconnectDatabase } from '../db.js';
-import { MigrationError, migrate, migrationStatus } from '../migrations.js';
+import { MigrationError, ensureSchema } from '../migrations.js';
 import { type ApiKeyInfo, SCOPES, createApiKey, listApiKeys, revokeApiKey } from '../services/api-keys.js';
 import { InputError } from '../services/errors.js';
 
@@ -36,15 +36,9 @@ async function openConfiguredDatabase(): Promise<string> {
     throw error;
   }
   const db = database();
-  const status = await migrationStatus(db);
-  if (status.pending.length > 0) {
-    if (!config.migrateOnStart) {
-      throw new Error(`The database lacks migrations ${status.pending.join(', ')}: run \`npm run db:migrate\` first.`);
-    }
-    // As the service does at start-up (MIGRATE_ON_START), so a key can be made before the first start.
-    const { applied } = await migrate(db);
-    process.stderr.write(`Applied ${applied.length} pending migration(s): ${applied.join(', ')}\n`);
-  }
+  // As the service does at start-up (MIGRATE_ON_START), so a key can be made before the first start.
+  const { applied } = await ensureSchema(db, config.migrateOnStart);
+  if (applied.length > 0) process.stderr.write(`Applied ${applied.length} pending migration(s): ${applied.join(', ')}\n`);
   return db.kind === 'embedded' ? `the embedded database in ${db.location}` : db.location;
 }
 
