@@ -5,18 +5,24 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { classifyDatabaseError } from './db-errors.js';
 import { PrismaClient } from './generated/prisma/client.js';
 
-/** One connection, held for a unit of work (a migration run). */
+/** One connection, held for a unit of work (a migration run; a batch stored with COPY in one transaction). */
 export interface SqlSession {
-  query<Row = Record<string, unknown>>(text: string, params?: unknown[]): Promise<Row[]>;
+  /** One statement; with `name`, PostgreSQL parses and plans it once per connection (PGlite ignores the name). */
+  query<Row = Record<string, unknown>>(text: string, params?: unknown[], name?: string): Promise<Row[]>;
   /** Runs a script of several statements in one call, so PostgreSQL runs it as a whole. */
   exec(script: string): Promise<void>;
+  /** `COPY ... FROM STDIN` (the statement) fed with `data` in COPY's text format. PostgreSQL only: undefined on PGlite. */
+  copyFrom?(statement: string, data: string): Promise<void>;
 }
 
 export interface Database {
@@ -113,9 +119,12 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
       let broken: Error | undefined;
       try {
         return await work({
-          query: async (text, params) => (await client.query(text, params)).rows,
+          query: async (text, params, name) => (await client.query({ text, values: params, name })).rows,
           exec: async (script) => {
             await client.query(script);
+          },
+          copyFrom: async (statement, data) => {
+            await pipeline(Readable.from([data]), client.query(copyFrom(statement)));
           },
         });
       } catch (error) {

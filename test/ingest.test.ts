@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
-import { INGEST, type TestService, nowSeconds, record, startTestService } from './support/harness.js';
+import pg from 'pg';
+import { INGEST, type TestService, nowSeconds, record, startTestService, usingPostgres } from './support/harness.js';
 
 let service: TestService;
 before(async () => {
@@ -424,6 +425,48 @@ test('concurrent overlapping batches from several clients never fail and store e
     assert.deepEqual(stats, { n: poolSize, talked: poolSize, events: Math.ceil(poolSize / 3), distinct_events: Math.ceil(poolSize / 3) });
   }
 });
+
+test(
+  'a batch racing another transaction that stores one of its identities first stores the rest and counts that one as a duplicate',
+  { skip: usingPostgres ? false : 'PostgreSQL only: the embedded database runs one statement at a time, so nothing can race' },
+  async () => {
+    // The service stores a batch with COPY after looking up which identities exist; an identity stored by another
+    // transaction between the two makes the COPY fail on the unique index, and the batch is stored again with the INSERT.
+    const records = [0, 1, 2].map((i) => record({ sessionId: 'race', eventId: `race-${i}`, talkedTime: i }));
+    const blocker = new pg.Client({ connectionString: service.config.databaseUrl });
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query(
+        `INSERT INTO user_metrics (record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used)
+         VALUES (decode($1, 'hex'), 'race-1', 'blocker', 'race', $2, 99, false, false)`,
+        [crypto.createHash('sha256').update('event:race-1').digest('hex'), nowSeconds()],
+      );
+      const pending = ingest(records);
+      // The service's COPY now waits for the blocker's row: commit it once the wait is visible.
+      for (let waited = 0; ; waited += 20) {
+        const [waiting] = await service.sql<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+        );
+        if ((waiting?.n ?? 0) > 0) break;
+        if (waited > 10_000) throw new Error('The ingest never waited for the concurrent transaction');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await blocker.query('COMMIT');
+      assert.deepEqual(await pending, { accepted: 2, duplicates: 1, rejected: [] });
+    } finally {
+      await blocker.end();
+    }
+    const rows = await service.sql<{ event_id: string; user_id: string; talked_time: number }>(
+      `SELECT event_id, user_id, talked_time FROM user_metrics WHERE session_id = 'race' ORDER BY event_id`,
+    );
+    assert.deepEqual(rows, [
+      { event_id: 'race-0', user_id: 'user-1', talked_time: 0 },
+      { event_id: 'race-1', user_id: 'blocker', talked_time: 99 },
+      { event_id: 'race-2', user_id: 'user-1', talked_time: 2 },
+    ]);
+  },
+);
 
 test('a batch over the default limit of 5,000 is refused whole, naming the limit', async () => {
   const records = Array.from({ length: 5001 }, (_, i) => record({ sessionId: 'over-default-limit', talkedTime: i % 86_400 }));

@@ -20,7 +20,7 @@ import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { database } from '../db.js';
-import { ingestMetrics, recordKeyHex } from './ingest.js';
+import { STORED_COLUMNS, copyLine, ingestMetrics, recordKeyHex } from './ingest.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 
 export type BulkMethod = 'copy' | 'insert';
@@ -87,8 +87,6 @@ class InsertWriter implements BulkWriter {
 
 // copy ------------------------------------------------------------------------------------------------------------
 
-const COLUMNS = 'record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used, voice_sentiment';
-
 /** Session-private staging table for the careful path; ON COMMIT DELETE ROWS empties it at the end of each batch. */
 const STAGING_TABLE = `
   CREATE TEMP TABLE IF NOT EXISTS bulk_import_staging (
@@ -104,8 +102,8 @@ const STAGING_TABLE = `
   ) ON COMMIT DELETE ROWS`;
 
 const MERGE_STAGED = `
-  INSERT INTO user_metrics (${COLUMNS})
-  SELECT ${COLUMNS} FROM bulk_import_staging
+  INSERT INTO user_metrics (${STORED_COLUMNS})
+  SELECT ${STORED_COLUMNS} FROM bulk_import_staging
   ORDER BY record_key
   ON CONFLICT (record_key) DO NOTHING`;
 
@@ -120,15 +118,6 @@ interface CopyBatch extends PreparedBatch {
   /** Valid records repeating an identity earlier in the batch. */
   repeats: number;
   rejected: Map<number, FieldProblem[]>;
-}
-
-const COPY_ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
-const NEEDS_ESCAPE = /[\\\t\n\r]/;
-
-/** A text value in COPY's text format (`\N` is null). Validation has already refused NUL characters. */
-function copyValue(value: string | null | undefined): string {
-  if (value === null || value === undefined) return '\\N';
-  return NEEDS_ESCAPE.test(value) ? value.replace(/[\\\t\n\r]/g, (c) => COPY_ESCAPES[c] as string) : value;
 }
 
 class CopyWriter implements BulkWriter {
@@ -156,12 +145,7 @@ class CopyWriter implements BulkWriter {
     const keys = [...rows.keys()].sort();
     let text = '';
     for (const key of keys) {
-      const record = rows.get(key) as MetricRecordInput;
-      // In COPY's text format a backslash is doubled: the server then reads `\x<hex>`, bytea's hex input.
-      text +=
-        `\\\\x${key}\t${copyValue(record.eventId)}\t${copyValue(record.userId)}\t${copyValue(record.sessionId)}\t` +
-        `${record.timestamp}\t${record.talkedTime}\t${record.microphoneUsed ? 't' : 'f'}\t${record.speakerUsed ? 't' : 'f'}\t` +
-        `${copyValue(record.voiceSentiment)}\n`;
+      text += `${copyLine(key, rows.get(key) as MetricRecordInput)}\n`;
     }
     return { size: records.length, text, rows: keys.length, repeats, rejected };
   }
@@ -192,7 +176,7 @@ class CopyWriter implements BulkWriter {
   }
 
   private async copy(table: string, text: string): Promise<void> {
-    await pipeline(Readable.from([text]), this.client.query(copyFrom(`COPY ${table} (${COLUMNS}) FROM STDIN`)));
+    await pipeline(Readable.from([text]), this.client.query(copyFrom(`COPY ${table} (${STORED_COLUMNS}) FROM STDIN`)));
   }
 
   private async transaction<T>(work: () => Promise<T>): Promise<T> {
