@@ -13,7 +13,7 @@
  * when Redis is unreachable. Here the channel is subscribed (and confirmed) at start-up, a subscriber is registered the
  * moment it subscribes, and a failed publish is logged.
  */
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
 import { InputError } from './errors.js';
 import type { StoredMetric } from './ingest.js';
@@ -183,8 +183,10 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
     // Publishes wait out a short reconnect in the offline queue (keeping their order), then fail and are logged.
     maxRetriesPerRequest: 5,
   };
-  const publisher = new Redis(options.redisUrl, { ...clientOptions, connectionName: 'metrics-publish' });
-  const subscriber = new Redis(options.redisUrl, { ...clientOptions, connectionName: 'metrics-subscribe' });
+  // Loaded only with REDIS_URL: a single instance does not carry the client's ~20 MB.
+  const { Redis: RedisClient } = await import('ioredis');
+  const publisher = new RedisClient(options.redisUrl, { ...clientOptions, connectionName: 'metrics-publish' });
+  const subscriber = new RedisClient(options.redisUrl, { ...clientOptions, connectionName: 'metrics-subscribe' });
   let lastErrorLog = 0;
   let lastError: Error | undefined;
   const onError = (error: Error) => {
