@@ -426,45 +426,72 @@ test('concurrent overlapping batches from several clients never fail and store e
   }
 });
 
+/** ingest_batch_writes_total per path, from the service's /metrics. */
+async function batchWrites(): Promise<Record<string, number>> {
+  const text = await (await fetch(`${service.url}/metrics`)).text();
+  return Object.fromEntries([...text.matchAll(/^ingest_batch_writes_total\{path="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+}
+
+/**
+ * Ingests three records while another transaction stores the second one's identity: the service's COPY waits for that
+ * transaction, which commits once the wait shows in pg_stat_activity.
+ */
+async function ingestRacing(tag: string): Promise<IngestResult> {
+  const records = [0, 1, 2].map((i) => record({ sessionId: tag, eventId: `${tag}-${i}`, talkedTime: i }));
+  const blocker = new pg.Client({ connectionString: service.config.databaseUrl });
+  await blocker.connect();
+  try {
+    await blocker.query('BEGIN');
+    await blocker.query(
+      `INSERT INTO user_metrics (record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used)
+       VALUES (decode($1, 'hex'), $2, 'blocker', $3, $4, 99, false, false)`,
+      [crypto.createHash('sha256').update(`event:${tag}-1`).digest('hex'), `${tag}-1`, tag, nowSeconds()],
+    );
+    const pending = ingest(records);
+    for (let waited = 0; ; waited += 20) {
+      const [waiting] = await service.sql<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+      );
+      if ((waiting?.n ?? 0) > 0) break;
+      if (waited > 10_000) throw new Error('The ingest never waited for the concurrent transaction');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await blocker.query('COMMIT');
+    return await pending;
+  } finally {
+    await blocker.end();
+  }
+}
+
 test(
-  'a batch racing another transaction that stores one of its identities first stores the rest and counts that one as a duplicate',
+  'a batch racing another transaction for one of its identities stores the rest, whichever way it was being written',
   { skip: usingPostgres ? false : 'PostgreSQL only: the embedded database runs one statement at a time, so nothing can race' },
   async () => {
-    // The service stores a batch with COPY after looking up which identities exist; an identity stored by another
-    // transaction between the two makes the COPY fail on the unique index, and the batch is stored again with the INSERT.
-    const records = [0, 1, 2].map((i) => record({ sessionId: 'race', eventId: `race-${i}`, talkedTime: i }));
-    const blocker = new pg.Client({ connectionString: service.config.databaseUrl });
-    await blocker.connect();
-    try {
-      await blocker.query('BEGIN');
-      await blocker.query(
-        `INSERT INTO user_metrics (record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used)
-         VALUES (decode($1, 'hex'), 'race-1', 'blocker', 'race', $2, 99, false, false)`,
-        [crypto.createHash('sha256').update('event:race-1').digest('hex'), nowSeconds()],
-      );
-      const pending = ingest(records);
-      // The service's COPY now waits for the blocker's row: commit it once the wait is visible.
-      for (let waited = 0; ; waited += 20) {
-        const [waiting] = await service.sql<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-        );
-        if ((waiting?.n ?? 0) > 0) break;
-        if (waited > 10_000) throw new Error('The ingest never waited for the concurrent transaction');
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
-      await blocker.query('COMMIT');
-      assert.deepEqual(await pending, { accepted: 2, duplicates: 1, rejected: [] });
-    } finally {
-      await blocker.end();
-    }
+    // A fresh batch finds nothing stored: the next batch is copied straight away.
+    await ingest([record({ sessionId: 'race-fresh' })]);
+    const before = await batchWrites();
+    // Copied straight away, the COPY fails on the identity the other transaction stored: the batch is looked up and
+    // copied again without it. Batches keep looking up first, as this one found an identity stored.
+    assert.deepEqual(await ingestRacing('race-a'), { accepted: 2, duplicates: 1, rejected: [] });
+    const afterLookup = await batchWrites();
+    assert.equal(afterLookup.lookup_copy, (before.lookup_copy ?? 0) + 1, JSON.stringify({ before, afterLookup }));
+    // Looked up first, the lookup cannot see the other transaction's row: the COPY fails, and the INSERT skips it.
+    assert.deepEqual(await ingestRacing('race-b'), { accepted: 2, duplicates: 1, rejected: [] });
+    const afterInsert = await batchWrites();
+    assert.equal(afterInsert.insert, (afterLookup.insert ?? 0) + 1, JSON.stringify({ afterLookup, afterInsert }));
+    assert.equal(afterInsert.copy, before.copy, 'no batch of the two was stored by its first COPY');
+
     const rows = await service.sql<{ event_id: string; user_id: string; talked_time: number }>(
-      `SELECT event_id, user_id, talked_time FROM user_metrics WHERE session_id = 'race' ORDER BY event_id`,
+      `SELECT event_id, user_id, talked_time FROM user_metrics WHERE session_id IN ('race-a', 'race-b') ORDER BY event_id`,
     );
-    assert.deepEqual(rows, [
-      { event_id: 'race-0', user_id: 'user-1', talked_time: 0 },
-      { event_id: 'race-1', user_id: 'blocker', talked_time: 99 },
-      { event_id: 'race-2', user_id: 'user-1', talked_time: 2 },
-    ]);
+    assert.deepEqual(
+      rows,
+      ['race-a', 'race-b'].flatMap((tag) => [
+        { event_id: `${tag}-0`, user_id: 'user-1', talked_time: 0 },
+        { event_id: `${tag}-1`, user_id: 'blocker', talked_time: 99 },
+        { event_id: `${tag}-2`, user_id: 'user-1', talked_time: 2 },
+      ]),
+    );
   },
 );
 

@@ -4,6 +4,7 @@
  *   graphql_requests_total{operation_name, operation_type, outcome}   GraphQL requests, outcome success | error
  *   graphql_request_duration_seconds{operation_name, operation_type}  from the request's arrival to its response
  *   ingest_records_total{result}                                      ingestMetrics records: accepted | duplicate | rejected
+ *   ingest_batch_writes_total{path}                                   batches written: copy | lookup_copy | insert
  *   db_pool_connections{state}, db_pool_waiting_clients,              the PostgreSQL pool (absent on the embedded database)
  *   db_pool_max_connections
  *   process_*, nodejs_*                                               prom-client's default process metrics
@@ -41,6 +42,17 @@ const ingested = new Counter({
 });
 // Present at zero from the start, so that rate() and alerts see the series before the first ingestion.
 for (const result of ['accepted', 'duplicate', 'rejected']) ingested.inc({ result }, 0);
+
+const batchWrites = new Counter({
+  name: 'ingest_batch_writes_total',
+  help:
+    'ingestMetrics batches written to the database, by how: copy (COPY straight away), lookup_copy (COPY of the records ' +
+    'not stored yet, after looking them up: retried batches), insert (INSERT ... ON CONFLICT: the embedded database, or a ' +
+    'batch that raced a concurrent one for the same records).',
+  labelNames: ['path'] as const,
+  registers: [registry],
+});
+for (const path of ['copy', 'lookup_copy', 'insert']) batchWrites.inc({ path }, 0);
 
 /** The PostgreSQL pool, when there is one (the embedded database has none). */
 function pool() {
@@ -92,7 +104,13 @@ function registerPoolGauges(): void {
 }
 
 /** Counts one ingestMetrics result: called by the resolver with what it returns. */
-export function recordIngestResult(result: { accepted: number; duplicates: number; rejected: readonly { index: number }[] }): void {
+export function recordIngestResult(result: {
+  accepted: number;
+  duplicates: number;
+  rejected: readonly { index: number }[];
+  writePath: string | null;
+}): void {
+  if (result.writePath) batchWrites.inc({ path: result.writePath });
   if (result.accepted > 0) ingested.inc({ result: 'accepted' }, result.accepted);
   if (result.duplicates > 0) ingested.inc({ result: 'duplicate' }, result.duplicates);
   // A record with two problems has two entries: count records.

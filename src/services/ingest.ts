@@ -37,7 +37,16 @@ export interface IngestResult {
   rejected: RejectedRecord[];
   /** The rows this call stored, in the order stored (by id). */
   stored: StoredMetric[];
+  /** How the batch was written (see `insertRows`); null when nothing was to be written. */
+  writePath: WritePath | null;
 }
+
+/**
+ * `copy`: COPY straight away; `lookup_copy`: COPY of the identities not stored yet, after a lookup (a retried batch, or
+ * while batches look up first); `insert`: one INSERT ... ON CONFLICT DO NOTHING (the embedded database, or a COPY that
+ * lost a race to a concurrent batch).
+ */
+export type WritePath = 'copy' | 'lookup_copy' | 'insert';
 
 export interface IngestOptions {
   /** When true, one rejected record means nothing is stored. Default false. */
@@ -91,6 +100,7 @@ interface Inserted {
   ids: number[];
   /** created_at of every row of the batch: its default, the transaction's start time, is one value per statement. */
   createdAt: Date;
+  path: WritePath;
 }
 
 export async function ingestMetrics(records: readonly MetricRecordInput[], options: IngestOptions = {}): Promise<IngestResult> {
@@ -112,11 +122,12 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
   }
 
   if (unique.size === 0 || (options.atomic && rejected.length > 0)) {
-    return { accepted: 0, duplicates: options.atomic && rejected.length > 0 ? 0 : repeatsInBatch, rejected, stored: [] };
+    return { accepted: 0, duplicates: options.atomic && rejected.length > 0 ? 0 : repeatsInBatch, rejected, stored: [], writePath: null };
   }
 
   // Rows go in in key order: concurrent batches that overlap then take their row locks in the same order and never deadlock.
-  const rows = [...unique.values()].sort((a, b) => (a.keyHex < b.keyHex ? -1 : a.keyHex > b.keyHex ? 1 : 0));
+  // (The default sort compares the hex strings without a call per comparison; hex sorts as the bytes it encodes.)
+  const rows = [...unique.keys()].sort().map((keyHex) => unique.get(keyHex) as PendingRow);
   const inserted = await insertRows(rows);
   // In id order, as stored (the statement returns them so).
   const stored = inserted.positions.map((position, i): StoredMetric => {
@@ -144,6 +155,7 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
     duplicates: repeatsInBatch + (rows.length - stored.length),
     rejected,
     stored,
+    writePath: inserted.path,
   };
 }
 
@@ -156,28 +168,52 @@ export const STORED_COLUMNS =
  * - PostgreSQL: COPY, PostgreSQL's cheapest way in (its CPU per row is ~30% below the INSERT's below: one pass of
  *   multi-row heap inserts and each index updated once, where INSERT ... ON CONFLICT probes the identity index, takes a
  *   speculative-insertion lock and inserts per row; measured in bench/README.md). In one transaction: one statement
- *   finds which identities are stored already and reserves ids for the rest, then COPY writes the new rows with those
- *   ids, so the stored rows are known without reading them back. A concurrent batch can store one of the same identities
- *   between the two (a client's retry racing its first attempt): the COPY then fails on the unique index and the batch
- *   is rolled back and stored with the INSERT, which skips it. Both write in identity order, so they never deadlock.
- * - The embedded database (and that fallback): one INSERT ... ON CONFLICT DO NOTHING of the whole batch.
+ *   reserves ids (and gives the transaction's time, created_at's default), then COPY writes the rows with those ids, so
+ *   the stored rows are known without reading them back. COPY cannot skip a row whose identity is stored already: the
+ *   unique index refuses it and the batch is rolled back whole. So:
+ *   - a batch is first copied as it is, with no lookup (fresh records, the usual case, cost no extra index probes);
+ *   - when that fails on an identity stored already (a retry), the batch goes again with a lookup first: the same
+ *     statement also finds which identities are stored, and only the others are copied. The batches after it look up
+ *     first too, until one finds nothing stored already (as a file import does): a client resending many batches
+ *     costs one failed COPY, not one per batch;
+ *   - a concurrent batch can still store one of the identities between the lookup and the COPY (a retry racing its
+ *     first attempt): then the batch is stored with the INSERT, which skips what is stored.
+ *   All of them write in identity order, so concurrent batches never deadlock.
+ * - The embedded database (and that last fallback): one INSERT ... ON CONFLICT DO NOTHING of the whole batch.
  */
 async function insertRows(rows: PendingRow[]): Promise<Inserted> {
   const db = database();
   if (db.kind === 'postgres') {
-    const copied = await db.withSession((session) => copyRows(session, rows));
-    if (copied) return copied;
+    if (!lookUpFirst) {
+      const copied = await db.withSession((session) => copyRows(session, rows, false));
+      if (copied) return copied;
+      lookUpFirst = true;
+    }
+    const copied = await db.withSession((session) => copyRows(session, rows, true));
+    if (copied) {
+      if (copied.positions.length === rows.length) lookUpFirst = false;
+      return copied;
+    }
   }
   return insertRowsWithStatement(rows);
 }
 
-/**
- * Which identities of the batch are stored already, ids for the others, and the transaction's time (created_at's
- * default). The identities come as one bytea of 32-byte keys (sent in binary: no hex to encode or decode). Each is
- * looked up with its own index probe: the LATERAL ... LIMIT 1 keeps PostgreSQL from turning the lookups into a join
- * (and `enable_seqscan = off` from scanning the table when its statistics say it is small, as after a TRUNCATE).
- */
+/** Whether batches look up their identities before COPY: since a batch met identities stored already (see above). */
+let lookUpFirst = false;
+
+/** Ids for the batch's rows and the transaction's time (created_at's default). */
 const RESERVE_SQL = `
+    SELECT NULL AS stored,
+           (SELECT array_agg(id ORDER BY id) FROM (SELECT nextval('user_metrics_id_seq')::int AS id FROM generate_series(1, $1::int)) AS reserved) AS ids,
+           now() AS created_at`;
+
+/**
+ * As RESERVE_SQL, after finding which identities of the batch are stored already: ids only for the others. The
+ * identities come as one bytea of 32-byte keys (sent in binary: no hex to encode or decode). Each is looked up with its
+ * own index probe: the LATERAL ... LIMIT 1 keeps PostgreSQL from turning the lookups into a join (and
+ * `enable_seqscan = off` from scanning the table when its statistics say it is small, as after a TRUNCATE).
+ */
+const LOOK_UP_AND_RESERVE_SQL = `
     WITH batch AS (
       SELECT g AS position, substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1, $2::int) AS g
     ), stored AS (
@@ -195,36 +231,46 @@ const COPY_SQL = `COPY user_metrics (id, ${STORED_COLUMNS}) FROM STDIN`;
 /** PostgreSQL's unique_violation. */
 const UNIQUE_VIOLATION = '23505';
 
-/** The batch through COPY; undefined when a concurrent batch stored one of its identities first (rolled back). */
-async function copyRows(session: SqlSession, rows: PendingRow[]): Promise<Inserted | undefined> {
-  await session.exec('BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off');
+/**
+ * The batch through COPY, with its identities looked up first or not; undefined when the COPY met an identity stored
+ * already (the transaction is rolled back).
+ */
+async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean): Promise<Inserted | undefined> {
+  let keys = '';
+  if (lookUp) for (let i = 0; i < rows.length; i++) keys += (rows[i] as PendingRow).keyHex;
+  // Sent at once (the driver queues them on the connection); the rows' COPY lines are built while PostgreSQL works.
+  const begun = session.exec('BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off');
+  const reserving = session.query<{ stored: string | null; ids: number[] | null; created_at: Date }>(
+    lookUp ? LOOK_UP_AND_RESERVE_SQL : RESERVE_SQL,
+    lookUp ? [Buffer.from(keys, 'hex'), rows.length] : [rows.length],
+    lookUp ? 'ingest_metrics_look_up_and_reserve' : 'ingest_metrics_reserve',
+  );
   try {
-    let keys = '';
-    for (let i = 0; i < rows.length; i++) keys += (rows[i] as PendingRow).keyHex;
-    const [reserved] = await session.query<{ stored: string | null; ids: number[] | null; created_at: Date }>(
-      RESERVE_SQL,
-      [Buffer.from(keys, 'hex'), rows.length],
-      'ingest_metrics_reserve',
-    );
+    const lines = new Array<string>(rows.length);
+    for (let position = 0; position < rows.length; position++) {
+      const { keyHex, record } = rows[position] as PendingRow;
+      lines[position] = copyLine(keyHex, record);
+    }
+    const [, [reserved]] = await Promise.all([begun, reserving]);
     if (!reserved) throw new Error('The identity lookup answered no row');
     const storedAlready = new Uint8Array(rows.length);
     if (reserved.stored) for (const position of reserved.stored.split(',')) storedAlready[Number(position)] = 1;
     const ids = reserved.ids ?? [];
-    const inserted: Inserted = { positions: [], ids: [], createdAt: reserved.created_at };
+    const inserted: Inserted = { positions: [], ids: [], createdAt: reserved.created_at, path: lookUp ? 'lookup_copy' : 'copy' };
     let data = '';
     for (let position = 0; position < rows.length; position++) {
       if (storedAlready[position]) continue;
-      const { keyHex, record } = rows[position] as PendingRow;
       const id = ids[inserted.ids.length] as number;
       inserted.positions.push(position);
       inserted.ids.push(id);
-      data += `${id}\t${copyLine(keyHex, record)}\n`;
+      data += `${id}\t${lines[position]}\n`;
     }
     if (inserted.ids.length !== ids.length) throw new Error(`Reserved ${ids.length} ids for ${inserted.ids.length} new rows`);
     if (data !== '') await (session.copyFrom as NonNullable<SqlSession['copyFrom']>)(COPY_SQL, data);
     await session.exec('COMMIT');
     return inserted;
   } catch (error) {
+    await Promise.allSettled([begun, reserving]);
     await session.exec('ROLLBACK').catch(() => {});
     if ((error as { code?: string }).code === UNIQUE_VIOLATION) return undefined;
     throw error;
@@ -315,7 +361,7 @@ async function insertRowsWithStatement(rows: PendingRow[]): Promise<Inserted> {
     [keys, eventIds, userIds, sessionIds, timestamps, talkedTimes, microphones, speakers, sentiments].map(close),
     'ingest_metrics_insert',
   );
-  const inserted: Inserted = { positions: [], ids: [], createdAt: result?.created_at ?? new Date() };
+  const inserted: Inserted = { positions: [], ids: [], createdAt: result?.created_at ?? new Date(), path: 'insert' };
   for (const pair of result?.stored ? result.stored.split(',') : []) {
     const colon = pair.indexOf(':');
     inserted.positions.push(Number(pair.slice(0, colon)));
