@@ -164,22 +164,33 @@ export async function anyApiKeyExists(): Promise<boolean> {
 const lastUsedWrites = new Set<string>();
 
 /**
+ * The lookup behind every request: one probe of the unique index on secret_hash. It runs on the driver as a prepared
+ * statement (`queryDirect`), not through Prisma's `$queryRaw`, whose argument conversion, interpreter and result mapping
+ * cost more CPU than the probe itself (bench/README.md).
+ */
+const AUTHENTICATE_SQL = `
+  SELECT id, name, scopes,
+    (last_used_at IS NULL OR last_used_at < now() - $2::int * interval '1 second') AS stale
+  FROM api_keys WHERE secret_hash = decode($1, 'hex') AND revoked_at IS NULL`;
+
+/**
  * The caller a key belongs to, or null for an unknown or revoked key. Not cached: a revocation (from another process,
  * too) takes effect on the next request. Records the use at most once a minute per key.
  */
 export async function authenticateApiKey(key: string): Promise<Caller | null> {
   if (!looksLikeApiKey(key)) return null;
-  const prisma = database().prisma;
-  const [row] = await prisma.$queryRaw<{ id: string; name: string; scopes: string[] | null; stale: boolean }[]>`
-    SELECT id, name, scopes,
-      (last_used_at IS NULL OR last_used_at < now() - ${LAST_USED_RESOLUTION_MS / 1000}::int * interval '1 second') AS stale
-    FROM api_keys WHERE secret_hash = decode(${hashKey(key)}, 'hex') AND revoked_at IS NULL`;
+  const db = database();
+  const [row] = await db.queryDirect<{ id: string; name: string; scopes: string[] | null; stale: boolean }>(
+    AUTHENTICATE_SQL,
+    [hashKey(key), LAST_USED_RESOLUTION_MS / 1000],
+    'api_key_authenticate',
+  );
   if (!row) return null;
   if (row.stale && !lastUsedWrites.has(row.id)) {
     // One write in flight per key: a burst of requests at the minute's turn writes once.
     lastUsedWrites.add(row.id);
     try {
-      await prisma.$executeRaw`UPDATE api_keys SET last_used_at = now() WHERE id = ${row.id}`;
+      await db.queryDirect('UPDATE api_keys SET last_used_at = now() WHERE id = $1', [row.id], 'api_key_last_used');
     } finally {
       lastUsedWrites.delete(row.id);
     }

@@ -1,11 +1,11 @@
 /**
  * Reading stored metrics: a filtered, ordered page with keyset cursors, and the total count on request.
  */
-import { database } from '../db.js';
 import { Prisma } from '../generated/prisma/client.js';
 import { InputError } from './errors.js';
 import type { StoredMetric } from './ingest.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';
+import { runSql } from './sql.js';
 
 export type OrderField = 'TIMESTAMP' | 'TALKED_TIME' | 'CREATED_AT';
 export type OrderDirection = 'ASC' | 'DESC';
@@ -142,31 +142,30 @@ export async function findMetricPage(args: PageArgs): Promise<MetricPage> {
     ...order.map((o) => Prisma.sql`${Prisma.raw(ORDER_COLUMNS[o.field].column)} ${Prisma.raw(o.direction)}`),
     Prisma.sql`id ${idDirection}`,
   ]);
-  const prisma = database().prisma;
-  const fetched = await prisma.$queryRaw<MetricRow[]>`
+  const fetched = await runSql<MetricRow>(Prisma.sql`
     SELECT ${SELECT_COLUMNS} FROM user_metrics
     WHERE ${Prisma.join(conditions, ' AND ')}
     ORDER BY ${orderSql}
-    LIMIT ${first + 1}`;
+    LIMIT ${first + 1}`);
   const rows = fetched.slice(0, first).map(normalizeRow);
   return {
     rows,
     cursors: rows.map((row) => encodeCursor(order, row)),
     hasNextPage: fetched.length > first,
     totalCount: async () => {
-      const [result] = await prisma.$queryRaw<{ count: bigint | number }[]>`
-        SELECT count(*) AS count FROM user_metrics WHERE ${filter}`;
+      const [result] = await runSql<{ count: number }>(Prisma.sql`SELECT count(*) AS count FROM user_metrics WHERE ${filter}`);
       return Number(result?.count ?? 0);
     },
   };
 }
 
-/** Raw rows carry int8 as bigint (Prisma) or number; the service speaks numbers (unix seconds fit in 2^53). */
+/** int8 comes as a number from both drivers today; normalised anyway, the service speaks numbers (unix seconds fit in 2^53). */
 function normalizeRow(row: MetricRow): MetricRow {
-  return { ...row, timestamp: Number(row.timestamp) };
+  if (typeof row.timestamp !== 'number') row.timestamp = Number(row.timestamp);
+  return row;
 }
 
 export async function findMetricById(id: number): Promise<MetricRow | null> {
-  const [row] = await database().prisma.$queryRaw<MetricRow[]>`SELECT ${SELECT_COLUMNS} FROM user_metrics WHERE id = ${id}`;
+  const [row] = await runSql<MetricRow>(Prisma.sql`SELECT ${SELECT_COLUMNS} FROM user_metrics WHERE id = ${id}`);
   return row ? normalizeRow(row) : null;
 }

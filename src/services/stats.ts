@@ -7,6 +7,7 @@ import { database } from '../db.js';
 import { Prisma } from '../generated/prisma/client.js';
 import { InputError } from './errors.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';
+import { runSql } from './sql.js';
 
 export type MetricDimension = 'USER_ID' | 'SESSION_ID' | 'VOICE_SENTIMENT' | 'MICROPHONE_USED' | 'SPEAKER_USED';
 export type TimeBucketUnit = 'MINUTE' | 'HOUR' | 'DAY' | 'WEEK' | 'MONTH';
@@ -133,7 +134,7 @@ function checkGroupBy(groupBy: readonly MetricDimension[]): void {
 
 /**
  * The one statement behind `metricStats` and `userSummary`, exported so that the benchmark runs exactly this SQL
- * (`.sql` and `.values` of the result, or `$queryRaw`). `bucket.timeZone` must already be a valid zone name
+ * (`.text` and `.values` of the result). `bucket.timeZone` must already be a valid zone name
  * (`resolveTimeZone`); PostgreSQL would accept offsets and abbreviations too, which the API does not.
  *
  * Shape: `groups` aggregates the filtered rows per key and keeps the first maxGroups + 1 in the answer's order;
@@ -296,7 +297,7 @@ export interface StatsLimits {
 export async function metricStats(args: StatsArgs, limits: StatsLimits): Promise<MetricGroup[]> {
   const bucket = args.bucket ? { unit: args.bucket.unit, timeZone: await resolveTimeZone(args.bucket.timeZone) } : null;
   const sql = buildStatsSql({ ...args, bucket, maxGroups: limits.maxGroups });
-  const rows = await database().prisma.$queryRaw<StatsRow[]>(sql);
+  const rows = await runSql<StatsRow>(sql);
   if (rows.length > limits.maxGroups) {
     throw new TooManyGroupsError(
       `metricStats would return more than ${limits.maxGroups} groups, the limit set by MAX_STAT_GROUPS. ` +
@@ -320,7 +321,7 @@ export async function userSummary(userId: string, where: MetricFilter | null | u
   // No stored id contains NUL or broken Unicode (ingestion refuses them), and PostgreSQL would reject them as a parameter.
   if (userId.includes('\0') || !userId.isWellFormed()) return null;
   const sql = buildStatsSql({ where, groupBy: ['USER_ID'], maxGroups: 1, extraConditions: [Prisma.sql`user_id = ${userId}`] });
-  const [row] = await database().prisma.$queryRaw<StatsRow[]>(sql);
+  const [row] = await runSql<StatsRow>(sql);
   if (!row) return null;
   const result = figures(row);
   return {
