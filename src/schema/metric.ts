@@ -3,7 +3,7 @@ import { GraphQLError } from 'graphql';
 import { builder } from '../builder.js';
 import { type IngestResult, type RejectedRecord, type StoredMetric, ingestMetrics } from '../services/ingest.js';
 import type { MetricFilter } from '../services/metric-filter.js';
-import { type MetricOrder, type MetricRow, PAGE_LIMITS, findMetricById, findMetricPage } from '../services/metric-query.js';
+import { type MetricOrder, type MetricPage, type MetricRow, PAGE_LIMITS, findMetricById, findMetricPage } from '../services/metric-query.js';
 import { LIMITS } from '../services/validation.js';
 import { recordIngestResult } from '../observability/metrics.js';
 
@@ -202,12 +202,12 @@ const PageInfo = builder
   });
 
 interface Edge {
-  cursor: string;
   node: MetricRow;
+  page: MetricPage;
 }
 const UserMetricEdge = builder.objectRef<Edge>('UserMetricEdge').implement({
   fields: (t) => ({
-    cursor: t.exposeString('cursor'),
+    cursor: t.string({ resolve: (e) => e.page.cursorOf(e.node) }),
     node: t.field({ type: UserMetric, resolve: (e) => e.node }),
   }),
 });
@@ -237,10 +237,10 @@ builder.queryFields((t) => ({
     },
     resolve: async (_root, args) => {
       const page = await findMetricPage(args);
-      const edges = page.rows.map((node, i) => ({ node, cursor: page.cursors[i] as string }));
+      const last = page.rows.at(-1);
       return {
-        edges,
-        pageInfo: { hasNextPage: page.hasNextPage, endCursor: edges.at(-1)?.cursor ?? null },
+        edges: page.rows.map((node) => ({ node, page })),
+        pageInfo: { hasNextPage: page.hasNextPage, endCursor: last ? page.cursorOf(last) : null },
         totalCount: page.totalCount,
       };
     },

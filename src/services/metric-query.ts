@@ -35,7 +35,8 @@ export interface MetricRow extends StoredMetric {
 
 export interface MetricPage {
   rows: MetricRow[];
-  cursors: string[];
+  /** The cursor after `row` (one of `rows`): made when asked for, since most clients read only `endCursor`. */
+  cursorOf: (row: MetricRow) => string;
   hasNextPage: boolean;
   /** Runs the count only when called (the `totalCount` field). */
   totalCount: () => Promise<number>;
@@ -150,7 +151,7 @@ export async function findMetricPage(args: PageArgs): Promise<MetricPage> {
   const rows = fetched.slice(0, first).map(normalizeRow);
   return {
     rows,
-    cursors: rows.map((row) => encodeCursor(order, row)),
+    cursorOf: (row) => encodeCursor(order, row),
     hasNextPage: fetched.length > first,
     totalCount: async () => {
       const [result] = await runSql<{ count: number }>(Prisma.sql`SELECT count(*) AS count FROM user_metrics WHERE ${filter}`);
