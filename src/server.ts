@@ -156,8 +156,11 @@ export function createServer({ config, logger }: ServerOptions) {
     // off) does not carry.
     renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
     logging: yogaLogger(logger),
-    // Yoga has a body limit of its own (25 MB by default) that would refuse a full batch the configured limit allows.
-    maxRequestBodySize: config.maxBodyBytes,
+    // Yoga's own body limit is off: `handler` below enforces MAX_BODY_BYTES on every request before Yoga sees it (by
+    // Content-Length, or counted while a chunked body streams in), and Yoga's would wrap every request body in a
+    // counting stream (a pipeline, an AbortController, a second Request): ~5% of a read request's CPU (bench/README.md).
+    // Its default (25 MB) would also refuse a full batch the configured limit allows.
+    maxRequestBodySize: false,
     maskedErrors: { maskError },
     context: ({ request }) => ({
       requestId: requestScope.getStore()?.requestId ?? crypto.randomUUID(),
