@@ -157,7 +157,9 @@ export async function revokeApiKey(id: string): Promise<RevokeResult | null> {
 
 /** True once any key was ever created (revoked keys count: revoking the last key must not open the service). */
 export async function anyApiKeyExists(): Promise<boolean> {
-  const [row] = await database().prisma.$queryRaw<{ present: boolean }[]>`SELECT EXISTS (SELECT 1 FROM api_keys) AS present`;
+  // On the driver, as the per-request lookup: the service's start-up check then does not load Prisma's query engine
+  // (~35 MB of memory) into a process whose requests never use it.
+  const [row] = await database().queryDirect<{ present: boolean }>('SELECT EXISTS (SELECT 1 FROM api_keys) AS present', []);
   return row?.present === true;
 }
 
