@@ -117,6 +117,12 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
     async withSession(work) {
       const client = await pool.connect();
       let broken: Error | undefined;
+      // A checked-out client reports a lost connection as an 'error' event (besides failing its query): unheard, that
+      // event would end the process. The client is then discarded on release.
+      const onError = (error: Error) => {
+        broken = error;
+      };
+      client.on('error', onError);
       try {
         return await work({
           query: async (text, params, name) => (await client.query({ text, values: params, name })).rows,
@@ -132,6 +138,7 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
         if (classifyDatabaseError(error)?.kind === 'unavailable') broken = error as Error;
         throw error;
       } finally {
+        client.off('error', onError);
         client.release(broken);
       }
     },
