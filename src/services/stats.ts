@@ -240,9 +240,11 @@ let zoneNames: Promise<Map<string, string>> | undefined;
  */
 function knownZones(): Promise<Map<string, string>> {
   zoneNames ??= database()
-    .prisma.$queryRaw<{ name: string }[]>`
-      SELECT name FROM pg_timezone_names
-      WHERE name !~ '^(posix|right)/' AND name NOT IN ('localtime', 'posixrules')`
+    .queryDirect<{ name: string }>(
+      `SELECT name FROM pg_timezone_names
+      WHERE name !~ '^(posix|right)/' AND name NOT IN ('localtime', 'posixrules')`,
+      [],
+    )
     .then((rows) => new Map(rows.map((row) => [row.name.toLowerCase(), row.name])))
     .catch((error: unknown) => {
       zoneNames = undefined;
