@@ -37,10 +37,11 @@ export interface Database {
   /** The pg connection pool (PostgreSQL only): for COPY in bulk loading and for pool-usage metrics. */
   readonly pool?: pg.Pool;
   /**
-   * Runs one statement on the driver itself, not through Prisma: for the bulk insert of ingestion only, where Prisma's
-   * handling of a raw query (argument conversion, its query interpreter, result mapping) cost more than the statement
-   * did (profile: bench/README.md). With `name`, PostgreSQL parses and plans it once per connection (a prepared
-   * statement); PGlite ignores the name.
+   * Runs one statement on the driver itself, not through Prisma: for the request paths (ingestion's fallback insert,
+   * the reads, the API-key lookup), where Prisma's handling of a raw query (argument conversion, its query interpreter,
+   * result mapping) cost more than the statement did, and a process that never calls Prisma never loads its query
+   * engine (~35 MB; profiles in bench/README.md). With `name`, PostgreSQL parses and plans it once per connection (a
+   * prepared statement); PGlite ignores the name.
    */
   queryDirect<Row>(text: string, params: unknown[], name?: string): Promise<Row[]>;
   close(): Promise<void>;
