@@ -1,7 +1,7 @@
 /**
  * The database: PostgreSQL through @prisma/adapter-pg when a URL is configured, else the embedded PostgreSQL (PGlite)
- * in a data folder. Both give the same PrismaClient and a small driver-level handle for what Prisma cannot do
- * (multi-statement migration scripts, COPY-free bulk tooling, readiness probes).
+ * in a data folder. Both give the same PrismaClient and a driver-level handle for the request paths (see queryDirect)
+ * and what Prisma cannot do (COPY, multi-statement migration scripts, readiness probes).
  */
 import fs from 'node:fs';
 import path from 'node:path';
