@@ -1,13 +1,13 @@
 /**
- * Ingestion: validate a batch, give each record its identity, store the new ones in one multi-row statement.
+ * Ingestion: validate a batch, give each record its identity, store the new ones in one transaction (see insertRows).
  */
 import crypto from 'node:crypto';
 import { type SqlSession, database } from '../db.js';
 import { publishStored } from './events.js';
+import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 
 /** Longest an ingest answer waits for its records to be published to live subscribers. */
 const PUBLISH_WAIT_MS = 1000;
-import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 
 export interface RejectedRecord extends FieldProblem {
   /** Position of the record in the request's `records`. */
@@ -98,7 +98,7 @@ interface PendingRow {
 interface Inserted {
   positions: number[];
   ids: number[];
-  /** created_at of every row of the batch: its default, the transaction's start time, is one value per statement. */
+  /** created_at of every row of the batch: its default, the transaction's start time, is one value per batch. */
   createdAt: Date;
   path: WritePath;
 }
@@ -129,7 +129,7 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
   // (The default sort compares the hex strings without a call per comparison; hex sorts as the bytes it encodes.)
   const rows = [...unique.keys()].sort().map((keyHex) => unique.get(keyHex) as PendingRow);
   const inserted = await insertRows(rows);
-  // In id order, as stored (the statement returns them so).
+  // In id order, as stored (every write path gives them so).
   const stored = inserted.positions.map((position, i): StoredMetric => {
     const record = (rows[position] as PendingRow).record;
     return {
@@ -239,7 +239,8 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
   let keys = '';
   if (lookUp) for (let i = 0; i < rows.length; i++) keys += (rows[i] as PendingRow).keyHex;
   // Sent at once (the driver queues them on the connection); the rows' COPY lines are built while PostgreSQL works.
-  const begun = session.exec('BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off');
+  // The planner settings are for the lookup (see LOOK_UP_AND_RESERVE_SQL).
+  const begun = session.exec(lookUp ? 'BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off' : 'BEGIN');
   const reserving = session.query<{ stored: string | null; ids: number[] | null; created_at: Date }>(
     lookUp ? LOOK_UP_AND_RESERVE_SQL : RESERVE_SQL,
     lookUp ? [Buffer.from(keys, 'hex'), rows.length] : [rows.length],
