@@ -3,46 +3,87 @@
  * null-prototype objects and then coerces the copies with graphql-js; graphql-js's coercion itself builds a
  * dictionary-mode object, a path entry per field and a spread copy per input object. For an ingestMetrics batch of
  * 1,000 records, that variable handling was the largest item of the request's CPU profile, larger than the SQL insert
- * (bench/README.md).
+ * (bench/README.md). For a page of 100 records, graphql-js's execution of 100 edges (a resolver call, a path entry and
+ * a completion step per field, results in null-prototype objects that JSON.stringify serializes on its slow path) was
+ * the largest item the service adds to the SQL.
  *
- * So:
- * - ingestMetrics operations run through graphql-jit, which compiles the operation once (cached per parsed document)
- *   into JavaScript, variable coercion included: the same batch coerces ~8x faster. Only when the variables are
- *   invalid (graphql-jit then returns errors and has run nothing) is the operation run again by graphql-js, whose
- *   messages name the record and field at fault (`records[2].timestamp`), as the API documents.
- * - every other operation runs on graphql-js's own `execute`, without the copies. Queries are not compiled: graphql-jit
- *   cannot compile an operation whose variables have a recursive input type such as MetricFilter (see below).
- * Subscriptions keep Yoga's executor.
+ * So operations run through graphql-jit, which compiles an operation once (cached per parsed document) into
+ * JavaScript, variable coercion and result building included:
+ * - ingestMetrics: the same batch coerces ~8x faster. Only when the variables are invalid (graphql-jit then returns
+ *   errors and has run nothing) is the operation run again by graphql-js, whose messages name the record and field at
+ *   fault (`records[2].timestamp`), as the API documents.
+ * - the read fields (metrics, metric, metricStats, userSummary): compiled against a copy of the schema in which
+ *   MetricFilter is a scalar. graphql-jit generates coercion code for a variable's whole input type, unrolling nested
+ *   input types; on a recursive one (MetricFilter's AND/OR/NOT) it never finishes and exhausts the heap. So graphql-js
+ *   coerces the variables first (with its own messages, as before: invalid variables are answered by graphql-js), and
+ *   the compiled query takes MetricFilter values as graphql-js coerced them.
+ * Everything else (introspection, API-key administration, operations mixing other fields) runs on graphql-js's own
+ * `execute`, without Yoga's copies. Subscriptions keep Yoga's executor.
  */
 import {
   type DocumentNode,
   type ExecutionArgs,
   type ExecutionResult,
+  GraphQLScalarType,
+  type GraphQLSchema,
   Kind,
   type OperationDefinitionNode,
   type TypeNode,
   execute,
+  getVariableValues,
   isInputObjectType,
+  valueFromAST,
 } from 'graphql';
+import { MapperKind, mapSchema } from '@graphql-tools/utils';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { Plugin } from 'graphql-yoga';
 
-/** Root fields whose operations are compiled: those that take large input lists. */
-const COMPILED_ROOT_FIELDS = new Set(['ingestMetrics']);
+/** Mutation fields whose operations are compiled: those that take large input lists. */
+const COMPILED_MUTATION_FIELDS = new Set(['ingestMetrics']);
+/** Query fields whose operations are compiled: the reads clients repeat. */
+const COMPILED_QUERY_FIELDS = new Set(['metrics', 'metric', 'metricStats', 'userSummary', '__typename']);
 
-/**
- * Input object types a compiled operation's variables may have. graphql-jit generates coercion code for every variable
- * type, unrolling nested input types; on a recursive one (MetricFilter's AND/OR/NOT) the compilation never ends and
- * exhausts the heap (seen when queries were compiled too). So only these flat types are compiled.
- */
+/** Input object types a compiled operation's variables may have as they are; others are opaque in the compiled copy. */
 const COMPILED_INPUT_TYPES = new Set(['UserMetricInput']);
+/** The recursive input type: a scalar in the schema copy the read fields are compiled against. */
+const OPAQUE_INPUT_TYPES = new Set(['MetricFilter']);
 
 function namedType(type: TypeNode): string {
   return type.kind === Kind.NAMED_TYPE ? type.name.value : namedType(type.type);
 }
 
+/**
+ * The schema copy for compiled reads: MetricFilter becomes a scalar of the same name whose values pass through as
+ * graphql-js coerced them (variables) or as graphql-js coerces a literal against the real type.
+ */
+const opaqueCopies = new WeakMap<GraphQLSchema, GraphQLSchema>();
+function withOpaqueFilters(schema: GraphQLSchema): GraphQLSchema {
+  let copy = opaqueCopies.get(schema);
+  if (!copy) {
+    copy = mapSchema(schema, {
+      [MapperKind.TYPE]: (type) => {
+        if (!isInputObjectType(type) || !OPAQUE_INPUT_TYPES.has(type.name)) return type;
+        return new GraphQLScalarType({
+          name: type.name,
+          parseValue: (value) => value,
+          parseLiteral: (ast, variables) => valueFromAST(ast, type, variables),
+          serialize: (value) => value,
+        });
+      },
+    });
+    opaqueCopies.set(schema, copy);
+  }
+  return copy;
+}
+
+interface Compiled {
+  query: CompiledQuery;
+  /** Variables graphql-js coerces before the compiled query runs (their type is opaque to it). */
+  coercedFirst: string[];
+}
+
 /** Compiled operations per parsed document (Yoga's parser cache hands out the same document for the same text). */
-const compiled = new WeakMap<DocumentNode, Map<string, CompiledQuery | null>>();
+const compiled = new WeakMap<DocumentNode, Map<string, Compiled | null>>();
 
 function selectedOperation(document: DocumentNode, operationName: string | null | undefined): OperationDefinitionNode | undefined {
   const operations = document.definitions.filter((d): d is OperationDefinitionNode => d.kind === Kind.OPERATION_DEFINITION);
@@ -50,45 +91,69 @@ function selectedOperation(document: DocumentNode, operationName: string | null 
   return operations.find((o) => o.name?.value === operationName);
 }
 
-/** The compiled form of the operation, when it is one we compile (a mutation whose root fields are all listed). */
-function compiledFor(args: ExecutionArgs): CompiledQuery | null {
-  const key = args.operationName ?? '';
+/** The compiled form of the operation, when it is one we compile: all its root fields listed above, no directives. */
+function compile(args: ExecutionArgs): Compiled | null {
+  const operation = selectedOperation(args.document, args.operationName);
+  if (!operation || (operation.operation !== 'query' && operation.operation !== 'mutation')) return null;
+  const allowed = operation.operation === 'query' ? COMPILED_QUERY_FIELDS : COMPILED_MUTATION_FIELDS;
+  const fields = operation.selectionSet.selections;
+  if (fields.length === 0 || !fields.every((s) => s.kind === Kind.FIELD && allowed.has(s.name.value) && !s.directives?.length)) {
+    return null;
+  }
+  const coercedFirst: string[] = [];
+  for (const definition of operation.variableDefinitions ?? []) {
+    const type = args.schema.getType(namedType(definition.type));
+    if (!isInputObjectType(type) || COMPILED_INPUT_TYPES.has(type.name)) continue;
+    if (operation.operation === 'query' && OPAQUE_INPUT_TYPES.has(type.name)) coercedFirst.push(definition.variable.name.value);
+    else return null;
+  }
+  const schema = operation.operation === 'query' ? withOpaqueFilters(args.schema) : args.schema;
+  const attempt = compileQuery(schema, args.document, args.operationName ?? undefined);
+  return isCompiledQuery(attempt) ? { query: attempt, coercedFirst } : null;
+}
+
+function compiledFor(args: ExecutionArgs): Compiled | null {
   let perDocument = compiled.get(args.document);
   if (!perDocument) {
     perDocument = new Map();
     compiled.set(args.document, perDocument);
   }
-  const cached = perDocument.get(key);
-  if (cached !== undefined) return cached;
-  let result: CompiledQuery | null = null;
-  const operation = selectedOperation(args.document, args.operationName);
-  const fields = operation?.selectionSet.selections ?? [];
-  const eligible =
-    operation?.operation === 'mutation' &&
-    fields.length > 0 &&
-    fields.every((s) => s.kind === Kind.FIELD && COMPILED_ROOT_FIELDS.has(s.name.value) && !s.directives?.length) &&
-    (operation.variableDefinitions ?? []).every((v) => {
-      const type = args.schema.getType(namedType(v.type));
-      return !isInputObjectType(type) || COMPILED_INPUT_TYPES.has(type.name);
-    });
-  if (eligible) {
-    const attempt = compileQuery(args.schema, args.document, args.operationName ?? undefined);
-    if (isCompiledQuery(attempt)) result = attempt;
+  const key = args.operationName ?? '';
+  let entry = perDocument.get(key);
+  if (entry === undefined) {
+    entry = compile(args);
+    perDocument.set(key, entry);
   }
-  perDocument.set(key, result);
-  return result;
+  return entry;
 }
 
 function isPromiseLike<T>(value: T | Promise<T>): value is Promise<T> {
   return typeof (value as Promise<T>)?.then === 'function';
 }
 
+/**
+ * The variables the compiled query takes: as sent, except those of an opaque type, which graphql-js coerces (all of
+ * the operation's variables, so that its checks and messages are the ones clients have always had). Null when they
+ * are invalid: graphql-js then answers.
+ */
+function variablesFor(args: ExecutionArgs, entry: Compiled): Record<string, unknown> | null | undefined {
+  if (entry.coercedFirst.length === 0) return args.variableValues ?? undefined;
+  const operation = selectedOperation(args.document, args.operationName);
+  const coerced = getVariableValues(args.schema, operation?.variableDefinitions ?? [], args.variableValues ?? {});
+  if (coerced.errors) return null;
+  const variables: Record<string, unknown> = { ...args.variableValues };
+  for (const name of entry.coercedFirst) {
+    if (Object.hasOwn(coerced.coerced, name)) variables[name] = coerced.coerced[name];
+  }
+  return variables;
+}
+
 function executeOperation(args: ExecutionArgs): ExecutionResult | Promise<ExecutionResult> {
-  const query = compiledFor(args);
-  if (!query) return execute(args);
-  const result = query.query(args.rootValue, args.contextValue, args.variableValues) as
-    | ExecutionResult
-    | Promise<ExecutionResult>;
+  const entry = compiledFor(args);
+  if (!entry) return execute(args);
+  const variables = variablesFor(args, entry);
+  if (variables === null) return execute(args);
+  const result = entry.query.query(args.rootValue, args.contextValue, variables) as ExecutionResult | Promise<ExecutionResult>;
   // No `data` at all: the variables were refused before anything ran, so graphql-js can run it to word the errors.
   const settle = (r: ExecutionResult) => ('data' in r ? r : execute(args));
   return isPromiseLike(result) ? result.then(settle) : settle(result);
