@@ -17,7 +17,7 @@ import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
 import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
 import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
-import { callerOf } from './http/auth.js';
+import { callerOf, useLookupBeforeAnswer } from './http/auth.js';
 import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
 import { useMetrics } from './observability/metrics.js';
@@ -189,6 +189,8 @@ export function createServer({ config, logger }: ServerOptions) {
       ...security.plugins,
       // graphql-jit for ingestMetrics, graphql-js for the rest: src/http/execute.ts.
       useFastExecute(),
+      // A request that went ahead on a known API key waits here for its key's lookup: src/http/auth.ts.
+      useLookupBeforeAnswer(),
       // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
       useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),

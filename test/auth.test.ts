@@ -159,6 +159,48 @@ describe('production mode (NODE_ENV=production)', () => {
     assertRefused(await service.request(READ, undefined, victim.headers), 'UNAUTHENTICATED', 401);
   });
 
+  test('a key known to the process and then revoked behind its back gets nothing: no rows, no write, no subscription, no error detail', async () => {
+    // Revoked in the database directly (as another instance or the CLI would) right after a request that succeeded, so
+    // this process still knows the key as valid: the next request goes ahead while its lookup runs, and the lookup's
+    // verdict must win. A refused lookup makes the process forget the key, so each case below starts from a valid key.
+    const key = await makeKey(['ingest', 'read']);
+    const revokeBehindItsBack = async () => {
+      await service.sql('UPDATE api_keys SET revoked_at = NULL WHERE id = $1', [key.id]);
+      assert.equal((await service.request(READ, undefined, key.headers)).status, 200);
+      await service.sql('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [key.id]);
+    };
+    assert.equal((await service.request(INGEST, { records: [record({ eventId: 'known-1' })] }, key.headers)).status, 200);
+    const before = await countRows(service);
+
+    await revokeBehindItsBack();
+    const read = await service.request(READ, undefined, key.headers);
+    assert.match(assertRefused(read, 'UNAUTHENTICATED', 401).message, /revoked/);
+    assert.match(read.headers.get('www-authenticate') ?? '', /error="invalid_token"/);
+
+    // A mutation never starts.
+    await revokeBehindItsBack();
+    assertRefused(await service.request(INGEST, { records: [record({ eventId: 'known-2' })] }, key.headers), 'UNAUTHENTICATED', 401);
+    assert.equal(await countRows(service), before);
+
+    // An invalid query and a read that fails are answered with the 401, not with what was wrong with them.
+    await revokeBehindItsBack();
+    assertRefused(await service.request('{ metrics { nosuchfield } }', undefined, key.headers), 'UNAUTHENTICATED', 401);
+    await revokeBehindItsBack();
+    assertRefused(await service.request('{ metrics(first: 0) { totalCount } }', undefined, key.headers), 'UNAUTHENTICATED', 401);
+
+    // A subscription is refused before it starts.
+    await revokeBehindItsBack();
+    const subscription = await fetch(`${service.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream', ...key.headers },
+      body: JSON.stringify({ query: 'subscription { metricIngested { eventId } }' }),
+      signal: AbortSignal.timeout(5000),
+    });
+    const events = await subscription.text();
+    assert.match(events, /"code":"UNAUTHENTICATED"/);
+    assert.doesNotMatch(events, /"data"/);
+  });
+
   test('a key made through createApiKey works at once and carries exactly its scopes', async () => {
     const admin = await makeKey(['admin']);
     const made = await service.gql('mutation { createApiKey(name: "ci reader", scopes: [read]) { key apiKey { id name scopes revokedAt } } }', undefined, admin.headers);

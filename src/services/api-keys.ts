@@ -60,7 +60,7 @@ export function looksLikeApiKey(value: string): boolean {
 }
 
 /** SHA-256 of the key, as hex: passed to SQL as text and decoded there (both database drivers agree on text). */
-function hashKey(key: string): string {
+export function hashKey(key: string): string {
   return crypto.createHash('sha256').update(key, 'utf8').digest('hex');
 }
 
@@ -179,12 +179,12 @@ const AUTHENTICATE_SQL = `
  * The caller a key belongs to, or null for an unknown or revoked key. Not cached: a revocation (from another process,
  * too) takes effect on the next request. Records the use at most once a minute per key.
  */
-export async function authenticateApiKey(key: string): Promise<Caller | null> {
+export async function authenticateApiKey(key: string, hash: string = hashKey(key)): Promise<Caller | null> {
   if (!looksLikeApiKey(key)) return null;
   const db = database();
   const [row] = await db.queryDirect<{ id: string; name: string; scopes: string[] | null; stale: boolean }>(
     AUTHENTICATE_SQL,
-    [hashKey(key), LAST_USED_RESOLUTION_MS / 1000],
+    [hash, LAST_USED_RESOLUTION_MS / 1000],
     'api_key_authenticate',
   );
   if (!row) return null;
