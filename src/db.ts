@@ -5,14 +5,12 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
-import { from as copyFrom } from 'pg-copy-streams';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { classifyDatabaseError } from './db-errors.js';
+import { copyInOneWrite } from './pg-copy.js';
 import { PrismaClient } from './generated/prisma/client.js';
 
 /** One connection, held for a unit of work (a migration run; a batch stored with COPY in one transaction). */
@@ -131,7 +129,7 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
             await client.query(script);
           },
           copyFrom: async (statement, data) => {
-            await pipeline(Readable.from([data]), client.query(copyFrom(statement)));
+            await copyInOneWrite(client, statement, data);
           },
         });
       } catch (error) {

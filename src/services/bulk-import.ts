@@ -15,10 +15,8 @@
  * A writer splits each batch into `prepare` (validation, identities, the COPY text: CPU only) and `write` (the
  * database), so a caller can prepare the next batch while the database stores the previous one.
  */
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
-import { from as copyFrom } from 'pg-copy-streams';
+import { copyInOneWrite } from '../pg-copy.js';
 import { database } from '../db.js';
 import { STORED_COLUMNS, copyLine, ingestMetrics, recordKeyHex } from './ingest.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
@@ -176,7 +174,7 @@ class CopyWriter implements BulkWriter {
   }
 
   private async copy(table: string, text: string): Promise<void> {
-    await pipeline(Readable.from([text]), this.client.query(copyFrom(`COPY ${table} (${STORED_COLUMNS}) FROM STDIN`)));
+    await copyInOneWrite(this.client, `COPY ${table} (${STORED_COLUMNS}) FROM STDIN`, text);
   }
 
   private async transaction<T>(work: () => Promise<T>): Promise<T> {

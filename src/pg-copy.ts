@@ -1,0 +1,79 @@
+/**
+ * `COPY ... FROM STDIN` of data held in memory, in one round trip.
+ *
+ * pg-copy-streams sends the COPY statement, waits for PostgreSQL's CopyInResponse, and only then sends the data: two
+ * round trips, and between them the connection waits for this process's event loop, which under concurrent ingestion
+ * is busy with other batches (measured: PostgreSQL backends waiting on the client was their most frequent state).
+ * Here the statement, the data and the end of the data go out in one write. The protocol allows it: PostgreSQL reads
+ * the data once it has started the COPY, and if the statement fails before or during the COPY, it drops the CopyData
+ * and CopyDone messages that follow ("any subsequent CopyData, CopyDone, or CopyFail messages issued by the frontend
+ * will simply be dropped", Frontend/Backend Protocol, COPY Operations), so the connection stays usable.
+ */
+import type pg from 'pg';
+
+/** The parts of pg's connection a query object uses. */
+interface PgConnection {
+  stream: { write(data: Buffer): boolean };
+}
+
+/** A query object for pg's client (the same interface pg-copy-streams implements), on a connection not pipelined. */
+class CopyInOneWrite {
+  rowCount = 0;
+  private readonly message: Buffer;
+
+  constructor(statement: string, data: string, settle: (error: Error | null) => void) {
+    // pg wraps `callback` with its read timeout (query_timeout) when one is configured: calling it clears the timer.
+    this.callback = settle;
+    const statementBytes = Buffer.byteLength(statement);
+    const dataBytes = Buffer.byteLength(data);
+    const message = Buffer.allocUnsafe(1 + 4 + statementBytes + 1 + (dataBytes > 0 ? 1 + 4 + dataBytes : 0) + 1 + 4);
+    let at = 0;
+    // Query: 'Q', length (itself included), the statement, a NUL.
+    at = message.writeUInt8(0x51, at);
+    at = message.writeUInt32BE(4 + statementBytes + 1, at);
+    at += message.write(statement, at, 'utf8');
+    at = message.writeUInt8(0, at);
+    if (dataBytes > 0) {
+      // CopyData: 'd', length, the bytes.
+      at = message.writeUInt8(0x64, at);
+      at = message.writeUInt32BE(4 + dataBytes, at);
+      at += message.write(data, at, 'utf8');
+    }
+    // CopyDone: 'c', length 4.
+    at = message.writeUInt8(0x63, at);
+    message.writeUInt32BE(4, at);
+    this.message = message;
+  }
+
+  callback: (error: Error | null) => void;
+
+  submit(connection: PgConnection): void {
+    connection.stream.write(this.message);
+  }
+
+  /** The data went out with the statement: nothing to do when PostgreSQL says it is ready for it. */
+  handleCopyInResponse(): void {}
+
+  handleCommandComplete(message: { text?: string }): void {
+    const match = /^COPY (\d+)/.exec(message.text ?? '');
+    if (match) this.rowCount = Number(match[1]);
+  }
+
+  handleReadyForQuery(): void {
+    this.callback(null);
+  }
+
+  /** PostgreSQL's error (pg then no longer treats this query as active), or the connection's. */
+  handleError(error: Error): void {
+    this.callback(error);
+  }
+}
+
+/** Runs `statement` (a `COPY ... FROM STDIN`) with `data` in COPY's text format; resolves with the rows copied. */
+export function copyInOneWrite(client: pg.ClientBase, statement: string, data: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const query = new CopyInOneWrite(statement, data, (error) => (error ? reject(error) : resolve(query.rowCount)));
+    // pg's types describe its own Query; a query object with `submit` is what it documents for custom queries.
+    client.query(query as unknown as pg.QueryConfig);
+  });
+}
