@@ -39,6 +39,11 @@ export interface MetricEvents {
    */
   publish(records: readonly StoredMetric[]): Promise<void>;
   /**
+   * Whether records published now could reach anyone: with Redis always (other instances' subscribers); in-process,
+   * while a subscription is open. Asked after a batch is stored, so a subscription that began before the store is seen.
+   */
+  listening(): boolean;
+  /**
    * A stream of stored records for which `accept` is true, ended by `return()`. Resolves once registered: every record
    * published after that is delivered, none published before (with Redis, a PING on the subscribing connection marks
    * the point: messages Redis sent before its reply are not this subscription's).
@@ -168,6 +173,7 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
       async publish(records) {
         if (!stopped && records.length > 0) deliver(records);
       },
+      listening: () => !stopped && subscriptions.size > 0,
       subscribe: async (accept) => subscribe(accept),
       async stop() {
         stopped = true;
@@ -234,6 +240,7 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
 
   return {
     kind: 'redis',
+    listening: () => !stopped,
     async publish(records) {
       if (stopped || records.length === 0) return;
       const wire: WireRecord[] = records.map((r) => ({ ...r, createdAt: r.createdAt.toISOString() }));
@@ -278,6 +285,11 @@ export async function startMetricEvents(options: MetricEventsOptions): Promise<M
   if (active) throw new Error('Live updates are already started');
   active = await createMetricEvents(options);
   return active;
+}
+
+/** Whether newly stored records have anyone to go to (see MetricEvents.listening); false when not started. */
+export function liveUpdatesListening(): boolean {
+  return active?.listening() ?? false;
 }
 
 /** Publishes newly stored records; does nothing when live updates are not started (e.g. in a command-line tool). */

@@ -1,9 +1,9 @@
 /**
- * Ingestion: validate a batch, give each record its identity, store the new ones in one transaction (see insertRows).
+ * Ingestion: validate a batch, give each record its identity, store the new ones atomically (see insertRows).
  */
 import crypto from 'node:crypto';
 import { type SqlSession, database } from '../db.js';
-import { publishStored } from './events.js';
+import { liveUpdatesListening, publishStored } from './events.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 
 /** Longest an ingest answer waits for its records to be published to live subscribers. */
@@ -35,8 +35,6 @@ export interface IngestResult {
   /** Valid records whose identity was stored already, or repeated within the batch. */
   duplicates: number;
   rejected: RejectedRecord[];
-  /** The rows this call stored, in the order stored (by id). */
-  stored: StoredMetric[];
   /** How the batch was written (see `insertRows`); null when nothing was to be written. */
   writePath: WritePath | null;
 }
@@ -98,7 +96,7 @@ interface PendingRow {
 interface Inserted {
   positions: number[];
   ids: number[];
-  /** created_at of every row of the batch: its default, the transaction's start time, is one value per batch. */
+  /** created_at of every row of the batch: one value per batch, the database's time when the batch was stored. */
   createdAt: Date;
   path: WritePath;
 }
@@ -122,15 +120,32 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
   }
 
   if (unique.size === 0 || (options.atomic && rejected.length > 0)) {
-    return { accepted: 0, duplicates: options.atomic && rejected.length > 0 ? 0 : repeatsInBatch, rejected, stored: [], writePath: null };
+    return { accepted: 0, duplicates: options.atomic && rejected.length > 0 ? 0 : repeatsInBatch, rejected, writePath: null };
   }
 
   // Rows go in in key order: concurrent batches that overlap then take their row locks in the same order and never deadlock.
   // (The default sort compares the hex strings without a call per comparison; hex sorts as the bytes it encodes.)
   const rows = [...unique.keys()].sort().map((keyHex) => unique.get(keyHex) as PendingRow);
   const inserted = await insertRows(rows);
-  // In id order, as stored (every write path gives them so).
-  const stored = inserted.positions.map((position, i): StoredMetric => {
+  const accepted = inserted.ids.length;
+  // Live subscribers (metricIngested) get exactly the rows this call stored: no duplicates, no rejected records.
+  // The answer waits for the publish, so a record is on its way to subscribers before its client learns it was stored
+  // (a subscription begun after that never receives it); the wait is bounded so Redis trouble cannot hold ingestion.
+  // With nobody to receive them (no subscription open, no Redis), the stored rows are not even built.
+  if (accepted > 0 && liveUpdatesListening()) {
+    await Promise.race([publishStored(storedRows(rows, inserted)), new Promise((resolve) => setTimeout(resolve, PUBLISH_WAIT_MS).unref())]);
+  }
+  return {
+    accepted,
+    duplicates: repeatsInBatch + (rows.length - accepted),
+    rejected,
+    writePath: inserted.path,
+  };
+}
+
+/** The rows a batch stored, in id order (as every write path gives them). */
+function storedRows(rows: readonly PendingRow[], inserted: Inserted): StoredMetric[] {
+  return inserted.positions.map((position, i): StoredMetric => {
     const record = (rows[position] as PendingRow).record;
     return {
       id: inserted.ids[i] as number,
@@ -145,18 +160,6 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
       createdAt: inserted.createdAt,
     };
   });
-
-  // Live subscribers (metricIngested) get exactly the rows this call stored: no duplicates, no rejected records.
-  // The answer waits for the publish, so a record is on its way to subscribers before its client learns it was stored
-  // (a subscription begun after that never receives it); the wait is bounded so Redis trouble cannot hold ingestion.
-  await Promise.race([publishStored(stored), new Promise((resolve) => setTimeout(resolve, PUBLISH_WAIT_MS).unref())]);
-  return {
-    accepted: stored.length,
-    duplicates: repeatsInBatch + (rows.length - stored.length),
-    rejected,
-    stored,
-    writePath: inserted.path,
-  };
 }
 
 /** The columns a batch writes, in the order of the insert's arrays and of `copyLine`. */
@@ -167,10 +170,12 @@ export const STORED_COLUMNS =
  * How a batch is stored.
  * - PostgreSQL: COPY, PostgreSQL's cheapest way in (its CPU per row is ~30% below the INSERT's below: one pass of
  *   multi-row heap inserts and each index updated once, where INSERT ... ON CONFLICT probes the identity index, takes a
- *   speculative-insertion lock and inserts per row; measured in bench/README.md). In one transaction: one statement
- *   reserves ids (and gives the transaction's time, created_at's default), then COPY writes the rows with those ids, so
- *   the stored rows are known without reading them back. COPY cannot skip a row whose identity is stored already: the
- *   unique index refuses it and the batch is rolled back whole. So:
+ *   speculative-insertion lock and inserts per row; measured in bench/README.md). One statement reserves ids and reads
+ *   the database's time (created_at), then one COPY writes the rows with both, so the stored rows are known without
+ *   reading them back. No transaction around them: the COPY is one statement, all or nothing, and ids are never
+ *   rolled back anyway; two round trips per batch (the COPY's data goes with its statement, src/pg-copy.ts), during
+ *   which PostgreSQL never waits inside a transaction for this process's event loop, busy with other batches. COPY
+ *   cannot skip a row whose identity is stored already: the unique index refuses it and the COPY stores nothing. So:
  *   - a batch is first copied as it is, with no lookup (fresh records, the usual case, cost no extra index probes);
  *   - when that fails on an identity stored already (a retry), the batch goes again with a lookup first: the same
  *     statement also finds which identities are stored, and only the others are copied. The batches after it look up
@@ -201,11 +206,14 @@ async function insertRows(rows: PendingRow[]): Promise<Inserted> {
 /** Whether batches look up their identities before COPY: since a batch met identities stored already (see above). */
 let lookUpFirst = false;
 
-/** Ids for the batch's rows and the transaction's time (created_at's default). */
+/**
+ * Ids for the batch's rows and its created_at: run on its own (no transaction), its time is written into every row by
+ * the COPY, as text, so the value stored is the value returned to the caller to the microsecond.
+ */
 const RESERVE_SQL = `
     SELECT NULL AS stored,
            (SELECT array_agg(id ORDER BY id) FROM (SELECT nextval('user_metrics_id_seq')::int AS id FROM generate_series(1, $1::int)) AS reserved) AS ids,
-           now() AS created_at`;
+           now() AS created_at, now()::text AS created_at_text`;
 
 /**
  * As RESERVE_SQL, after finding which identities of the batch are stored already: ids only for the others. The
@@ -227,21 +235,22 @@ const LOOK_UP_AND_RESERVE_SQL = `
            now() AS created_at`;
 
 const COPY_SQL = `COPY user_metrics (id, ${STORED_COLUMNS}) FROM STDIN`;
+const COPY_WITH_CREATED_AT_SQL = `COPY user_metrics (id, ${STORED_COLUMNS}, created_at) FROM STDIN`;
 
 /** PostgreSQL's unique_violation. */
 const UNIQUE_VIOLATION = '23505';
 
 /**
- * The batch through COPY, with its identities looked up first or not; undefined when the COPY met an identity stored
- * already (the transaction is rolled back).
+ * The batch through COPY, with its identities looked up first (in a transaction, so that its planner settings hold)
+ * or not; undefined when the COPY met an identity stored already (it stored nothing).
  */
 async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean): Promise<Inserted | undefined> {
   let keys = '';
   if (lookUp) for (let i = 0; i < rows.length; i++) keys += (rows[i] as PendingRow).keyHex;
   // Sent at once (the driver queues them on the connection); the rows' COPY lines are built while PostgreSQL works.
   // The planner settings are for the lookup (see LOOK_UP_AND_RESERVE_SQL).
-  const begun = session.exec(lookUp ? 'BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off' : 'BEGIN');
-  const reserving = session.query<{ stored: string | null; ids: number[] | null; created_at: Date }>(
+  const begun = lookUp ? session.exec('BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off') : undefined;
+  const reserving = session.query<{ stored: string | null; ids: number[] | null; created_at: Date; created_at_text?: string }>(
     lookUp ? LOOK_UP_AND_RESERVE_SQL : RESERVE_SQL,
     lookUp ? [Buffer.from(keys, 'hex'), rows.length] : [rows.length],
     lookUp ? 'ingest_metrics_look_up_and_reserve' : 'ingest_metrics_reserve',
@@ -258,21 +267,23 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
     if (reserved.stored) for (const position of reserved.stored.split(',')) storedAlready[Number(position)] = 1;
     const ids = reserved.ids ?? [];
     const inserted: Inserted = { positions: [], ids: [], createdAt: reserved.created_at, path: lookUp ? 'lookup_copy' : 'copy' };
+    const lineEnd = lookUp ? '\n' : `\t${reserved.created_at_text}\n`;
     let data = '';
     for (let position = 0; position < rows.length; position++) {
       if (storedAlready[position]) continue;
       const id = ids[inserted.ids.length] as number;
       inserted.positions.push(position);
       inserted.ids.push(id);
-      data += `${id}\t${lines[position]}\n`;
+      data += `${id}\t${lines[position]}${lineEnd}`;
     }
     if (inserted.ids.length !== ids.length) throw new Error(`Reserved ${ids.length} ids for ${inserted.ids.length} new rows`);
-    if (data !== '') await (session.copyFrom as NonNullable<SqlSession['copyFrom']>)(COPY_SQL, data);
-    await session.exec('COMMIT');
+    const copyFrom = session.copyFrom as NonNullable<SqlSession['copyFrom']>;
+    if (data !== '') await copyFrom(lookUp ? COPY_SQL : COPY_WITH_CREATED_AT_SQL, data);
+    if (lookUp) await session.exec('COMMIT');
     return inserted;
   } catch (error) {
     await Promise.allSettled([begun, reserving]);
-    await session.exec('ROLLBACK').catch(() => {});
+    if (lookUp) await session.exec('ROLLBACK').catch(() => {});
     if ((error as { code?: string }).code === UNIQUE_VIOLATION) return undefined;
     throw error;
   }
