@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
+import { liveUpdatesListening } from '../src/services/events.js';
 import { INGEST, type TestService, nowSeconds, record, startTestService, usingPostgres } from './support/harness.js';
 
 let service: TestService;
@@ -492,6 +493,79 @@ test(
         { event_id: `${tag}-2`, user_id: 'user-1', talked_time: 2 },
       ]),
     );
+  },
+);
+
+test(
+  'a subscription that begins while a batch is being stored gets that batch, with the ids stored',
+  { skip: usingPostgres ? false : 'PostgreSQL only: the embedded database stores each batch in one step on the service\'s thread' },
+  async () => {
+    // With nobody listening, a batch is copied without ids (the columns' defaults give them). Here a subscription
+    // begins while such a COPY waits for a lock another transaction holds: the records are stored after it began, so
+    // it must receive them, with the ids the database gave them.
+    assert.equal(liveUpdatesListening(), false, 'no subscription open at the start');
+    // A fresh batch finds nothing stored: the next batch is copied straight away (not looked up first).
+    await ingest([record({ sessionId: 'late-subscriber-before' })]);
+    const records = [0, 1, 2].map((i) => record({ sessionId: 'late-subscriber', eventId: `late-${i}`, talkedTime: i }));
+    const blocker = new pg.Client({ connectionString: service.config.databaseUrl });
+    await blocker.connect();
+    const controller = new AbortController();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query('LOCK TABLE user_metrics IN SHARE MODE');
+      const pending = ingest(records);
+      for (let waited = 0; ; waited += 20) {
+        const [waiting] = await service.sql<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+           WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY user_metrics (record_key%'`,
+        );
+        if ((waiting?.n ?? 0) > 0) break;
+        if (waited > 10_000) throw new Error('The COPY never waited for the lock');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      const response = await fetch(`${service.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+        body: JSON.stringify({ query: 'subscription { metricIngested { id eventId createdAt } }' }),
+        signal: controller.signal,
+      });
+      assert.equal(response.status, 200);
+      for (let waited = 0; !liveUpdatesListening(); waited += 10) {
+        if (waited > 10_000) throw new Error('The subscription never registered');
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      await blocker.query('COMMIT');
+      assert.deepEqual(await pending, { accepted: 3, duplicates: 0, rejected: [] });
+
+      const received: Array<{ id: string; eventId: string; createdAt: string }> = [];
+      const decoder = new TextDecoder();
+      let text = '';
+      const reader = response.body?.getReader();
+      assert.ok(reader);
+      const deadline = setTimeout(() => controller.abort(), 10_000);
+      while (received.length < 3) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        let end: number;
+        while ((end = text.indexOf('\n\n')) >= 0) {
+          const block = text.slice(0, end);
+          text = text.slice(end + 2);
+          if (!block.includes('event: next')) continue;
+          const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5)).join('');
+          received.push((JSON.parse(data) as { data: { metricIngested: (typeof received)[number] } }).data.metricIngested);
+        }
+      }
+      clearTimeout(deadline);
+      const stored = await service.sql<{ id: number; event_id: string; created_at: string }>(
+        `SELECT id, event_id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at
+         FROM user_metrics WHERE session_id = 'late-subscriber' ORDER BY id`,
+      );
+      assert.deepEqual(received, stored.map((r) => ({ id: String(r.id), eventId: r.event_id, createdAt: r.created_at })));
+    } finally {
+      controller.abort();
+      await blocker.end();
+    }
   },
 );
 

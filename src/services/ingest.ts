@@ -92,12 +92,15 @@ interface PendingRow {
   record: MetricRecordInput;
 }
 
-/** What the insert stored: for each new row, its position in the rows sent and its id, in id order. */
+/**
+ * What the insert stored: for each new row, its position in the rows sent and its id, in id order. `ids` and
+ * `createdAt` are null when the rows were copied with the columns' defaults (nobody was listening for them).
+ */
 interface Inserted {
   positions: number[];
-  ids: number[];
+  ids: number[] | null;
   /** created_at of every row of the batch: one value per batch, the database's time when the batch was stored. */
-  createdAt: Date;
+  createdAt: Date | null;
   path: WritePath;
 }
 
@@ -127,13 +130,15 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
   // (The default sort compares the hex strings without a call per comparison; hex sorts as the bytes it encodes.)
   const rows = [...unique.keys()].sort().map((keyHex) => unique.get(keyHex) as PendingRow);
   const inserted = await insertRows(rows);
-  const accepted = inserted.ids.length;
+  const accepted = inserted.positions.length;
   // Live subscribers (metricIngested) get exactly the rows this call stored: no duplicates, no rejected records.
   // The answer waits for the publish, so a record is on its way to subscribers before its client learns it was stored
   // (a subscription begun after that never receives it); the wait is bounded so Redis trouble cannot hold ingestion.
-  // With nobody to receive them (no subscription open, no Redis), the stored rows are not even built.
+  // With nobody to receive them (no subscription open, no Redis), the stored rows are not even built. A subscription
+  // that began while a batch copied without ids was being stored still gets it: the ids are read back.
   if (accepted > 0 && liveUpdatesListening()) {
-    await Promise.race([publishStored(storedRows(rows, inserted)), new Promise((resolve) => setTimeout(resolve, PUBLISH_WAIT_MS).unref())]);
+    const stored = inserted.ids ? storedRows(rows, inserted) : await readBackStored(rows, inserted.positions);
+    await Promise.race([publishStored(stored), new Promise((resolve) => setTimeout(resolve, PUBLISH_WAIT_MS).unref())]);
   }
   return {
     accepted,
@@ -145,10 +150,12 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
 
 /** The rows a batch stored, in id order (as every write path gives them). */
 function storedRows(rows: readonly PendingRow[], inserted: Inserted): StoredMetric[] {
-  return inserted.positions.map((position, i): StoredMetric => {
-    const record = (rows[position] as PendingRow).record;
-    return {
-      id: inserted.ids[i] as number,
+  return inserted.positions.map((position, i) => storedMetric((rows[position] as PendingRow).record, inserted.ids?.[i] as number, inserted.createdAt as Date));
+}
+
+function storedMetric(record: MetricRecordInput, id: number, createdAt: Date): StoredMetric {
+  return {
+      id,
       eventId: record.eventId ?? null,
       userId: record.userId,
       sessionId: record.sessionId,
@@ -157,9 +164,33 @@ function storedRows(rows: readonly PendingRow[], inserted: Inserted): StoredMetr
       microphoneUsed: record.microphoneUsed,
       speakerUsed: record.speakerUsed,
       voiceSentiment: record.voiceSentiment ?? null,
-      createdAt: inserted.createdAt,
+      createdAt,
     };
-  });
+}
+
+/** The ids and created_at of rows copied with the columns' defaults, found by their identities; in id order. */
+const READ_BACK_SQL = `
+    WITH batch AS (
+      SELECT substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1, $2::int) AS g
+    )
+    SELECT hit.id, hit.created_at, encode(batch.record_key, 'hex') AS key_hex FROM batch
+    CROSS JOIN LATERAL (SELECT id, created_at FROM user_metrics WHERE user_metrics.record_key = batch.record_key LIMIT 1) AS hit
+    ORDER BY hit.id`;
+
+async function readBackStored(rows: readonly PendingRow[], positions: readonly number[]): Promise<StoredMetric[]> {
+  let keys = '';
+  const byKey = new Map<string, MetricRecordInput>();
+  for (const position of positions) {
+    const { keyHex, record } = rows[position] as PendingRow;
+    keys += keyHex;
+    byKey.set(keyHex, record);
+  }
+  const found = await database().queryDirect<{ id: number; created_at: Date; key_hex: string }>(
+    READ_BACK_SQL,
+    [Buffer.from(keys, 'hex'), positions.length],
+    'ingest_metrics_read_back',
+  );
+  return found.map((row) => storedMetric(byKey.get(row.key_hex) as MetricRecordInput, row.id, row.created_at));
 }
 
 /** The columns a batch writes, in the order of the insert's arrays and of `copyLine`. */
@@ -174,8 +205,11 @@ export const STORED_COLUMNS =
  *   the database's time (created_at), then one COPY writes the rows with both, so the stored rows are known without
  *   reading them back. No transaction around them: the COPY is one statement, all or nothing, and ids are never
  *   rolled back anyway; two round trips per batch (the COPY's data goes with its statement, src/pg-copy.ts), during
- *   which PostgreSQL never waits inside a transaction for this process's event loop, busy with other batches. COPY
- *   cannot skip a row whose identity is stored already: the unique index refuses it and the COPY stores nothing. So:
+ *   which PostgreSQL never waits inside a transaction for this process's event loop, busy with other batches. The ids
+ *   are only needed up front for live subscribers: while nobody listens (no subscription open in this process, no
+ *   Redis), the batch is one COPY that leaves id and created_at to the columns' defaults (copyWithDefaults), one round
+ *   trip and the same work for PostgreSQL as a plain COPY. COPY cannot skip a row whose identity is stored already:
+ *   the unique index refuses it and the COPY stores nothing. So:
  *   - a batch is first copied as it is, with no lookup (fresh records, the usual case, cost no extra index probes);
  *   - when that fails on an identity stored already (a retry), the batch goes again with a lookup first: the same
  *     statement also finds which identities are stored, and only the others are copied. The batches after it look up
@@ -190,7 +224,11 @@ async function insertRows(rows: PendingRow[]): Promise<Inserted> {
   const db = database();
   if (db.kind === 'postgres') {
     if (!lookUpFirst) {
-      const copied = await db.withSession((session) => copyRows(session, rows, false));
+      // Ids (and created_at) are needed before the COPY only for live subscribers: without any, the columns' defaults
+      // give them, as in a plain COPY, and the batch is one statement (see copyWithDefaults).
+      const copied = liveUpdatesListening()
+        ? await db.withSession((session) => copyRows(session, rows, false))
+        : await db.withSession((session) => copyWithDefaults(session, rows));
       if (copied) return copied;
       lookUpFirst = true;
     }
@@ -236,6 +274,7 @@ const LOOK_UP_AND_RESERVE_SQL = `
 
 const COPY_SQL = `COPY user_metrics (id, ${STORED_COLUMNS}) FROM STDIN`;
 const COPY_WITH_CREATED_AT_SQL = `COPY user_metrics (id, ${STORED_COLUMNS}, created_at) FROM STDIN`;
+const COPY_WITH_DEFAULTS_SQL = `COPY user_metrics (${STORED_COLUMNS}) FROM STDIN`;
 
 /** PostgreSQL's unique_violation. */
 const UNIQUE_VIOLATION = '23505';
@@ -266,17 +305,16 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
     const storedAlready = new Uint8Array(rows.length);
     if (reserved.stored) for (const position of reserved.stored.split(',')) storedAlready[Number(position)] = 1;
     const ids = reserved.ids ?? [];
-    const inserted: Inserted = { positions: [], ids: [], createdAt: reserved.created_at, path: lookUp ? 'lookup_copy' : 'copy' };
+    const positions: number[] = [];
     const lineEnd = lookUp ? '\n' : `\t${reserved.created_at_text}\n`;
     let data = '';
     for (let position = 0; position < rows.length; position++) {
       if (storedAlready[position]) continue;
-      const id = ids[inserted.ids.length] as number;
-      inserted.positions.push(position);
-      inserted.ids.push(id);
-      data += `${id}\t${lines[position]}${lineEnd}`;
+      data += `${ids[positions.length]}\t${lines[position]}${lineEnd}`;
+      positions.push(position);
     }
-    if (inserted.ids.length !== ids.length) throw new Error(`Reserved ${ids.length} ids for ${inserted.ids.length} new rows`);
+    if (positions.length !== ids.length) throw new Error(`Reserved ${ids.length} ids for ${positions.length} new rows`);
+    const inserted: Inserted = { positions, ids, createdAt: reserved.created_at, path: lookUp ? 'lookup_copy' : 'copy' };
     const copyFrom = session.copyFrom as NonNullable<SqlSession['copyFrom']>;
     if (data !== '') await copyFrom(lookUp ? COPY_SQL : COPY_WITH_CREATED_AT_SQL, data);
     if (lookUp) await session.exec('COMMIT');
@@ -287,6 +325,28 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
     if ((error as { code?: string }).code === UNIQUE_VIOLATION) return undefined;
     throw error;
   }
+}
+
+/**
+ * The batch through one COPY that leaves id and created_at to the columns' defaults: the same work for PostgreSQL as
+ * a plain COPY of these rows, one round trip. Used while nobody listens for stored rows (the ids are not known here;
+ * a subscription that begins meanwhile gets them read back). Undefined when the COPY met an identity stored already.
+ */
+async function copyWithDefaults(session: SqlSession, rows: PendingRow[]): Promise<Inserted | undefined> {
+  let data = '';
+  const positions = new Array<number>(rows.length);
+  for (let position = 0; position < rows.length; position++) {
+    const { keyHex, record } = rows[position] as PendingRow;
+    data += `${copyLine(keyHex, record)}\n`;
+    positions[position] = position;
+  }
+  try {
+    await (session.copyFrom as NonNullable<SqlSession['copyFrom']>)(COPY_WITH_DEFAULTS_SQL, data);
+  } catch (error) {
+    if ((error as { code?: string }).code === UNIQUE_VIOLATION) return undefined;
+    throw error;
+  }
+  return { positions, ids: null, createdAt: null, path: 'copy' };
 }
 
 const COPY_ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
@@ -373,11 +433,12 @@ async function insertRowsWithStatement(rows: PendingRow[]): Promise<Inserted> {
     [keys, eventIds, userIds, sessionIds, timestamps, talkedTimes, microphones, speakers, sentiments].map(close),
     'ingest_metrics_insert',
   );
-  const inserted: Inserted = { positions: [], ids: [], createdAt: result?.created_at ?? new Date(), path: 'insert' };
+  const positions: number[] = [];
+  const ids: number[] = [];
   for (const pair of result?.stored ? result.stored.split(',') : []) {
     const colon = pair.indexOf(':');
-    inserted.positions.push(Number(pair.slice(0, colon)));
-    inserted.ids.push(Number(pair.slice(colon + 1)));
+    positions.push(Number(pair.slice(0, colon)));
+    ids.push(Number(pair.slice(colon + 1)));
   }
-  return inserted;
+  return { positions, ids, createdAt: result?.created_at ?? new Date(), path: 'insert' };
 }
