@@ -187,7 +187,7 @@ export function createServer({ config, logger }: ServerOptions) {
       }),
       // Authentication, scopes, query limits, rate limits: src/http/security.ts.
       ...security.plugins,
-      // graphql-jit for ingestMetrics, graphql-js for the rest: src/http/execute.ts.
+      // graphql-jit for ingestMetrics and the read fields, graphql-js for the rest: src/http/execute.ts.
       useFastExecute(),
       // A request that went ahead on a known API key waits here for its key's lookup: src/http/auth.ts.
       useLookupBeforeAnswer(),

@@ -27,8 +27,8 @@ import {
   GraphQLScalarType,
   type GraphQLSchema,
   Kind,
-  type OperationDefinitionNode,
   type TypeNode,
+  type VariableDefinitionNode,
   execute,
   getVariableValues,
   isInputObjectType,
@@ -37,6 +37,7 @@ import {
 import { MapperKind, mapSchema } from '@graphql-tools/utils';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { Plugin } from 'graphql-yoga';
+import { findOperation } from './operation.js';
 
 /** Mutation fields whose operations are compiled: those that take large input lists. */
 const COMPILED_MUTATION_FIELDS = new Set(['ingestMetrics']);
@@ -78,6 +79,8 @@ function withOpaqueFilters(schema: GraphQLSchema): GraphQLSchema {
 
 interface Compiled {
   query: CompiledQuery;
+  /** The operation's variables, for graphql-js's coercion of the opaque ones. */
+  variableDefinitions: readonly VariableDefinitionNode[];
   /** Variables graphql-js coerces before the compiled query runs (their type is opaque to it). */
   coercedFirst: string[];
 }
@@ -85,15 +88,9 @@ interface Compiled {
 /** Compiled operations per parsed document (Yoga's parser cache hands out the same document for the same text). */
 const compiled = new WeakMap<DocumentNode, Map<string, Compiled | null>>();
 
-function selectedOperation(document: DocumentNode, operationName: string | null | undefined): OperationDefinitionNode | undefined {
-  const operations = document.definitions.filter((d): d is OperationDefinitionNode => d.kind === Kind.OPERATION_DEFINITION);
-  if (operationName == null) return operations.length === 1 ? operations[0] : undefined;
-  return operations.find((o) => o.name?.value === operationName);
-}
-
 /** The compiled form of the operation, when it is one we compile: all its root fields listed above, no directives. */
 function compile(args: ExecutionArgs): Compiled | null {
-  const operation = selectedOperation(args.document, args.operationName);
+  const operation = findOperation(args.document, args.operationName);
   if (!operation || (operation.operation !== 'query' && operation.operation !== 'mutation')) return null;
   const allowed = operation.operation === 'query' ? COMPILED_QUERY_FIELDS : COMPILED_MUTATION_FIELDS;
   const fields = operation.selectionSet.selections;
@@ -101,7 +98,8 @@ function compile(args: ExecutionArgs): Compiled | null {
     return null;
   }
   const coercedFirst: string[] = [];
-  for (const definition of operation.variableDefinitions ?? []) {
+  const variableDefinitions = operation.variableDefinitions ?? [];
+  for (const definition of variableDefinitions) {
     const type = args.schema.getType(namedType(definition.type));
     if (!isInputObjectType(type) || COMPILED_INPUT_TYPES.has(type.name)) continue;
     if (operation.operation === 'query' && OPAQUE_INPUT_TYPES.has(type.name)) coercedFirst.push(definition.variable.name.value);
@@ -109,7 +107,7 @@ function compile(args: ExecutionArgs): Compiled | null {
   }
   const schema = operation.operation === 'query' ? withOpaqueFilters(args.schema) : args.schema;
   const attempt = compileQuery(schema, args.document, args.operationName ?? undefined);
-  return isCompiledQuery(attempt) ? { query: attempt, coercedFirst } : null;
+  return isCompiledQuery(attempt) ? { query: attempt, variableDefinitions, coercedFirst } : null;
 }
 
 function compiledFor(args: ExecutionArgs): Compiled | null {
@@ -138,8 +136,7 @@ function isPromiseLike<T>(value: T | Promise<T>): value is Promise<T> {
  */
 function variablesFor(args: ExecutionArgs, entry: Compiled): Record<string, unknown> | null | undefined {
   if (entry.coercedFirst.length === 0) return args.variableValues ?? undefined;
-  const operation = selectedOperation(args.document, args.operationName);
-  const coerced = getVariableValues(args.schema, operation?.variableDefinitions ?? [], args.variableValues ?? {});
+  const coerced = getVariableValues(args.schema, entry.variableDefinitions, args.variableValues ?? {});
   if (coerced.errors) return null;
   const variables: Record<string, unknown> = { ...args.variableValues };
   for (const name of entry.coercedFirst) {

@@ -137,7 +137,10 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
   // With nobody to receive them (no subscription open, no Redis), the stored rows are not even built. A subscription
   // that began while a batch copied without ids was being stored still gets it: the ids are read back.
   if (accepted > 0 && liveUpdatesListening()) {
-    const stored = inserted.ids ? storedRows(rows, inserted) : await readBackStored(rows, inserted.positions);
+    const stored =
+      inserted.ids && inserted.createdAt
+        ? storedRows(rows, inserted.positions, inserted.ids, inserted.createdAt)
+        : await readBackStored(rows, inserted.positions);
     await Promise.race([publishStored(stored), new Promise((resolve) => setTimeout(resolve, PUBLISH_WAIT_MS).unref())]);
   }
   return {
@@ -149,32 +152,41 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
 }
 
 /** The rows a batch stored, in id order (as every write path gives them). */
-function storedRows(rows: readonly PendingRow[], inserted: Inserted): StoredMetric[] {
-  return inserted.positions.map((position, i) => storedMetric((rows[position] as PendingRow).record, inserted.ids?.[i] as number, inserted.createdAt as Date));
+function storedRows(rows: readonly PendingRow[], positions: readonly number[], ids: readonly number[], createdAt: Date): StoredMetric[] {
+  return positions.map((position, i) => storedMetric((rows[position] as PendingRow).record, ids[i] as number, createdAt));
 }
 
 function storedMetric(record: MetricRecordInput, id: number, createdAt: Date): StoredMetric {
   return {
-      id,
-      eventId: record.eventId ?? null,
-      userId: record.userId,
-      sessionId: record.sessionId,
-      timestamp: record.timestamp,
-      talkedTime: record.talkedTime,
-      microphoneUsed: record.microphoneUsed,
-      speakerUsed: record.speakerUsed,
-      voiceSentiment: record.voiceSentiment ?? null,
-      createdAt,
-    };
+    id,
+    eventId: record.eventId ?? null,
+    userId: record.userId,
+    sessionId: record.sessionId,
+    timestamp: record.timestamp,
+    talkedTime: record.talkedTime,
+    microphoneUsed: record.microphoneUsed,
+    speakerUsed: record.speakerUsed,
+    voiceSentiment: record.voiceSentiment ?? null,
+    createdAt,
+  };
 }
+
+/**
+ * The batch's identities as rows `batch (position, record_key)`, from $1, one bytea of 32-byte keys (sent in binary:
+ * no hex to encode or decode), and $2, their number.
+ */
+const BATCH_IDENTITIES = `batch AS (
+      SELECT g AS position, substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1, $2::int) AS g
+    )`;
+
+/** The stored row of `batch.record_key`, one index probe each: LATERAL ... LIMIT 1 keeps PostgreSQL from making a join of it. */
+const STORED_ROW_OF_BATCH_KEY = 'SELECT id, created_at FROM user_metrics WHERE user_metrics.record_key = batch.record_key LIMIT 1';
 
 /** The ids and created_at of rows copied with the columns' defaults, found by their identities; in id order. */
 const READ_BACK_SQL = `
-    WITH batch AS (
-      SELECT substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1, $2::int) AS g
-    )
+    WITH ${BATCH_IDENTITIES}
     SELECT hit.id, hit.created_at, encode(batch.record_key, 'hex') AS key_hex FROM batch
-    CROSS JOIN LATERAL (SELECT id, created_at FROM user_metrics WHERE user_metrics.record_key = batch.record_key LIMIT 1) AS hit
+    CROSS JOIN LATERAL (${STORED_ROW_OF_BATCH_KEY}) AS hit
     ORDER BY hit.id`;
 
 async function readBackStored(rows: readonly PendingRow[], positions: readonly number[]): Promise<StoredMetric[]> {
@@ -254,17 +266,13 @@ const RESERVE_SQL = `
            now() AS created_at, now()::text AS created_at_text`;
 
 /**
- * As RESERVE_SQL, after finding which identities of the batch are stored already: ids only for the others. The
- * identities come as one bytea of 32-byte keys (sent in binary: no hex to encode or decode). Each is looked up with its
- * own index probe: the LATERAL ... LIMIT 1 keeps PostgreSQL from turning the lookups into a join (and
- * `enable_seqscan = off` from scanning the table when its statistics say it is small, as after a TRUNCATE).
+ * As RESERVE_SQL, after finding which identities of the batch are stored already: ids only for the others. Each
+ * identity is looked up with its own index probe (STORED_ROW_OF_BATCH_KEY; `enable_seqscan = off` keeps PostgreSQL
+ * from scanning the table when its statistics say it is small, as after a TRUNCATE).
  */
 const LOOK_UP_AND_RESERVE_SQL = `
-    WITH batch AS (
-      SELECT g AS position, substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1, $2::int) AS g
-    ), stored AS (
-      SELECT position FROM batch
-      CROSS JOIN LATERAL (SELECT 1 FROM user_metrics WHERE user_metrics.record_key = batch.record_key LIMIT 1) AS hit
+    WITH ${BATCH_IDENTITIES}, stored AS (
+      SELECT position FROM batch CROSS JOIN LATERAL (${STORED_ROW_OF_BATCH_KEY}) AS hit
     )
     SELECT (SELECT string_agg((position - 1)::text, ',') FROM stored) AS stored,
            (SELECT array_agg(id ORDER BY id) FROM (
@@ -315,8 +323,7 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
     }
     if (positions.length !== ids.length) throw new Error(`Reserved ${ids.length} ids for ${positions.length} new rows`);
     const inserted: Inserted = { positions, ids, createdAt: reserved.created_at, path: lookUp ? 'lookup_copy' : 'copy' };
-    const copyFrom = session.copyFrom as NonNullable<SqlSession['copyFrom']>;
-    if (data !== '') await copyFrom(lookUp ? COPY_SQL : COPY_WITH_CREATED_AT_SQL, data);
+    if (data !== '') await copyIn(session, lookUp ? COPY_SQL : COPY_WITH_CREATED_AT_SQL, data);
     if (lookUp) await session.exec('COMMIT');
     return inserted;
   } catch (error) {
@@ -341,12 +348,18 @@ async function copyWithDefaults(session: SqlSession, rows: PendingRow[]): Promis
     positions[position] = position;
   }
   try {
-    await (session.copyFrom as NonNullable<SqlSession['copyFrom']>)(COPY_WITH_DEFAULTS_SQL, data);
+    await copyIn(session, COPY_WITH_DEFAULTS_SQL, data);
   } catch (error) {
     if ((error as { code?: string }).code === UNIQUE_VIOLATION) return undefined;
     throw error;
   }
   return { positions, ids: null, createdAt: null, path: 'copy' };
+}
+
+/** COPY on the session: the COPY paths run on PostgreSQL sessions only, which have it. */
+function copyIn(session: SqlSession, statement: string, data: string): Promise<void> {
+  if (!session.copyFrom) throw new Error('COPY FROM STDIN needs a PostgreSQL session');
+  return session.copyFrom(statement, data);
 }
 
 const COPY_ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
