@@ -123,10 +123,15 @@ function badInput(message: string) {
   return new GraphQLError(message, { extensions: { code: 'BAD_USER_INPUT', http: { status: 400 } } });
 }
 
+/** Whether request variables nest deeper than `maxDepth` (the check behind useVariablesDepthLimit). */
+export function variablesTooDeep(variables: unknown, maxDepth = MAX_VARIABLES_DEPTH): boolean {
+  return typeof variables === 'object' && variables !== null && jsonDepth(variables, maxDepth + 1) > maxDepth + 1;
+}
+
 export function useVariablesDepthLimit(maxDepth = MAX_VARIABLES_DEPTH): Plugin {
   return {
     onParams({ params, setResult }) {
-      if (params.variables && jsonDepth(params.variables, maxDepth + 1) > maxDepth + 1) {
+      if (variablesTooDeep(params.variables, maxDepth)) {
         setResult({ errors: [badInput(`The variables nest objects and lists more than ${maxDepth} levels deep, the most this service accepts.`)] });
       }
     },

@@ -1,5 +1,6 @@
 /**
- * The HTTP service: Yoga with the schema, health and readiness, request ids, body limits and error masking.
+ * The HTTP service: Yoga with the schema, health and readiness, request ids, body limits and error masking; in front of
+ * Yoga, the direct read path (src/http/direct-read.ts) answers the reads clients repeat.
  * Creating it never listens: main.ts listens, tests listen on a port of their own.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
@@ -17,7 +18,8 @@ import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
 import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
 import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
-import { callerOf, useLookupBeforeAnswer } from './http/auth.js';
+import { callerOf, identify, useLookupBeforeAnswer } from './http/auth.js';
+import { DirectReads } from './http/direct-read.js';
 import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
 import { useMetrics } from './observability/metrics.js';
@@ -137,6 +139,16 @@ export function createServer({ config, logger }: ServerOptions) {
   };
 
   const security = createSecurity(config, logger);
+  const limits = { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups };
+  // Reads Yoga has answered cleanly once are answered by the listener itself after that: src/http/direct-read.ts.
+  const directReads = new DirectReads({
+    schema,
+    identify: (header) => identify(header, security.policy, config.auth),
+    executionChecks: security.executionChecks,
+    context: (requestId, caller, params) => ({ requestId, caller, limits, params }) as unknown as RequestContext,
+    toYoga: (req, res, requestId) => toYoga(req, res, requestId),
+    logger,
+  });
   const yoga = createYoga<Record<string, unknown>, Omit<RequestContext, keyof import('graphql-yoga').YogaInitialContext>>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -165,7 +177,7 @@ export function createServer({ config, logger }: ServerOptions) {
     context: ({ request }) => ({
       requestId: requestScope.getStore()?.requestId ?? crypto.randomUUID(),
       caller: callerOf(request),
-      limits: { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups },
+      limits,
     }),
     plugins: [
       // GET /metrics (Prometheus) and request timing per operation: first, so it times everything after it.
@@ -191,21 +203,28 @@ export function createServer({ config, logger }: ServerOptions) {
       useFastExecute(),
       // A request that went ahead on a known API key waits here for its key's lookup: src/http/auth.ts.
       useLookupBeforeAnswer(),
+      // Remembers the reads the direct path may answer; answers a request it handed over with the result it has.
+      directReads.plugin(),
       // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
       useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),
     ] satisfies Plugin[],
   });
 
-  /** The Node request listener: request id, then the body limit, then Yoga. */
+  /** The Node request listener: request id, then the body limit, then a direct read or Yoga. */
   const handler: RequestListener = (req, res) => {
     const requestId = requestIdFrom(req.headers['x-request-id']);
     res.setHeader('x-request-id', requestId);
     if (!enforceBodyLimit(req, res, config.maxBodyBytes)) return;
+    if (directReads.accepts(req)) directReads.serve(req, res, requestId);
+    else toYoga(req, res, requestId);
+  };
+  /** Yoga answers in the request's scope: its log lines and masked errors carry the request id. */
+  function toYoga(req: IncomingMessage, res: ServerResponse, requestId: string): void {
     requestScope.run({ requestId }, () => {
       void yoga.requestListener(req, res);
     });
-  };
+  }
 
   return { yoga, handler, authPolicy: security.policy };
 }

@@ -12,7 +12,7 @@
  * 2. After parsing and validation, before execution (so before any SQL of the operation), each root field the operation
  *    selects is checked against the key's scopes; a missing scope is refused with 403 naming it.
  */
-import type { GraphQLSchema, OperationTypeNode } from 'graphql';
+import type { ExecutionArgs, GraphQLError, GraphQLSchema, OperationTypeNode } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { AuthSetting } from '../config.js';
 import type { RequestContext } from '../context.js';
@@ -143,22 +143,24 @@ export function callerOf(request: Request): Caller {
   return callers.get(request) ?? ANONYMOUS;
 }
 
-async function identify(request: Request, policy: AuthPolicy, setting: AuthSetting): Promise<Caller> {
-  if (setting === 'off') return ANONYMOUS;
-  const header = request.headers.get('authorization');
-  if (header === null || header.trim() === '') {
-    if (await policy.required()) {
-      throw unauthenticated('This service needs an API key: send it as the header `Authorization: Bearer <key>`.', false);
-    }
-    return ANONYMOUS;
-  }
-  const match = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
-  if (!match?.[1]) {
-    throw unauthenticated('The Authorization header must be `Bearer <key>`, with the API key after one space.', true);
-  }
-  const key = match[1];
-  const hash = hashKey(key);
-  const lookup = authenticateApiKey(key, hash).then((caller) => {
+/** Who a request's Authorization header says is calling; `confirmation` is set while that is only a hint (below). */
+export interface Identified {
+  caller: Caller;
+  /**
+   * The key's lookup, when the request goes ahead on a key this process already knows (see the module comment): its
+   * answer must wait for this, and a null here means the key is no longer valid.
+   */
+  confirmation?: Promise<Caller | null>;
+}
+
+/** The key of a `Bearer <key>` header; null when the header has another shape. */
+function bearerKey(header: string): string | null {
+  return /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header)?.[1] ?? null;
+}
+
+/** Starts the lookup of a key; it keeps knownKeys up to date when it answers. */
+function lookUp(key: string, hash: string): Promise<Caller | null> {
+  return authenticateApiKey(key, hash).then((caller) => {
     if (!caller) knownKeys.delete(hash);
     else if (!knownKeys.has(hash)) {
       if (knownKeys.size >= KNOWN_KEYS_MAX) knownKeys.clear();
@@ -166,23 +168,49 @@ async function identify(request: Request, policy: AuthPolicy, setting: AuthSetti
     }
     return caller;
   });
+}
+
+/**
+ * The caller an Authorization header names, at once, when that is a key this process already knows (or authentication
+ * is off): its lookup is started (in the caller's synchronous section: see Database.together) and is the
+ * confirmation. Null when only `identify` can tell.
+ */
+export function identifyKnown(header: string | null | undefined, setting: AuthSetting): Identified | null {
+  if (setting === 'off') return { caller: ANONYMOUS };
+  const key = header ? bearerKey(header) : null;
+  if (!key) return null;
+  const hash = hashKey(key);
   const known = knownKeys.get(hash);
-  if (known) {
-    // Settled later by useLookupBeforeAnswer; a failed lookup must not become an unhandled rejection meanwhile.
-    lookup.catch(() => {});
-    pendingLookups.set(request, lookup);
-    return known;
+  if (!known) return null;
+  const confirmation = lookUp(key, hash);
+  // Settled later by whoever answers the request; a failed lookup must not become an unhandled rejection meanwhile.
+  confirmation.catch(() => {});
+  return { caller: known, confirmation };
+}
+
+/** The caller an Authorization header names; throws the 401 when a key is required and missing, malformed or refused. */
+export async function identify(header: string | null | undefined, policy: AuthPolicy, setting: AuthSetting): Promise<Identified> {
+  const known = identifyKnown(header, setting);
+  if (known) return known;
+  if (header == null || header.trim() === '') {
+    if (await policy.required()) {
+      throw unauthenticated('This service needs an API key: send it as the header `Authorization: Bearer <key>`.', false);
+    }
+    return { caller: ANONYMOUS };
   }
-  const caller = await lookup;
+  const key = bearerKey(header);
+  if (!key) throw unauthenticated('The Authorization header must be `Bearer <key>`, with the API key after one space.', true);
+  const caller = await lookUp(key, hashKey(key));
   if (!caller) throw unauthenticated(KEY_REFUSED, true);
-  return caller;
+  return { caller };
 }
 
 export function useAuthentication(policy: AuthPolicy, setting: AuthSetting, logger: Logger): Plugin {
   return {
     async onRequestParse({ request }) {
-      const caller = await identify(request, policy, setting);
+      const { caller, confirmation } = await identify(request.headers.get('authorization'), policy, setting);
       callers.set(request, caller);
+      if (confirmation) pendingLookups.set(request, confirmation);
       if (caller.keyId) logger.debug({ apiKey: caller.keyId }, 'Authenticated');
     },
   };
@@ -229,37 +257,39 @@ export function useLookupBeforeAnswer(): Plugin {
   };
 }
 
+/** The 403 for an operation that selects a root field the caller's scopes do not cover; null when they cover it. */
+export function scopeError(
+  args: { schema: GraphQLSchema; document: import('graphql').DocumentNode; operationName?: string | null },
+  caller: Caller,
+): GraphQLError | null {
+  const operation = findOperation(args.document, args.operationName);
+  if (!operation) return null;
+  const missing = new Map<Scope, string[]>();
+  for (const field of rootFields(args.document, operation)) {
+    const scope = requiredScope(args.schema, operation.operation, field.name.value);
+    if (scope && !hasScope(caller.scopes, scope)) missing.set(scope, [...(missing.get(scope) ?? []), field.name.value]);
+  }
+  if (missing.size === 0) return null;
+  const needs = [...missing.entries()].map(([scope, fields]) => `\`${scope}\` (for ${[...new Set(fields)].join(', ')})`);
+  const who = caller.keyId ? `The API key ${caller.keyId}` : 'This caller';
+  return httpError(
+    `${who} lacks the scope ${needs.join(' and ')}; its scopes: ${caller.scopes.join(', ') || 'none'}.`,
+    'FORBIDDEN',
+    403,
+    { requiredScopes: [...missing.keys()] },
+  );
+}
+
 /** Refuses, before execution, an operation that selects a root field the caller's scopes do not cover. */
 export function useScopes(): Plugin {
-  const check = (
-    args: { schema: GraphQLSchema; document: import('graphql').DocumentNode; operationName?: string | null },
-    context: RequestContext,
-  ) => {
-    const operation = findOperation(args.document, args.operationName);
-    if (!operation) return null;
-    const caller = context.caller ?? ANONYMOUS;
-    const missing = new Map<Scope, string[]>();
-    for (const field of rootFields(args.document, operation)) {
-      const scope = requiredScope(args.schema, operation.operation, field.name.value);
-      if (scope && !hasScope(caller.scopes, scope)) missing.set(scope, [...(missing.get(scope) ?? []), field.name.value]);
-    }
-    if (missing.size === 0) return null;
-    const needs = [...missing.entries()].map(([scope, fields]) => `\`${scope}\` (for ${[...new Set(fields)].join(', ')})`);
-    const who = caller.keyId ? `The API key ${caller.keyId}` : 'This caller';
-    return httpError(
-      `${who} lacks the scope ${needs.join(' and ')}; its scopes: ${caller.scopes.join(', ') || 'none'}.`,
-      'FORBIDDEN',
-      403,
-      { requiredScopes: [...missing.keys()] },
-    );
-  };
+  const check = (args: ExecutionArgs) => scopeError(args, (args.contextValue as RequestContext).caller ?? ANONYMOUS);
   return {
     onExecute({ args, setResultAndStopExecution }) {
-      const error = check(args, args.contextValue as RequestContext);
+      const error = check(args);
       if (error) setResultAndStopExecution({ errors: [error] });
     },
     onSubscribe({ args, setResultAndStopExecution }) {
-      const error = check(args, args.contextValue as RequestContext);
+      const error = check(args);
       if (error) setResultAndStopExecution({ errors: [error] });
     },
   };

@@ -145,7 +145,13 @@ function variablesFor(args: ExecutionArgs, entry: Compiled): Record<string, unkn
   return variables;
 }
 
-function executeOperation(args: ExecutionArgs): ExecutionResult | Promise<ExecutionResult> {
+/** Whether the operation is a read that runs compiled (what src/http/direct-read.ts may answer without Yoga). */
+export function isCompiledRead(args: ExecutionArgs): boolean {
+  return compiledFor(args) !== null && findOperation(args.document, args.operationName)?.operation === 'query';
+}
+
+/** Runs the operation: compiled when it is one of those above, else graphql-js's `execute`. */
+export function executeOperation(args: ExecutionArgs): ExecutionResult | Promise<ExecutionResult> {
   const entry = compiledFor(args);
   if (!entry) return execute(args);
   const variables = variablesFor(args, entry);

@@ -165,8 +165,9 @@ export function operationCost(
   return costOf(operation.selectionSet, schema.getRootType(operation.operation) ?? undefined);
 }
 
-export function useCostLimit(maxCost: number): Plugin {
-  const check = (args: {
+/** The check behind useCostLimit: the error for an operation past `maxCost` with these variables, else null. */
+export function costLimit(maxCost: number) {
+  return (args: {
     schema: GraphQLSchema;
     document: DocumentNode;
     operationName?: string | null;
@@ -184,6 +185,10 @@ export function useCostLimit(maxCost: number): Plugin {
       cost,
     );
   };
+}
+
+export function useCostLimit(maxCost: number): Plugin {
+  const check = costLimit(maxCost);
   return {
     onExecute({ args, setResultAndStopExecution }) {
       const error = check(args);

@@ -7,11 +7,13 @@
  *   onExecute       scopes (403), cost (400), ingest rate (429)    — before any resolver, so before any SQL
  *   result          "Did you mean" hints removed (production)
  */
+import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
+import type { RequestContext } from '../context.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
-import { AuthPolicy, useAuthentication, useScopes } from './auth.js';
-import { armorPlugins, useBlockFieldSuggestions, useCostLimit, useCsrfPrevention, useDisableIntrospection } from './limits.js';
+import { AuthPolicy, scopeError, useAuthentication, useScopes } from './auth.js';
+import { armorPlugins, costLimit, useBlockFieldSuggestions, useCostLimit, useCsrfPrevention, useDisableIntrospection } from './limits.js';
 import { useIngestRateLimit } from './rate-limit.js';
 
 export type SecurityConfig = Pick<
@@ -33,6 +35,11 @@ export type SecurityConfig = Pick<
 export interface Security {
   policy: AuthPolicy;
   plugins: Plugin[];
+  /**
+   * What the plugins check before execution that depends on the caller or the variables, as functions: for the
+   * direct read path (src/http/direct-read.ts), which runs reads without Yoga. Reads are not rate-limited.
+   */
+  executionChecks: Array<(args: ExecutionArgs) => GraphQLError | null>;
 }
 
 export function createSecurity(config: SecurityConfig, logger: Logger): Security {
@@ -51,5 +58,10 @@ export function createSecurity(config: SecurityConfig, logger: Logger): Security
       maxBatchSize: config.maxBatchSize,
     }),
   ];
-  return { policy, plugins };
+  const cost = costLimit(config.maxCost);
+  const executionChecks = [
+    (args: ExecutionArgs) => scopeError(args, (args.contextValue as RequestContext).caller),
+    (args: ExecutionArgs) => cost(args),
+  ];
+  return { policy, plugins, executionChecks };
 }

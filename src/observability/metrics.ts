@@ -26,6 +26,12 @@ const requests = new Counter({
   registers: [registry],
 });
 
+const directReads = new Counter({
+  name: 'graphql_direct_reads_total',
+  help: 'GraphQL requests among graphql_requests_total answered by the direct read path (a read Yoga answered cleanly once, repeated).',
+  registers: [registry],
+});
+
 const duration = new Histogram({
   name: 'graphql_request_duration_seconds',
   help: 'Time from a GraphQL request\'s arrival to its response, by operation name and type.',
@@ -138,6 +144,18 @@ interface RequestTiming {
   failed: boolean;
 }
 
+/** Counts and times one GraphQL request (started: its performance.now() on arrival); `direct`: by the direct read path. */
+export function observeRequest(
+  request: { started: number; name?: string | undefined; type?: OperationTypeNode | 'unknown' | undefined },
+  failed: boolean,
+  direct = false,
+): void {
+  const labels = { operation_name: request.type ? operationLabel(request.name) : '(none)', operation_type: request.type ?? 'unknown' };
+  duration.observe(labels, (performance.now() - request.started) / 1000);
+  requests.inc({ ...labels, outcome: failed ? 'error' : 'success' });
+  if (direct) directReads.inc();
+}
+
 export interface MetricsPluginOptions {
   /** The path that serves the metrics; default `/metrics`. */
   endpoint?: string;
@@ -187,9 +205,7 @@ export function useMetrics(options: MetricsPluginOptions = {}): Plugin {
       const timing = timings.get(request);
       if (!timing?.graphql) return;
       timings.delete(request);
-      const labels = { operation_name: timing.type ? operationLabel(timing.name) : '(none)', operation_type: timing.type ?? 'unknown' };
-      duration.observe(labels, (performance.now() - timing.started) / 1000);
-      requests.inc({ ...labels, outcome: timing.failed || response.status >= 400 ? 'error' : 'success' });
+      observeRequest(timing, timing.failed || response.status >= 400);
     },
   };
 }

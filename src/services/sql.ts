@@ -5,15 +5,16 @@
  * Not through `$queryRaw`: for the statements a read request runs, Prisma's raw-query path (argument conversion, its
  * query interpreter, per-value result mapping) took more CPU than the driver did (profile in bench/README.md). Rows
  * come as the driver parses them, the same from both: int4, int8 (parsed as numbers, src/db.ts), float8 and counts as
- * numbers, numeric as a string, timestamptz as a Date, json/jsonb parsed, text[] as an array.
+ * numbers, numeric as a string, timestamptz as a Date (as text on pg with `timestampsAsText`), json/jsonb parsed, text[]
+ * as an array.
  */
-import { database } from '../db.js';
+import { type QueryOptions, database } from '../db.js';
 import type { Prisma } from '../generated/prisma/client.js';
 
 /**
  * Runs one statement. Without `name` it is parsed and planned on each run, like `$queryRaw`: statements whose text
  * depends on the request's filter must not be named, or every filter shape would stay prepared on every connection.
  */
-export async function runSql<Row>(sql: Prisma.Sql, name?: string): Promise<Row[]> {
-  return database().queryDirect<Row>(sql.text, sql.values, name);
+export async function runSql<Row>(sql: Prisma.Sql, name?: string, options?: QueryOptions): Promise<Row[]> {
+  return database().queryDirect<Row>(sql.text, sql.values, name, options);
 }
