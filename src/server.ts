@@ -18,7 +18,7 @@ import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
 import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
 import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
-import { callerOf, identify, useLookupBeforeAnswer } from './http/auth.js';
+import { callerOf, identify, identifyKnown, useLookupBeforeAnswer } from './http/auth.js';
 import { DirectReads } from './http/direct-read.js';
 import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
@@ -144,6 +144,8 @@ export function createServer({ config, logger }: ServerOptions) {
   const directReads = new DirectReads({
     schema,
     identify: (header) => identify(header, security.policy, config.auth),
+    identifyKnown: (header) => identifyKnown(header, config.auth),
+    together: (work) => database().together(work),
     executionChecks: security.executionChecks,
     context: (requestId, caller, params) => ({ requestId, caller, limits, params }) as unknown as RequestContext,
     toYoga: (req, res, requestId) => toYoga(req, res, requestId),

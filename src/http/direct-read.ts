@@ -62,6 +62,10 @@ export interface DirectReadOptions {
   schema: GraphQLSchema;
   /** The caller an Authorization header names; throws where Yoga must answer (401). */
   identify(header: string | undefined): Promise<Identified>;
+  /** The same, at once, for a key this process knows (its lookup started); else null. */
+  identifyKnown(header: string | undefined): Identified | null;
+  /** Database.together: the statements `work` sends leave in one write. */
+  together<T>(work: () => T): T;
   /** What Yoga's plugins check before execution that depends on the caller or the variables. */
   executionChecks: ReadonlyArray<(args: ExecutionArgs) => GraphQLError | null>;
   /** The GraphQL context of a request, as Yoga's context factory makes it. */
@@ -191,14 +195,24 @@ export class DirectReads {
     const request = readRequest(body);
     const known = request && this.known.get(key(request.query, request.operationName));
     if (!request || !known || variablesTooDeep(request.variables)) return this.handOver(req, res, body, requestId);
-    let identified: Identified;
-    try {
-      identified = await this.options.identify(req.headers.authorization);
-    } catch {
-      return this.handOver(req, res, body, requestId);
+    const header = req.headers.authorization;
+    let identified: Identified | null = null;
+    let execution: Execution | null;
+    // A key this process knows: its lookup and the read's first statement leave together (one write, one round trip).
+    const { together } = this.options;
+    execution = together(() => {
+      identified = this.options.identifyKnown(header);
+      return identified && this.start(identified, request, known, requestId);
+    });
+    if (!identified) {
+      try {
+        identified = await this.options.identify(header);
+      } catch {
+        return this.handOver(req, res, body, requestId);
+      }
+      execution = this.start(identified, request, known, requestId);
     }
-    const execution = this.start(identified, request, known, requestId);
-    const { caller, confirmation } = identified;
+    const { caller, confirmation } = identified as Identified;
     // Refused by a check of Yoga's own plugins: Yoga answers (this request's lookup is then not needed).
     if (!execution) return this.handOver(req, res, body, requestId);
     if (caller.keyId) this.options.logger.debug({ apiKey: caller.keyId, requestId }, 'Authenticated');
