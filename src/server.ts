@@ -3,12 +3,12 @@
  * Yoga, the direct read path (src/http/direct-read.ts) answers the reads clients repeat.
  * Creating it never listens: main.ts listens, tests listen on a port of their own.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import crypto from 'node:crypto';
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import { Transform } from 'node:stream';
-import { GraphQLError } from 'graphql';
-import { type Plugin, type YogaLogger, createYoga, useReadinessCheck } from 'graphql-yoga';
+import { type ExecutionResult, GraphQLError } from 'graphql';
+import { mapAsyncIterator } from '@graphql-tools/utils';
+import { type Plugin, type YogaLogger, createYoga, isAsyncIterable, useReadinessCheck } from 'graphql-yoga';
 import type { Config } from './config.js';
 import type { RequestContext } from './context.js';
 import { database } from './db.js';
@@ -29,11 +29,20 @@ export interface ServerOptions {
   logger: Logger;
 }
 
-interface RequestScope {
-  requestId: string;
-}
+/**
+ * Each request's id, for the fetch Request Yoga works with (the listener sets it on the response first). Not an
+ * AsyncLocalStorage: on Node 20 one `run` turns on promise hooks for every promise of the process for good, which cost
+ * the direct read path ~0.1 x of the raw page time (bench/README.md).
+ */
+const requestIds = new WeakMap<Request, string>();
 
-const requestScope = new AsyncLocalStorage<RequestScope>();
+/**
+ * The log entry of an error maskError masked, written once the error's request is known (useRequestIds): then the
+ * entry and the client's error carry the same request id.
+ */
+const pendingLogs = new WeakMap<GraphQLError, (requestId: string | undefined) => void>();
+/** Errors maskError masked (and logs itself): Yoga's own log line for them would be a second one. */
+const maskedOriginals = new WeakSet<object>();
 
 const EXAMPLE_OPERATIONS = /* GraphQL */ `# Store two records, then read them back:
 # run "Ingest", then "Recent" (the ▶ button asks which).
@@ -95,12 +104,11 @@ function requestIdFrom(header: string | string[] | undefined): string {
 
 function yogaLogger(logger: Logger): YogaLogger {
   const withScope = (level: 'debug' | 'info' | 'warn' | 'error') => (...args: unknown[]) => {
-    const requestId = requestScope.getStore()?.requestId;
     const [first, ...rest] = args;
-    const fields: Record<string, unknown> = requestId ? { requestId } : {};
-    // Yoga logs every error it masks; a database fault is already logged once (warn) by maskError, and during an
-    // outage a second, error-level entry with a stack for every request would only bury the log.
-    if (first instanceof Error && level === 'error' && classifyDatabaseError(first)) return;
+    const fields: Record<string, unknown> = {};
+    // Yoga logs every error it masks; maskError logs each once itself, with the request id (a database fault as a
+    // warning: during an outage an error-level entry with a stack for every request would only bury the log).
+    if (first instanceof Error && level === 'error' && (maskedOriginals.has(first) || classifyDatabaseError(first))) return;
     // A client's own mistake (a bad argument) is answered with its message; it is not the service's error.
     const cause = first instanceof GraphQLError ? first.originalError : first;
     if (cause instanceof InputError) {
@@ -124,18 +132,23 @@ export function createServer({ config, logger }: ServerOptions) {
       });
     }
     if (error instanceof GraphQLError && (!original || original instanceof GraphQLError)) return error;
-    const requestId = requestScope.getStore()?.requestId;
+    if (typeof original === 'object' && original !== null) maskedOriginals.add(original);
+    if (typeof error === 'object' && error !== null) maskedOriginals.add(error);
+    const path = error instanceof GraphQLError ? error.path : undefined;
     const fault = classifyDatabaseError(original);
+    // The request id is filled in, and the entry logged, by useRequestIds.
     if (fault) {
-      logger.warn({ err: original, requestId, reason: fault.reason, path: error instanceof GraphQLError ? error.path : undefined }, `Database ${fault.kind}`);
-      return databaseFaultError(fault, error, requestId, config.dbStatementTimeoutMs);
+      const masked = databaseFaultError(fault, error, config.dbStatementTimeoutMs);
+      pendingLogs.set(masked, (requestId) => logger.warn({ err: original, requestId, reason: fault.reason, path }, `Database ${fault.kind}`));
+      return masked;
     }
-    logger.error({ err: original, requestId, path: error instanceof GraphQLError ? error.path : undefined }, 'Unexpected error');
-    return new GraphQLError(message, {
+    const masked = new GraphQLError(message, {
       nodes: error instanceof GraphQLError ? error.nodes : undefined,
-      path: error instanceof GraphQLError ? error.path : undefined,
-      extensions: { code: 'INTERNAL_SERVER_ERROR', requestId },
+      path,
+      extensions: { code: 'INTERNAL_SERVER_ERROR', requestId: undefined },
     });
+    pendingLogs.set(masked, (requestId) => logger.error({ err: original, requestId, path }, 'Unexpected error'));
+    return masked;
   };
 
   const security = createSecurity(config, logger);
@@ -148,7 +161,7 @@ export function createServer({ config, logger }: ServerOptions) {
     together: (work) => database().together(work),
     executionChecks: security.executionChecks,
     context: (requestId, caller, params) => ({ requestId, caller, limits, params }) as unknown as RequestContext,
-    toYoga: (req, res, requestId) => toYoga(req, res, requestId),
+    toYoga: (req, res) => void yoga.requestListener(req, res),
     logger,
   });
   const yoga = createYoga<Record<string, unknown>, Omit<RequestContext, keyof import('graphql-yoga').YogaInitialContext>>({
@@ -177,13 +190,15 @@ export function createServer({ config, logger }: ServerOptions) {
     maxRequestBodySize: false,
     maskedErrors: { maskError },
     context: ({ request }) => ({
-      requestId: requestScope.getStore()?.requestId ?? crypto.randomUUID(),
+      requestId: requestIds.get(request) ?? crypto.randomUUID(),
       caller: callerOf(request),
       limits,
     }),
     plugins: [
       // GET /metrics (Prometheus) and request timing per operation: first, so it times everything after it.
       useMetrics(),
+      // The request id for the context, and for the errors maskError masked (and their log entries).
+      useRequestIds(),
       useReadinessCheck({
         endpoint: '/ready',
         check: async () => {
@@ -219,24 +234,46 @@ export function createServer({ config, logger }: ServerOptions) {
     res.setHeader('x-request-id', requestId);
     if (!enforceBodyLimit(req, res, config.maxBodyBytes)) return;
     if (directReads.accepts(req)) directReads.serve(req, res, requestId);
-    else toYoga(req, res, requestId);
+    else void yoga.requestListener(req, res);
   };
-  /** Yoga answers in the request's scope: its log lines and masked errors carry the request id. */
-  function toYoga(req: IncomingMessage, res: ServerResponse, requestId: string): void {
-    requestScope.run({ requestId }, () => {
-      void yoga.requestListener(req, res);
-    });
-  }
 
   return { yoga, handler, authPolicy: security.policy };
 }
 
 /**
- * What a client sees when the database failed it: a code to act on and the HTTP status that generic clients and
- * proxies already treat as "try again". Both mean the operation's writes did not happen (or, if the connection broke
+ * Request ids in Yoga: each fetch Request gets its response's id (onRequest); each error maskError masked gets it in
+ * its extensions, and its log entry is written with it (onResultProcess, for every answer, the events of a stream too).
+ */
+function useRequestIds(): Plugin {
+  const settle = (result: ExecutionResult, requestId: string | undefined) => {
+    for (const error of result.errors ?? []) {
+      const log = pendingLogs.get(error);
+      if (!log) continue;
+      pendingLogs.delete(error);
+      if ('requestId' in error.extensions) (error.extensions as Record<string, unknown>).requestId = requestId;
+      log(requestId);
+    }
+    return result;
+  };
+  return {
+    onRequest({ request, serverContext }) {
+      const id = (serverContext as { res?: ServerResponse } | undefined)?.res?.getHeader('x-request-id');
+      if (typeof id === 'string') requestIds.set(request, id);
+    },
+    onResultProcess({ request, result, setResult }) {
+      const requestId = requestIds.get(request);
+      if (isAsyncIterable(result)) setResult(mapAsyncIterator(result, (event: ExecutionResult) => settle(event, requestId)));
+      else for (const single of Array.isArray(result) ? result : [result]) settle(single, requestId);
+    },
+  };
+}
+
+/**
+ * What a client sees when the database failed it (its `requestId` filled in by useRequestIds): a code to act on and
+ * the HTTP status that generic clients and proxies already treat as "try again". Both mean the operation's writes did not happen (or, if the connection broke
  * after a commit, happened once: a retried batch is counted as duplicates, never stored twice).
  */
-function databaseFaultError(fault: DatabaseFault, error: unknown, requestId: string | undefined, statementTimeoutMs: number): GraphQLError {
+function databaseFaultError(fault: DatabaseFault, error: unknown, statementTimeoutMs: number): GraphQLError {
   const location = {
     nodes: error instanceof GraphQLError ? error.nodes : undefined,
     path: error instanceof GraphQLError ? error.path : undefined,
@@ -244,13 +281,13 @@ function databaseFaultError(fault: DatabaseFault, error: unknown, requestId: str
   if (fault.kind === 'unavailable') {
     return new GraphQLError(
       'The database is unavailable right now, so this operation did not run. Retry it after the Retry-After delay; a retried ingestMetrics batch is never stored twice.',
-      { ...location, extensions: { code: 'UNAVAILABLE', requestId, http: { status: 503, headers: { 'Retry-After': String(RETRY_AFTER_SECONDS) } } } },
+      { ...location, extensions: { code: 'UNAVAILABLE', requestId: undefined, http: { status: 503, headers: { 'Retry-After': String(RETRY_AFTER_SECONDS) } } } },
     );
   }
   return new GraphQLError(
     `The database did not finish this operation within the time limit${statementTimeoutMs > 0 ? ` (${statementTimeoutMs} ms)` : ''} and cancelled it: nothing it would have written was stored. ` +
       'Narrow the filter or ask for less; retry unchanged only if the database was busy.',
-    { ...location, extensions: { code: 'QUERY_TIMEOUT', requestId, http: { status: 504 } } },
+    { ...location, extensions: { code: 'QUERY_TIMEOUT', requestId: undefined, http: { status: 504 } } },
   );
 }
 

@@ -6,7 +6,9 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { usePrettyLogs } from '../src/logger.js';
-import { INGEST, type TestService, record, startTestService, usingPostgres } from './support/harness.js';
+import pg from 'pg';
+import { INGEST, type TestService, createTestDatabase, record, startTestService, usingPostgres } from './support/harness.js';
+import { startServiceProcess } from './support/service-process.js';
 
 let service: TestService;
 before(async () => {
@@ -146,4 +148,47 @@ test('pretty logs only when asked, or for development at a terminal; JSON otherw
   assert.equal(loadConfig({ LOG_FORMAT: 'Pretty' }).logFormat, 'pretty');
   assert.equal(loadConfig({}).logFormat, 'auto');
   assert.throws(() => loadConfig({ LOG_FORMAT: 'xml' }), (error: unknown) => error instanceof ConfigError && /LOG_FORMAT/.test(error.message));
+});
+
+test('a masked error is logged once, with the request id its answer carries, through Yoga and the direct read path', {
+  skip: usingPostgres ? false : 'PostgreSQL only: the test breaks the table under a running service process',
+}, async () => {
+  const db = await createTestDatabase();
+  const sql = new pg.Client({ connectionString: db.url });
+  const running = await startServiceProcess({ DATABASE_URL: db.url as string, AUTH: 'off', LOG_FORMAT: 'json', LOG_LEVEL: 'info' });
+  try {
+    await sql.connect();
+    const read = (query: string, requestId: string) =>
+      fetch(`${running.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json', 'x-request-id': requestId },
+        body: JSON.stringify({ query }),
+      }).then(async (response) => (await response.json()) as { errors?: Array<{ extensions?: Record<string, unknown> }> });
+    const known = '{ metrics(first: 1) { edges { node { id } } } }';
+    assert.equal((await read(known, 'log-check-0')).errors, undefined);
+    await sql.query('ALTER TABLE user_metrics RENAME TO user_metrics_away');
+    // The same text again (the direct path, handing the error to Yoga), and a text Yoga has not seen.
+    for (const [query, requestId] of [[known, 'log-check-1'], [`${known} # new`, 'log-check-2']] as const) {
+      const answer = await read(query, requestId);
+      assert.equal(answer.errors?.[0]?.extensions?.code, 'INTERNAL_SERVER_ERROR');
+      assert.equal(answer.errors?.[0]?.extensions?.requestId, requestId);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const entries = running
+        .output()
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as { level: number; msg: string; requestId?: string; err?: { message?: string } })
+        .filter((entry) => entry.level >= 50);
+      const mine = entries.filter((entry) => entry.requestId === requestId);
+      assert.equal(mine.length, 1, JSON.stringify(entries));
+      assert.equal(mine[0]?.msg, 'Unexpected error');
+      assert.match(mine[0]?.err?.message ?? '', /user_metrics/);
+      assert.equal(entries.filter((entry) => entry.requestId === undefined).length, 0, 'no error entry without a request id');
+    }
+  } finally {
+    await sql.query('ALTER TABLE IF EXISTS user_metrics_away RENAME TO user_metrics').catch(() => {});
+    await sql.end();
+    await running.kill();
+    await db.drop();
+  }
 });

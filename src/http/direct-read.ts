@@ -71,7 +71,7 @@ export interface DirectReadOptions {
   /** The GraphQL context of a request, as Yoga's context factory makes it. */
   context(requestId: string, caller: Caller, params: ReadRequest): RequestContext;
   /** Hands a request to Yoga (its `body` set when it was read here). */
-  toYoga(req: IncomingMessage, res: ServerResponse, requestId: string): void;
+  toYoga(req: IncomingMessage, res: ServerResponse): void;
   logger: Logger;
 }
 
@@ -162,7 +162,7 @@ export class DirectReads {
       this.answer(req, res, requestId, started, body).catch((error: unknown) => {
         // Nothing here should throw (each failure is handed to Yoga); if something does, it is a bug: logged, and Yoga answers.
         this.options.logger.error({ err: error, requestId }, 'Direct read failed; the request was handed to Yoga');
-        this.handOver(req, res, body, requestId);
+        this.handOver(req, res, body);
       });
     });
   }
@@ -194,7 +194,7 @@ export class DirectReads {
   private async answer(req: IncomingMessage, res: ServerResponse, requestId: string, started: number, body: Buffer): Promise<void> {
     const request = readRequest(body);
     const known = request && this.known.get(key(request.query, request.operationName));
-    if (!request || !known || variablesTooDeep(request.variables)) return this.handOver(req, res, body, requestId);
+    if (!request || !known || variablesTooDeep(request.variables)) return this.handOver(req, res, body);
     const header = req.headers.authorization;
     let identified: Identified | null = null;
     let execution: Execution | null;
@@ -208,18 +208,18 @@ export class DirectReads {
       try {
         identified = await this.options.identify(header);
       } catch {
-        return this.handOver(req, res, body, requestId);
+        return this.handOver(req, res, body);
       }
       execution = this.start(identified, request, known, requestId);
     }
     const { caller, confirmation } = identified as Identified;
     // Refused by a check of Yoga's own plugins: Yoga answers (this request's lookup is then not needed).
-    if (!execution) return this.handOver(req, res, body, requestId);
+    if (!execution) return this.handOver(req, res, body);
     if (caller.keyId) this.options.logger.debug({ apiKey: caller.keyId, requestId }, 'Authenticated');
     const result = await execution;
     // The key's lookup decides first: a key no longer valid learns nothing of what ran, not even its errors.
-    if (confirmation && !(await confirmation.catch(() => null))) return this.handOver(req, res, body, requestId);
-    if ((result.errors?.length ?? 0) > 0) return this.handOver(req, res, body, requestId, result);
+    if (confirmation && !(await confirmation.catch(() => null))) return this.handOver(req, res, body);
+    if ((result.errors?.length ?? 0) > 0) return this.handOver(req, res, body, result);
     const json = JSON.stringify(result);
     const type = answerType(req.headers.accept) as string;
     res.writeHead(200, { 'content-type': `${type}; charset=utf-8`, 'content-length': Buffer.byteLength(json) });
@@ -240,12 +240,12 @@ export class DirectReads {
     return executeOperation(args);
   }
 
-  private handOver(req: IncomingMessage, res: ServerResponse, body: Buffer, requestId: string, result?: ExecutionResult): void {
+  private handOver(req: IncomingMessage, res: ServerResponse, body: Buffer, result?: ExecutionResult): void {
     if (res.headersSent || res.destroyed) return;
     if (result) this.handedOver.set(req, result);
     // whatwg-node reads a request's `body`, when set, in place of its (here already consumed) stream; as a stream,
     // not a Buffer, whose every index it would list.
     Object.assign(req, { body: Readable.from([body]) });
-    this.options.toYoga(req, res, requestId);
+    this.options.toYoga(req, res);
   }
 }
