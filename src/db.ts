@@ -19,8 +19,8 @@ export interface SqlSession {
   query<Row = Record<string, unknown>>(text: string, params?: unknown[], name?: string): Promise<Row[]>;
   /** Runs a script of several statements in one call, so PostgreSQL runs it as a whole. */
   exec(script: string): Promise<void>;
-  /** `COPY ... FROM STDIN` (the statement) fed with `data` in COPY's text format. PostgreSQL only: undefined on PGlite. */
-  copyFrom?(statement: string, data: string): Promise<void>;
+  /** `COPY ... FROM STDIN` (the statement) fed with `data` in COPY's text format, in parts or not. PostgreSQL only. */
+  copyFrom?(statement: string, data: string | readonly string[]): Promise<void>;
 }
 
 export interface Database {

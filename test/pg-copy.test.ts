@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
-import { copyInOneWrite } from '../src/pg-copy.js';
+import { CopyText, copyInOneWrite } from '../src/pg-copy.js';
 import { type TestDatabase, createTestDatabase, usingPostgres } from './support/harness.js';
 
 describe('COPY in one write', { skip: usingPostgres ? false : 'PostgreSQL only: the service copies this way only on a PostgreSQL server' }, () => {
@@ -53,6 +53,23 @@ describe('COPY in one write', { skip: usingPostgres ? false : 'PostgreSQL only: 
     await assert.rejects(copyInOneWrite(client, 'COPY copied (id, label) FROM STDIN', 'not a number\tx\n'), /invalid input syntax/);
     assert.equal((await client.query('SELECT count(*)::int AS n FROM copied')).rows[0].n, (await rows()).length);
     assert.equal(await copyInOneWrite(client, 'COPY copied (id, label) FROM STDIN', '13\tstill works\n'), 1);
+  });
+
+  test('data in parts is one stream of COPY text: parts may split a line anywhere; CopyText parts a large batch', async () => {
+    assert.equal(await copyInOneWrite(client, 'COPY copied (id, label) FROM STDIN', ['100\tspl', 'it ', 'naïve\n101', '\tnext\n']), 2);
+    const text = new CopyText();
+    for (let id = 1000; id < 3000; id++) text.add(`${id}\tlabel ${id} ${'é'.repeat(id % 7)}\n`);
+    const parts = text.done();
+    assert.ok(parts.length > 1, `${parts.length} part(s)`);
+    assert.ok(parts.every((part) => part.length < 40_000));
+    assert.equal(await copyInOneWrite(client, 'COPY copied (id, label) FROM STDIN', parts), 2000);
+    const stored = (await client.query<{ id: number; label: string }>('SELECT id, label FROM copied WHERE id >= 100 AND id < 3000 ORDER BY id')).rows;
+    assert.deepEqual(stored.slice(0, 2), [
+      { id: 100, label: 'split naïve' },
+      { id: 101, label: 'next' },
+    ]);
+    assert.equal(stored.length, 2002);
+    assert.equal(stored.at(-1)?.label, `label 2999 ${'é'.repeat(2999 % 7)}`);
   });
 
   test('no data: nothing copied, no error', async () => {

@@ -3,6 +3,7 @@
  */
 import crypto from 'node:crypto';
 import { type SqlSession, database } from '../db.js';
+import { CopyText } from '../pg-copy.js';
 import { liveUpdatesListening, publishStored } from './events.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 
@@ -315,15 +316,15 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
     const ids = reserved.ids ?? [];
     const positions: number[] = [];
     const lineEnd = lookUp ? '\n' : `\t${reserved.created_at_text}\n`;
-    let data = '';
+    const data = new CopyText();
     for (let position = 0; position < rows.length; position++) {
       if (storedAlready[position]) continue;
-      data += `${ids[positions.length]}\t${lines[position]}${lineEnd}`;
+      data.add(`${ids[positions.length]}\t${lines[position]}${lineEnd}`);
       positions.push(position);
     }
     if (positions.length !== ids.length) throw new Error(`Reserved ${ids.length} ids for ${positions.length} new rows`);
     const inserted: Inserted = { positions, ids, createdAt: reserved.created_at, path: lookUp ? 'lookup_copy' : 'copy' };
-    if (data !== '') await copyIn(session, lookUp ? COPY_SQL : COPY_WITH_CREATED_AT_SQL, data);
+    if (positions.length > 0) await copyIn(session, lookUp ? COPY_SQL : COPY_WITH_CREATED_AT_SQL, data.done());
     if (lookUp) await session.exec('COMMIT');
     return inserted;
   } catch (error) {
@@ -340,15 +341,15 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
  * a subscription that begins meanwhile gets them read back). Undefined when the COPY met an identity stored already.
  */
 async function copyWithDefaults(session: SqlSession, rows: PendingRow[]): Promise<Inserted | undefined> {
-  let data = '';
+  const data = new CopyText();
   const positions = new Array<number>(rows.length);
   for (let position = 0; position < rows.length; position++) {
     const { keyHex, record } = rows[position] as PendingRow;
-    data += `${copyLine(keyHex, record)}\n`;
+    data.add(`${copyLine(keyHex, record)}\n`);
     positions[position] = position;
   }
   try {
-    await copyIn(session, COPY_WITH_DEFAULTS_SQL, data);
+    await copyIn(session, COPY_WITH_DEFAULTS_SQL, data.done());
   } catch (error) {
     if ((error as { code?: string }).code === UNIQUE_VIOLATION) return undefined;
     throw error;
@@ -357,7 +358,7 @@ async function copyWithDefaults(session: SqlSession, rows: PendingRow[]): Promis
 }
 
 /** COPY on the session: the COPY paths run on PostgreSQL sessions only, which have it. */
-function copyIn(session: SqlSession, statement: string, data: string): Promise<void> {
+function copyIn(session: SqlSession, statement: string, data: readonly string[]): Promise<void> {
   if (!session.copyFrom) throw new Error('COPY FROM STDIN needs a PostgreSQL session');
   return session.copyFrom(statement, data);
 }
