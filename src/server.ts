@@ -20,6 +20,7 @@ import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
 import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
 import { callerOf, identify, identifyKnown, useLookupBeforeAnswer } from './http/auth.js';
 import { DirectReads } from './http/direct-read.js';
+import type { Caller } from './services/api-keys.js';
 import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
 import { useMetrics } from './observability/metrics.js';
@@ -153,6 +154,8 @@ export function createServer({ config, logger }: ServerOptions) {
 
   const security = createSecurity(config, logger);
   const limits = { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups };
+  /** The request's part of the GraphQL context (Yoga adds its own: request, params). */
+  const contextFor = (requestId: string, caller: Caller) => ({ requestId, caller, limits });
   // Reads Yoga has answered cleanly once are answered by the listener itself after that: src/http/direct-read.ts.
   const directReads = new DirectReads({
     schema,
@@ -160,7 +163,7 @@ export function createServer({ config, logger }: ServerOptions) {
     identifyKnown: (header) => identifyKnown(header, config.auth),
     together: (work) => database().together(work),
     executionChecks: security.executionChecks,
-    context: (requestId, caller, params) => ({ requestId, caller, limits, params }) as unknown as RequestContext,
+    context: (requestId, caller, params) => ({ ...contextFor(requestId, caller), params }) as unknown as RequestContext,
     toYoga: (req, res) => void yoga.requestListener(req, res),
     logger,
   });
@@ -189,11 +192,7 @@ export function createServer({ config, logger }: ServerOptions) {
     // Its default (25 MB) would also refuse a full batch the configured limit allows.
     maxRequestBodySize: false,
     maskedErrors: { maskError },
-    context: ({ request }) => ({
-      requestId: requestIds.get(request) ?? crypto.randomUUID(),
-      caller: callerOf(request),
-      limits,
-    }),
+    context: ({ request }) => contextFor(requestIds.get(request) ?? crypto.randomUUID(), callerOf(request)),
     plugins: [
       // GET /metrics (Prometheus) and request timing per operation: first, so it times everything after it.
       useMetrics(),
@@ -270,8 +269,9 @@ function useRequestIds(): Plugin {
 
 /**
  * What a client sees when the database failed it (its `requestId` filled in by useRequestIds): a code to act on and
- * the HTTP status that generic clients and proxies already treat as "try again". Both mean the operation's writes did not happen (or, if the connection broke
- * after a commit, happened once: a retried batch is counted as duplicates, never stored twice).
+ * the HTTP status that generic clients and proxies already treat as "try again". Both mean the operation's writes did
+ * not happen (or, if the connection broke after a commit, happened once: a retried batch is counted as duplicates,
+ * never stored twice).
  */
 function databaseFaultError(fault: DatabaseFault, error: unknown, statementTimeoutMs: number): GraphQLError {
   const location = {

@@ -10,7 +10,7 @@
  *    before the lookup has confirmed the key. So a revoked key gets nothing from the next request on, and a valid
  *    key's read costs one round trip less (bench/README.md).
  * 2. After parsing and validation, before execution (so before any SQL of the operation), each root field the operation
- *    selects is checked against the key's scopes; a missing scope is refused with 403 naming it.
+ *    selects is checked against the key's scopes (scopeCheck); a missing scope is refused with 403 naming it.
  */
 import type { ExecutionArgs, GraphQLError, GraphQLSchema, OperationTypeNode } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
@@ -153,13 +153,14 @@ export interface Identified {
   confirmation?: Promise<Caller | null>;
 }
 
-/** The key of a `Bearer <key>` header; null when the header has another shape. */
-function bearerKey(header: string): string | null {
-  return /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header)?.[1] ?? null;
+/** The key of a `Bearer <key>` header and its hash; null when the header has another shape. */
+function bearerKey(header: string): { key: string; hash: string } | null {
+  const key = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header)?.[1];
+  return key ? { key, hash: hashKey(key) } : null;
 }
 
 /** Starts the lookup of a key; it keeps knownKeys up to date when it answers. */
-function lookUp(key: string, hash: string): Promise<Caller | null> {
+function lookUp({ key, hash }: { key: string; hash: string }): Promise<Caller | null> {
   return authenticateApiKey(key, hash).then((caller) => {
     if (!caller) knownKeys.delete(hash);
     else if (!knownKeys.has(hash)) {
@@ -170,6 +171,16 @@ function lookUp(key: string, hash: string): Promise<Caller | null> {
   });
 }
 
+/** For a key this process knows: its caller at once, its lookup started as the confirmation. Null otherwise. */
+function hinted(bearer: { key: string; hash: string }): Identified | null {
+  const known = knownKeys.get(bearer.hash);
+  if (!known) return null;
+  const confirmation = lookUp(bearer);
+  // Settled later by whoever answers the request; a failed lookup must not become an unhandled rejection meanwhile.
+  confirmation.catch(() => {});
+  return { caller: known, confirmation };
+}
+
 /**
  * The caller an Authorization header names, at once, when that is a key this process already knows (or authentication
  * is off): its lookup is started (in the caller's synchronous section: see Database.together) and is the
@@ -177,30 +188,24 @@ function lookUp(key: string, hash: string): Promise<Caller | null> {
  */
 export function identifyKnown(header: string | null | undefined, setting: AuthSetting): Identified | null {
   if (setting === 'off') return { caller: ANONYMOUS };
-  const key = header ? bearerKey(header) : null;
-  if (!key) return null;
-  const hash = hashKey(key);
-  const known = knownKeys.get(hash);
-  if (!known) return null;
-  const confirmation = lookUp(key, hash);
-  // Settled later by whoever answers the request; a failed lookup must not become an unhandled rejection meanwhile.
-  confirmation.catch(() => {});
-  return { caller: known, confirmation };
+  const bearer = header ? bearerKey(header) : null;
+  return bearer && hinted(bearer);
 }
 
 /** The caller an Authorization header names; throws the 401 when a key is required and missing, malformed or refused. */
 export async function identify(header: string | null | undefined, policy: AuthPolicy, setting: AuthSetting): Promise<Identified> {
-  const known = identifyKnown(header, setting);
-  if (known) return known;
+  if (setting === 'off') return { caller: ANONYMOUS };
   if (header == null || header.trim() === '') {
     if (await policy.required()) {
       throw unauthenticated('This service needs an API key: send it as the header `Authorization: Bearer <key>`.', false);
     }
     return { caller: ANONYMOUS };
   }
-  const key = bearerKey(header);
-  if (!key) throw unauthenticated('The Authorization header must be `Bearer <key>`, with the API key after one space.', true);
-  const caller = await lookUp(key, hashKey(key));
+  const bearer = bearerKey(header);
+  if (!bearer) throw unauthenticated('The Authorization header must be `Bearer <key>`, with the API key after one space.', true);
+  const known = hinted(bearer);
+  if (known) return known;
+  const caller = await lookUp(bearer);
   if (!caller) throw unauthenticated(KEY_REFUSED, true);
   return { caller };
 }
@@ -280,17 +285,7 @@ export function scopeError(
   );
 }
 
-/** Refuses, before execution, an operation that selects a root field the caller's scopes do not cover. */
-export function useScopes(): Plugin {
-  const check = (args: ExecutionArgs) => scopeError(args, (args.contextValue as RequestContext).caller ?? ANONYMOUS);
-  return {
-    onExecute({ args, setResultAndStopExecution }) {
-      const error = check(args);
-      if (error) setResultAndStopExecution({ errors: [error] });
-    },
-    onSubscribe({ args, setResultAndStopExecution }) {
-      const error = check(args);
-      if (error) setResultAndStopExecution({ errors: [error] });
-    },
-  };
+/** The scope check of a request about to run (its caller from the context): see security.ts executionChecks. */
+export function scopeCheck(args: ExecutionArgs): GraphQLError | null {
+  return scopeError(args, (args.contextValue as RequestContext).caller ?? ANONYMOUS);
 }

@@ -12,8 +12,9 @@
  * - What depends on the request is checked here exactly as Yoga's plugins check it, with their own functions: the API
  *   key (src/http/auth.ts `identify`, including its lookup on every request), the scopes and the cost of the operation
  *   with these variables (src/http/security.ts `executionChecks`), the depth of the variables.
- * - Only a clean answer is written here: status 200, the body and content type Yoga writes for the same result. Anything else goes
- *   to Yoga with the body already read, so every refusal and error is Yoga's, word for word: a body that is not a plain
+ * - Only a clean answer is written here: status 200, the body and content type Yoga writes for the same result.
+ *   Anything else goes to Yoga with the body already read, so every refusal and error is Yoga's, word for word: a body
+ *   that is not a plain
  *   `{ query, variables, operationName }`, an unknown text, a missing, malformed or refused key (401), a missing scope
  *   (403), a cost past the limit, a result with errors (Yoga then answers with that result, masked, instead of running
  *   the operation a second time). Requests with an `Origin` (CORS), an `Accept` Yoga would not answer with JSON, or a
@@ -23,7 +24,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { type DocumentNode, type ExecutionArgs, type ExecutionResult, type GraphQLError, type GraphQLSchema, OperationTypeNode } from 'graphql';
+import { type DocumentNode, type ExecutionArgs, type ExecutionResult, type GraphQLSchema, OperationTypeNode } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import type { RequestContext } from '../context.js';
 import { variablesTooDeep } from '../input-guards.js';
@@ -33,6 +34,7 @@ import type { Caller } from '../services/api-keys.js';
 import type { Identified } from './auth.js';
 import { executeOperation, isCompiledRead } from './execute.js';
 import { findOperation } from './operation.js';
+import type { ExecutionCheck } from './security.js';
 
 /** Query texts remembered; past this many, new ones are not (they keep going through Yoga). */
 const KNOWN_MAX = 500;
@@ -52,6 +54,12 @@ interface KnownRead {
 
 type Execution = ExecutionResult | Promise<ExecutionResult>;
 
+/** A read under way: who asked, and its execution (null when a check refused it). */
+interface Run {
+  identified: Identified;
+  execution: Execution | null;
+}
+
 interface ReadRequest {
   query: string;
   variables?: Record<string, unknown> | null;
@@ -66,8 +74,8 @@ export interface DirectReadOptions {
   identifyKnown(header: string | undefined): Identified | null;
   /** Database.together: the statements `work` sends leave in one write. */
   together<T>(work: () => T): T;
-  /** What Yoga's plugins check before execution that depends on the caller or the variables. */
-  executionChecks: ReadonlyArray<(args: ExecutionArgs) => GraphQLError | null>;
+  /** What Yoga's plugins check before execution that depends on the caller or the variables (security.ts). */
+  executionChecks: readonly ExecutionCheck[];
   /** The GraphQL context of a request, as Yoga's context factory makes it. */
   context(requestId: string, caller: Caller, params: ReadRequest): RequestContext;
   /** Hands a request to Yoga (its `body` set when it was read here). */
@@ -160,7 +168,8 @@ export class DirectReads {
     req.on('end', () => {
       const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
       this.answer(req, res, requestId, started, body).catch((error: unknown) => {
-        // Nothing here should throw (each failure is handed to Yoga); if something does, it is a bug: logged, and Yoga answers.
+        // Nothing here should throw (each failure is handed to Yoga); if something does, it is a bug: logged, and Yoga
+        // answers.
         this.options.logger.error({ err: error, requestId }, 'Direct read failed; the request was handed to Yoga');
         this.handOver(req, res, body);
       });
@@ -196,24 +205,22 @@ export class DirectReads {
     const known = request && this.known.get(key(request.query, request.operationName));
     if (!request || !known || variablesTooDeep(request.variables)) return this.handOver(req, res, body);
     const header = req.headers.authorization;
-    let identified: Identified | null = null;
-    let execution: Execution | null;
     // A key this process knows: its lookup and the read's first statement leave together (one write, one round trip).
-    const { together } = this.options;
-    execution = together(() => {
-      identified = this.options.identifyKnown(header);
-      return identified && this.start(identified, request, known, requestId);
+    let run: Run | null = this.options.together(() => {
+      const identified = this.options.identifyKnown(header);
+      return identified && { identified, execution: this.start(identified, request, known, requestId) };
     });
-    if (!identified) {
+    if (!run) {
+      let identified: Identified;
       try {
         identified = await this.options.identify(header);
       } catch {
         return this.handOver(req, res, body);
       }
-      execution = this.start(identified, request, known, requestId);
+      run = { identified, execution: this.start(identified, request, known, requestId) };
     }
-    const { caller, confirmation } = identified as Identified;
-    // Refused by a check of Yoga's own plugins: Yoga answers (this request's lookup is then not needed).
+    const { identified: { caller, confirmation }, execution } = run;
+    // Refused by a check Yoga's own plugins make: Yoga answers (this request's lookup is then not needed).
     if (!execution) return this.handOver(req, res, body);
     if (caller.keyId) this.options.logger.debug({ apiKey: caller.keyId, requestId }, 'Authenticated');
     const result = await execution;

@@ -165,7 +165,7 @@ export function operationCost(
   return costOf(operation.selectionSet, schema.getRootType(operation.operation) ?? undefined);
 }
 
-/** The check behind useCostLimit: the error for an operation past `maxCost` with these variables, else null. */
+/** The cost check: the error for an operation past `maxCost` with these variables, else null (see security.ts). */
 export function costLimit(maxCost: number) {
   return (args: {
     schema: GraphQLSchema;
@@ -184,20 +184,6 @@ export function costLimit(maxCost: number) {
       maxCost,
       cost,
     );
-  };
-}
-
-export function useCostLimit(maxCost: number): Plugin {
-  const check = costLimit(maxCost);
-  return {
-    onExecute({ args, setResultAndStopExecution }) {
-      const error = check(args);
-      if (error) setResultAndStopExecution({ errors: [error] });
-    },
-    onSubscribe({ args, setResultAndStopExecution }) {
-      const error = check(args);
-      if (error) setResultAndStopExecution({ errors: [error] });
-    },
   };
 }
 

@@ -9,11 +9,10 @@
  */
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import type { RequestContext } from '../context.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
-import { AuthPolicy, scopeError, useAuthentication, useScopes } from './auth.js';
-import { armorPlugins, costLimit, useBlockFieldSuggestions, useCostLimit, useCsrfPrevention, useDisableIntrospection } from './limits.js';
+import { AuthPolicy, scopeCheck, useAuthentication } from './auth.js';
+import { armorPlugins, costLimit, useBlockFieldSuggestions, useCsrfPrevention, useDisableIntrospection } from './limits.js';
 import { useIngestRateLimit } from './rate-limit.js';
 
 export type SecurityConfig = Pick<
@@ -36,32 +35,45 @@ export interface Security {
   policy: AuthPolicy;
   plugins: Plugin[];
   /**
-   * What the plugins check before execution that depends on the caller or the variables, as functions: for the
-   * direct read path (src/http/direct-read.ts), which runs reads without Yoga. Reads are not rate-limited.
+   * The checks made before execution that depend on the caller or the variables (scopes, cost): run by Yoga through
+   * useExecutionCheck, and by the direct read path (src/http/direct-read.ts), which runs reads without Yoga. Reads are
+   * not rate-limited.
    */
-  executionChecks: Array<(args: ExecutionArgs) => GraphQLError | null>;
+  executionChecks: ExecutionCheck[];
+}
+
+/** A check before execution: the error that refuses the operation, or null. */
+export type ExecutionCheck = (args: ExecutionArgs) => GraphQLError | null;
+
+/** Refuses an operation or subscription before any resolver runs when the check gives an error. */
+function useExecutionCheck(check: ExecutionCheck): Plugin {
+  return {
+    onExecute({ args, setResultAndStopExecution }) {
+      const error = check(args);
+      if (error) setResultAndStopExecution({ errors: [error] });
+    },
+    onSubscribe({ args, setResultAndStopExecution }) {
+      const error = check(args);
+      if (error) setResultAndStopExecution({ errors: [error] });
+    },
+  };
 }
 
 export function createSecurity(config: SecurityConfig, logger: Logger): Security {
   const policy = new AuthPolicy({ setting: config.auth, production: config.nodeEnv === 'production' });
+  const executionChecks: ExecutionCheck[] = [scopeCheck, costLimit(config.maxCost)];
   const plugins: Plugin[] = [
     useCsrfPrevention(),
     useAuthentication(policy, config.auth, logger),
     ...armorPlugins(config),
     ...(config.introspection ? [] : [useDisableIntrospection()]),
     ...(config.fieldSuggestions ? [] : [useBlockFieldSuggestions()]),
-    useScopes(),
-    useCostLimit(config.maxCost),
+    ...executionChecks.map(useExecutionCheck),
     useIngestRateLimit({
       requestsPerSecond: config.ingestRequestsPerSecond,
       recordsPerSecond: config.ingestRecordsPerSecond,
       maxBatchSize: config.maxBatchSize,
     }),
-  ];
-  const cost = costLimit(config.maxCost);
-  const executionChecks = [
-    (args: ExecutionArgs) => scopeError(args, (args.contextValue as RequestContext).caller),
-    (args: ExecutionArgs) => cost(args),
   ];
   return { policy, plugins, executionChecks };
 }
