@@ -496,6 +496,8 @@ async function benchQueries(setup: Setup, endSeconds: number) {
     for (let round = 0; round < settings.rounds; round++) {
       const rawTimes: number[] = [];
       const apiTimes: number[] = [];
+      // The service's CPU over the round: only its GraphQL requests (the raw side does not touch it).
+      const cpuBefore = cpuTimeOf(setup.service.pid);
       for (let i = 0; i < settings.requests; i++) {
         const params = c.params(rand);
         // Alternate which path goes first, so neither always finds the other's pages in cache.
@@ -526,7 +528,10 @@ async function benchQueries(setup: Setup, endSeconds: number) {
       }
       log(
         `  round ${round + 1}: raw p50 ${raw.p50.at(-1)?.toFixed(2)} ms p95 ${raw.p95.at(-1)?.toFixed(2)} ms` +
-          (graphql ? `; GraphQL p50 ${graphql.p50.at(-1)?.toFixed(2)} ms p95 ${graphql.p95.at(-1)?.toFixed(2)} ms` : ''),
+          (graphql
+            ? `; GraphQL p50 ${graphql.p50.at(-1)?.toFixed(2)} ms p95 ${graphql.p95.at(-1)?.toFixed(2)} ms` +
+              ` (service CPU ${((cpuTimeOf(setup.service.pid) - cpuBefore) / settings.requests).toFixed(2)} ms per request)`
+            : ''),
       );
     }
     results.push({ case: c, raw, graphql });

@@ -20,6 +20,7 @@ import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
 import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
 import { callerOf, identify, identifyKnown, useLookupBeforeAnswer } from './http/auth.js';
 import { DirectReads } from './http/direct-read.js';
+import { ParsedBodies } from './http/json-body.js';
 import type { Caller } from './services/api-keys.js';
 import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
@@ -167,6 +168,8 @@ export function createServer({ config, logger }: ServerOptions) {
     toYoga: (req, res) => void yoga.requestListener(req, res),
     logger,
   });
+  // Large JSON bodies (ingestion batches) are read and parsed by the listener: src/http/json-body.ts.
+  const parsedBodies = new ParsedBodies((req, res) => void yoga.requestListener(req, res));
   const yoga = createYoga<Record<string, unknown>, Omit<RequestContext, keyof import('graphql-yoga').YogaInitialContext>>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -221,18 +224,21 @@ export function createServer({ config, logger }: ServerOptions) {
       useLookupBeforeAnswer(),
       // Remembers the reads the direct path may answer; answers a request it handed over with the result it has.
       directReads.plugin(),
+      // Yoga takes the bodies parsed by the listener instead of reading them.
+      parsedBodies.plugin(),
       // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
       useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),
     ] satisfies Plugin[],
   });
 
-  /** The Node request listener: request id, then the body limit, then a direct read or Yoga. */
+  /** The Node request listener: request id, then the body limit, then a direct read, or Yoga (a large body parsed first). */
   const handler: RequestListener = (req, res) => {
     const requestId = requestIdFrom(req.headers['x-request-id']);
     res.setHeader('x-request-id', requestId);
     if (!enforceBodyLimit(req, res, config.maxBodyBytes)) return;
     if (directReads.accepts(req)) directReads.serve(req, res, requestId);
+    else if (parsedBodies.accepts(req)) parsedBodies.serve(req, res);
     else void yoga.requestListener(req, res);
   };
 

@@ -34,6 +34,7 @@ import type { Caller } from '../services/api-keys.js';
 import type { Identified } from './auth.js';
 import { executeOperation, isCompiledRead } from './execute.js';
 import { findOperation } from './operation.js';
+import { isJsonBody, readBody } from './json-body.js';
 import type { ExecutionCheck } from './security.js';
 
 /** Query texts remembered; past this many, new ones are not (they keep going through Yoga). */
@@ -105,13 +106,6 @@ function readRequest(body: Buffer): ReadRequest | null {
   return parsed as unknown as ReadRequest;
 }
 
-/** `application/json`, with no charset or utf-8 (what Yoga reads as JSON). */
-function isJsonBody(contentType: string | undefined): boolean {
-  if (contentType === undefined) return false;
-  const value = contentType.replace(/\s/g, '').toLowerCase();
-  return value === 'application/json' || value === 'application/json;charset=utf-8';
-}
-
 /**
  * The media type Yoga answers a (non-streamed) result with for this Accept header, or null when that is not one of
  * its two JSON types. Yoga's choice (its use-result-processor.js): over the asked types from last to first, utf-8
@@ -161,12 +155,7 @@ export class DirectReads {
   /** Answers the request, or hands it to Yoga. */
   serve(req: IncomingMessage, res: ServerResponse, requestId: string): void {
     const started = performance.now();
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    // A client that goes away mid-body leaves nothing to answer; its socket is already closed.
-    req.on('error', () => {});
-    req.on('end', () => {
-      const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+    readBody(req, (body) => {
       this.answer(req, res, requestId, started, body).catch((error: unknown) => {
         // Nothing here should throw (each failure is handed to Yoga); if something does, it is a bug: logged, and Yoga
         // answers.

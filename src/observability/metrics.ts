@@ -3,6 +3,7 @@
  *
  *   graphql_requests_total{operation_name, operation_type, outcome}   GraphQL requests, outcome success | error
  *   graphql_request_duration_seconds{operation_name, operation_type}  from the request's arrival to its response
+ *   graphql_large_bodies_total{parsed_by}                             JSON bodies over 64 KiB: listener (in parts) | yoga (as one string)
  *   ingest_records_total{result}                                      ingestMetrics records: accepted | duplicate | rejected
  *   ingest_batch_writes_total{path}                                   batches written: copy | lookup_copy | insert
  *   db_pool_connections{state}, db_pool_waiting_clients,              the PostgreSQL pool (absent on the embedded database)
@@ -31,6 +32,21 @@ const directReads = new Counter({
   help: 'GraphQL requests among graphql_requests_total answered by the direct read path (a read Yoga answered cleanly once, repeated).',
   registers: [registry],
 });
+
+const largeBodies = new Counter({
+  name: 'graphql_large_bodies_total',
+  help:
+    'JSON request bodies over 64 KiB (ingestion batches) that reached parsing, by who parsed them: listener (in parts, ' +
+    'never as one string) or yoga (the listener gave up on it: not valid JSON, or JSON it leaves to JSON.parse whole).',
+  labelNames: ['parsed_by'] as const,
+  registers: [registry],
+});
+for (const parsedBy of ['listener', 'yoga']) largeBodies.inc({ parsed_by: parsedBy }, 0);
+
+/** Counts a large body by who parsed it (src/http/json-body.ts). */
+export function observeLargeBody(parsedBy: 'listener' | 'yoga'): void {
+  largeBodies.inc({ parsed_by: parsedBy });
+}
 
 const duration = new Histogram({
   name: 'graphql_request_duration_seconds',

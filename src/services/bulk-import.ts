@@ -16,7 +16,7 @@
  * database), so a caller can prepare the next batch while the database stores the previous one.
  */
 import type pg from 'pg';
-import { copyInOneWrite } from '../pg-copy.js';
+import { CopyText, copyInOneWrite } from '../pg-copy.js';
 import { database } from '../db.js';
 import { STORED_COLUMNS, copyLine, ingestMetrics, recordKeyHex } from './ingest.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
@@ -109,8 +109,8 @@ const MERGE_STAGED = `
 const UNIQUE_VIOLATION = '23505';
 
 interface CopyBatch extends PreparedBatch {
-  /** The batch's distinct valid records in COPY's text format, in identity order. */
-  text: string;
+  /** The batch's distinct valid records in COPY's text format, in identity order (in parts: CopyText). */
+  text: string[];
   /** Distinct valid records (the rows in `text`). */
   rows: number;
   /** Valid records repeating an identity earlier in the batch. */
@@ -141,11 +141,9 @@ class CopyWriter implements BulkWriter {
       else rows.set(key, record);
     });
     const keys = [...rows.keys()].sort();
-    let text = '';
-    for (const key of keys) {
-      text += `${copyLine(key, rows.get(key) as MetricRecordInput)}\n`;
-    }
-    return { size: records.length, text, rows: keys.length, repeats, rejected };
+    const text = new CopyText();
+    for (const key of keys) text.add(`${copyLine(key, rows.get(key) as MetricRecordInput)}\n`);
+    return { size: records.length, text: text.done(), rows: keys.length, repeats, rejected };
   }
 
   async write(batch: PreparedBatch): Promise<BatchOutcome> {
@@ -173,7 +171,7 @@ class CopyWriter implements BulkWriter {
     return { accepted, duplicates: repeats + rows - accepted, rejected };
   }
 
-  private async copy(table: string, text: string): Promise<void> {
+  private async copy(table: string, text: readonly string[]): Promise<void> {
     await copyInOneWrite(this.client, `COPY ${table} (${STORED_COLUMNS}) FROM STDIN`, text);
   }
 
