@@ -54,6 +54,7 @@ const { values: opts } = parseArgs({
     pool: { type: 'string' },
     'service-root': { type: 'string' },
     'node-flags': { type: 'string' },
+    'service-log': { type: 'string' },
     out: { type: 'string', default: 'bench-results/latest.json' },
     help: { type: 'boolean', default: false },
   },
@@ -77,7 +78,8 @@ if (opts.help) {
   --profile           CPU-profile the service (node --cpu-prof) into bench-results/profiles/
   --pool N            DB_POOL_MAX for the service (default: the service's own default)
   --service-root DIR  run the service built in another checkout (to compare two versions; not built by the bench)
-  --node-flags "..."  extra node flags for the service, e.g. "--max-semi-space-size=32" (experiments)
+  --node-flags="..." extra node flags for the service, e.g. --node-flags="--max-semi-space-size=32" (experiments)
+  --service-log FILE  append the service's output (its warnings; --node-flags=--trace-gc lines) to FILE
   --out FILE          where to write the JSON results (default bench-results/latest.json)
 Environment: BENCH_DATABASE_URL, the PostgreSQL server's admin URL (default postgres://postgres@127.0.0.1:5432/postgres).
 `);
@@ -212,7 +214,7 @@ async function setupPostgres(): Promise<Setup> {
   try {
     const env = serviceEnv({ DATABASE_URL: url.toString() });
     const apiKey = createApiKey({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env });
-    service = await startService({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env, nodeFlags: profileFlags(), apiKey });
+    service = await startService({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env, nodeFlags: profileFlags(), logFile: opts['service-log'], apiKey });
     sql = await connectPostgres(url.toString());
     await createReferenceTable(sql);
   } catch (error) {
@@ -256,7 +258,7 @@ async function setupEmbedded(): Promise<Setup> {
   const dbPort = await freePort();
   const env = serviceEnv({ DATA_DIR: dataDir, EMBEDDED_DB_PORT: String(dbPort) });
   const apiKey = createApiKey({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env });
-  const start = () => startService({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env, nodeFlags: profileFlags(), apiKey });
+  const start = () => startService({ fromSource: settings.fromSource, cwd: SERVICE_ROOT, env, nodeFlags: profileFlags(), logFile: opts['service-log'], apiKey });
   const connectServiceSql = async () => {
     // The service serves its PGlite over the wire protocol: the raw SQL runs on the same database as the service.
     const client = await connectPostgres(`postgres://postgres@127.0.0.1:${dbPort}/postgres`);

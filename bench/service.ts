@@ -13,6 +13,8 @@ export interface ServiceOptions {
   env: Record<string, string>;
   /** Extra node flags, e.g. --cpu-prof. */
   nodeFlags?: string[];
+  /** Where the service's output also goes (appended), besides the tail kept for error messages. */
+  logFile?: string | undefined;
   cwd: string;
 }
 
@@ -76,6 +78,11 @@ export async function startService(options: ServiceOptions & { apiKey?: string |
   };
   child.stdout?.on('data', keep);
   child.stderr?.on('data', keep);
+  if (options.logFile) {
+    const file = fs.createWriteStream(options.logFile, { flags: 'a' });
+    child.stdout?.pipe(file);
+    child.stderr?.pipe(file);
+  }
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const url = `http://127.0.0.1:${port}`;
 

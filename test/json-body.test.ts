@@ -4,6 +4,7 @@
  * over HTTP, large batches parsed by the listener answered as before, and bodies it gives up on answered by Yoga.
  */
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { GROUP_BYTES, PARSED_BODY_MIN, parseJsonBody } from '../src/http/json-body.js';
@@ -195,6 +196,32 @@ describe('large bodies over HTTP', () => {
       const same = (a: unknown) => JSON.stringify(a).replace(/broken-\d+/g, 'broken-N');
       assert.equal(same(answer), same(yoga), what);
     }
+  });
+
+  test('its request is timed from its arrival, not from the end of its body', async () => {
+    const durationSum = async () => {
+      const metrics = await (await fetch(`${service.url}/metrics`)).text();
+      return Number(metrics.match(/^graphql_request_duration_seconds_sum\{operation_name="Ingest",operation_type="mutation"\} ([\d.e+-]+)$/m)?.[1] ?? 0);
+    };
+    const before = await durationSum();
+    const bytes = Buffer.from(JSON.stringify({ query: INGEST, variables: { records: batch('slow', 400) } }));
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = http.request(`${service.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'content-length': bytes.length, ...key },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      // Half the body, then the rest 400 ms later.
+      req.write(bytes.subarray(0, bytes.length >> 1));
+      setTimeout(() => req.end(bytes.subarray(bytes.length >> 1)), 400);
+    });
+    assert.equal(status, 200);
+    const took = (await durationSum()) - before;
+    assert.ok(took >= 0.4, `timed ${took} s`);
   });
 
   test('a large body without its API key is refused before it is parsed', async () => {

@@ -17,7 +17,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import type { Plugin } from 'graphql-yoga';
-import { observeLargeBody } from '../observability/metrics.js';
+import { noteArrival, observeLargeBody } from '../observability/metrics.js';
 
 /**
  * The most bytes of JSON one `JSON.parse` gets: its text is a regular V8 string (under ~128 KB even when every
@@ -258,6 +258,8 @@ export class ParsedBodies {
   }
 
   serve(req: IncomingMessage, res: ServerResponse): void {
+    // graphql_request_duration_seconds counts from here, as it does for the requests Yoga reads itself.
+    noteArrival(req);
     readBody(req, (body) => {
       const held = { body: body as Buffer | null };
       this.bodies.set(req, held);

@@ -172,6 +172,14 @@ export function observeRequest(
   if (direct) directReads.inc();
 }
 
+/** Arrival times of requests whose body the listener read before Yoga saw them (src/http/json-body.ts). */
+const arrivals = new WeakMap<object, number>();
+
+/** Notes when a request arrived, for a request Yoga only sees once its body has been read. */
+export function noteArrival(req: object): void {
+  arrivals.set(req, performance.now());
+}
+
 export interface MetricsPluginOptions {
   /** The path that serves the metrics; default `/metrics`. */
   endpoint?: string;
@@ -194,12 +202,13 @@ export function useMetrics(options: MetricsPluginOptions = {}): Plugin {
     timing.type = operation?.operation ?? 'unknown';
   };
   return {
-    async onRequest({ request, url, endResponse, fetchAPI }) {
+    async onRequest({ request, url, endResponse, fetchAPI, serverContext }) {
       if (url.pathname === endpoint && request.method === 'GET') {
         endResponse(new fetchAPI.Response(await registry.metrics(), { status: 200, headers: { 'content-type': registry.contentType } }));
         return;
       }
-      timings.set(request, { started: performance.now(), graphql: false, failed: false });
+      const req = (serverContext as { req?: object } | undefined)?.req;
+      timings.set(request, { started: (req && arrivals.get(req)) ?? performance.now(), graphql: false, failed: false });
     },
     onParams({ request }) {
       const timing = timings.get(request);
