@@ -76,15 +76,19 @@ class Parser {
     return value;
   }
 
+  /** Steps past an opening bracket; true, past the closing one too, when nothing but spaces is between them. */
+  empty(close: number): boolean {
+    this.pos++;
+    this.skipSpace();
+    if (this.buf[this.pos] !== close) return false;
+    this.pos++;
+    return true;
+  }
+
   object(): Record<string, unknown> {
     const buf = this.buf;
     const out: Record<string, unknown> = {};
-    this.pos++;
-    this.skipSpace();
-    if (buf[this.pos] === CLOSE_OBJECT) {
-      this.pos++;
-      return out;
-    }
+    if (this.empty(CLOSE_OBJECT)) return out;
     for (;;) {
       this.skipSpace();
       if (buf[this.pos] !== QUOTE) throw new GiveUp();
@@ -115,12 +119,7 @@ class Parser {
   array(): unknown[] {
     const buf = this.buf;
     const out: unknown[] = [];
-    this.pos++;
-    this.skipSpace();
-    if (buf[this.pos] === CLOSE_ARRAY) {
-      this.pos++;
-      return out;
-    }
+    if (this.empty(CLOSE_ARRAY)) return out;
     for (;;) {
       const start = this.pos;
       const found = buf.lastIndexOf(OBJECTS_APART, start + this.groupBytes - 1);
