@@ -198,6 +198,26 @@ describe('large bodies over HTTP', () => {
     }
   });
 
+  test('a body that is not JSON is answered with where it fails, not with the body quoted back', async () => {
+    const large = `${JSON.stringify({ query: INGEST, variables: { records: batch('quoted', 400) } }).slice(0, -1)},}`;
+    const cases: Array<[string, string, RegExp]> = [
+      ['small, a property name expected', '{"query": "{ __typename }",}', /^Expected double-quoted property name in JSON at position 27\b/],
+      ['small, an unexpected token', '{"query": x}', /^Unexpected token 'x', "\{"query": x\}" is not valid JSON$/],
+      ['large', large, new RegExp(`^Expected double-quoted property name in JSON at position ${large.length - 1}\\b`)],
+      ['large, not JSON at all', 'x'.repeat(PARSED_BODY_MIN + 10), /^Unexpected token 'x', "x+"\.\.\. is not valid JSON$/],
+    ];
+    for (const [what, text, expected] of cases) {
+      for (const chunked of [false, true]) {
+        const answer = await post(text, chunked);
+        assert.equal(answer.status, 400, what);
+        const [error] = answer.body.errors;
+        assert.equal(error.message, 'POST body sent invalid JSON.', what);
+        assert.equal(error.extensions.code, 'BAD_REQUEST', what);
+        assert.match(error.extensions.originalError.message, expected, `${what}${chunked ? ', chunked' : ''}`);
+      }
+    }
+  });
+
   test('its request is timed from its arrival, not from the end of its body', async () => {
     const durationSum = async () => {
       const metrics = await (await fetch(`${service.url}/metrics`)).text();

@@ -277,20 +277,28 @@ export class ParsedBodies {
     });
   }
 
-  /** Yoga's request parser for the bodies read here (user plugins come after Yoga's own parsers and checks). */
+  /**
+   * Yoga's request parser for the bodies read here (user plugins come after Yoga's own parsers and checks); for every
+   * request, Yoga's parser's errors without the body they quote.
+   */
   plugin(): Plugin {
     return {
       onRequestParse: ({ serverContext, requestParser, setRequestParser }) => {
+        if (!requestParser) return;
+        const yogaParser = withoutQuotedBody(requestParser);
         const req = (serverContext as { req?: IncomingMessage } | undefined)?.req;
         const held = req && this.bodies.get(req);
-        if (!held || !requestParser) return;
+        if (!held) {
+          setRequestParser(yogaParser);
+          return;
+        }
         this.bodies.delete(req);
         setRequestParser((request) => {
           const value = held.body && parseJsonBody(held.body);
           // Yoga answers anything but a non-empty object (a batch of operations, a wrong shape) from the body itself.
           if (typeof value !== 'object' || value === null || Array.isArray(value) || Object.keys(value).length === 0) {
             observeLargeBody('yoga');
-            return requestParser(request);
+            return yogaParser(request);
           }
           observeLargeBody('listener');
           held.body = null;
@@ -299,6 +307,46 @@ export class ParsedBodies {
       },
     };
   }
+}
+
+type RequestParser = (request: Request) => ReturnType<NonNullable<Parameters<NonNullable<Plugin['onRequestParse']>>[0]['requestParser']>>;
+
+/** Longest `originalError.message` answered as it is when it is none of JSON.parse's two forms. */
+const PARSE_MESSAGE_MAX = 200;
+const NOT_JSON = ' is not valid JSON';
+
+/**
+ * Yoga's parser, its "POST body sent invalid JSON." errors without the body: whatwg-node appends the whole body text
+ * to JSON.parse's message (`, "<body>" is not valid JSON`), and Yoga answers that message in
+ * `extensions.originalError`, so a damaged 1 MB batch came back as a 1 MB error. JSON.parse's own words, with the
+ * position, are kept.
+ */
+function withoutQuotedBody(parse: RequestParser): RequestParser {
+  const shorten = (error: unknown): never => {
+    const original = (error as { extensions?: { originalError?: { message?: unknown } } } | null)?.extensions?.originalError;
+    const message = original?.message;
+    if (original && typeof message === 'string') {
+      // JSON.parse's message: "... in JSON at position N", or "Unexpected token ..., "<excerpt>" is not valid JSON".
+      const position = /^.*? in JSON at position \d+(?: \(line \d+ column \d+\))?/s.exec(message);
+      const excerptEnd = message.indexOf(`${NOT_JSON}, "`);
+      if (position) original.message = position[0];
+      else if (excerptEnd >= 0) original.message = message.slice(0, excerptEnd + NOT_JSON.length);
+      else if (message.length > PARSE_MESSAGE_MAX) original.message = `${message.slice(0, PARSE_MESSAGE_MAX)}…`;
+    }
+    throw error;
+  };
+  return (request) => {
+    try {
+      const parsed = parse(request);
+      return isThenable(parsed) ? (Promise.resolve(parsed).catch(shorten) as ReturnType<RequestParser>) : parsed;
+    } catch (error) {
+      return shorten(error);
+    }
+  };
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
 }
 
 /**
