@@ -12,7 +12,8 @@
  * Every value comes out of `JSON.parse`, so it is the value JSON.parse gives for the whole body. The parser only finds
  * where values begin and end; whatever it does not expect (invalid JSON, a `__proto__` key, a byte order mark) makes
  * it give up (undefined), and the body then goes to Yoga as it came, which answers it exactly as before.
- * Yoga gets the parsed body from `ParsedBodies.plugin()`, its request parser for these requests.
+ * Yoga gets the parsed body from `ParsedBodies.plugin()`, its request parser for these requests. The same plugin keeps
+ * Yoga's own "invalid JSON" answers, for every request, from quoting the whole body back (withoutQuotedBody).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
