@@ -20,7 +20,7 @@ import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
 import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
 import { callerOf, identify, identifyKnown, useLookupBeforeAnswer } from './http/auth.js';
 import { DirectReads } from './http/direct-read.js';
-import { ParsedBodies } from './http/json-body.js';
+import { ParsedBodies, useParseErrorsWithoutBody } from './http/json-body.js';
 import type { Caller } from './services/api-keys.js';
 import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
@@ -226,6 +226,8 @@ export function createServer({ config, logger }: ServerOptions) {
       directReads.plugin(),
       // Yoga takes the bodies parsed by the listener instead of reading them.
       parsedBodies.plugin(),
+      // After every plugin that sets a request parser: "invalid JSON" answers without the body quoted back.
+      useParseErrorsWithoutBody(),
       // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
       useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),

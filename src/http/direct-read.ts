@@ -34,7 +34,7 @@ import type { Caller } from '../services/api-keys.js';
 import type { Identified } from './auth.js';
 import { executeOperation, isCompiledRead } from './execute.js';
 import { findOperation } from './operation.js';
-import { isJsonBody, readBody } from './json-body.js';
+import { jsonPostLength, readBody } from './json-body.js';
 import type { ExecutionCheck } from './security.js';
 
 /** Query texts remembered; past this many, new ones are not (they keep going through Yoga). */
@@ -137,16 +137,13 @@ export class DirectReads {
 
   /** Whether a request may be answered here, by its headers alone (the body decides the rest). */
   accepts(req: IncomingMessage): boolean {
-    if (this.known.size === 0 || req.method !== 'POST' || req.url !== '/graphql') return false;
-    const headers = req.headers;
-    const length = Number(headers['content-length']);
+    if (this.known.size === 0) return false;
+    const length = jsonPostLength(req);
     return (
       length > 0 &&
       length <= BODY_MAX &&
-      headers['transfer-encoding'] === undefined &&
-      headers.origin === undefined &&
-      isJsonBody(headers['content-type']) &&
-      answerType(headers.accept) !== null &&
+      req.headers.origin === undefined &&
+      answerType(req.headers.accept) !== null &&
       // Yoga would see repeated Authorization headers joined into one (refused as malformed); Node keeps the first.
       (req.headersDistinct.authorization?.length ?? 0) <= 1
     );

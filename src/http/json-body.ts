@@ -12,8 +12,8 @@
  * Every value comes out of `JSON.parse`, so it is the value JSON.parse gives for the whole body. The parser only finds
  * where values begin and end; whatever it does not expect (invalid JSON, a `__proto__` key, a byte order mark) makes
  * it give up (undefined), and the body then goes to Yoga as it came, which answers it exactly as before.
- * Yoga gets the parsed body from `ParsedBodies.plugin()`, its request parser for these requests. The same plugin keeps
- * Yoga's own "invalid JSON" answers, for every request, from quoting the whole body back (withoutQuotedBody).
+ * Yoga gets the parsed body from `ParsedBodies.plugin()`, its request parser for these requests.
+ * `useParseErrorsWithoutBody` keeps Yoga's own "invalid JSON" answers, for every request, from quoting the body back.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
@@ -42,15 +42,6 @@ function isSpace(byte: number | undefined): boolean {
 
 /** Two objects apart in an array, as JSON.stringify writes them. */
 const OBJECTS_APART = Buffer.from('},{');
-
-/** JSON.parse's value, or undefined where it throws. */
-function tryParse(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-}
 
 /** Thrown inside the parser where the body is not what it expects; parseJsonBody answers undefined. */
 class GiveUp extends Error {}
@@ -125,17 +116,18 @@ class Parser {
       const start = this.pos;
       const found = buf.lastIndexOf(OBJECTS_APART, start + this.groupBytes - 1);
       if (found <= start) break;
-      const items = tryParse(`[${buf.toString('utf8', start, found + 1)}]`);
-      if (!items) break;
-      for (const item of items as unknown[]) out.push(item);
+      try {
+        this.group(start, found + 1, out);
+      } catch {
+        break;
+      }
       this.pos = found + 2;
     }
     let groupStart = -1;
     let groupEnd = -1;
     const flush = () => {
       if (groupStart < 0) return;
-      const items = JSON.parse(`[${buf.toString('utf8', groupStart, groupEnd)}]`) as unknown[];
-      for (const item of items) out.push(item);
+      this.group(groupStart, groupEnd, out);
       groupStart = -1;
     };
     for (;;) {
@@ -160,6 +152,11 @@ class Parser {
       }
       if (next !== COMMA) throw new GiveUp();
     }
+  }
+
+  /** Appends the elements written from `start` to `end` (with the commas between them): one JSON.parse, or it throws. */
+  group(start: number, end: number, out: unknown[]): void {
+    for (const item of JSON.parse(`[${this.buf.toString('utf8', start, end)}]`) as unknown[]) out.push(item);
   }
 
   /** Index after the string that opens at `start` (its closing quote). */
@@ -226,13 +223,22 @@ export function parseJsonBody(body: Buffer, groupBytes = GROUP_BYTES): unknown {
 }
 
 /** `application/json`, with no charset or utf-8 (what Yoga reads as JSON). */
-export function isJsonBody(contentType: string | undefined): boolean {
+function isJsonBody(contentType: string | undefined): boolean {
   if (contentType === undefined) return false;
   const value = contentType.replace(/\s/g, '').toLowerCase();
   return value === 'application/json' || value === 'application/json;charset=utf-8';
 }
 
-/** Bodies larger than this are parsed here (smaller ones stay regular strings in Yoga's parse). */
+/**
+ * The declared length of a POST of JSON (UTF-8) to /graphql with a Content-Length and no chunked body; NaN for any
+ * other request. What the direct read path and ParsedBodies both take, by the length.
+ */
+export function jsonPostLength(req: IncomingMessage): number {
+  if (req.method !== 'POST' || req.url !== '/graphql' || req.headers['transfer-encoding'] !== undefined) return Number.NaN;
+  return isJsonBody(req.headers['content-type']) ? Number(req.headers['content-length']) : Number.NaN;
+}
+
+/** Bodies larger than this (smaller ones stay regular strings in Yoga's parse). */
 export const PARSED_BODY_MIN = 65_536;
 
 /**
@@ -248,13 +254,7 @@ export class ParsedBodies {
 
   /** A POST of JSON (UTF-8) to /graphql with a Content-Length over PARSED_BODY_MIN. */
   accepts(req: IncomingMessage): boolean {
-    return (
-      req.method === 'POST' &&
-      req.url === '/graphql' &&
-      req.headers['transfer-encoding'] === undefined &&
-      Number(req.headers['content-length']) > PARSED_BODY_MIN &&
-      isJsonBody(req.headers['content-type'])
-    );
+    return jsonPostLength(req) > PARSED_BODY_MIN;
   }
 
   serve(req: IncomingMessage, res: ServerResponse): void {
@@ -278,21 +278,13 @@ export class ParsedBodies {
     });
   }
 
-  /**
-   * Yoga's request parser for the bodies read here (user plugins come after Yoga's own parsers and checks); for every
-   * request, Yoga's parser's errors without the body they quote.
-   */
+  /** Yoga's request parser for the bodies read here (user plugins come after Yoga's own parsers and checks). */
   plugin(): Plugin {
     return {
-      onRequestParse: ({ serverContext, requestParser, setRequestParser }) => {
-        if (!requestParser) return;
-        const yogaParser = withoutQuotedBody(requestParser);
+      onRequestParse: ({ serverContext, requestParser: yogaParser, setRequestParser }) => {
         const req = (serverContext as { req?: IncomingMessage } | undefined)?.req;
         const held = req && this.bodies.get(req);
-        if (!held) {
-          setRequestParser(yogaParser);
-          return;
-        }
+        if (!held || !yogaParser) return;
         this.bodies.delete(req);
         setRequestParser((request) => {
           const value = held.body && parseJsonBody(held.body);
@@ -310,18 +302,27 @@ export class ParsedBodies {
   }
 }
 
-type RequestParser = (request: Request) => ReturnType<NonNullable<Parameters<NonNullable<Plugin['onRequestParse']>>[0]['requestParser']>>;
+/** Yoga's request parser type (not exported by graphql-yoga). */
+type RequestParser = NonNullable<Parameters<NonNullable<Plugin['onRequestParse']>>[0]['requestParser']>;
 
 /** Longest `originalError.message` answered as it is when it is none of JSON.parse's two forms. */
 const PARSE_MESSAGE_MAX = 200;
 const NOT_JSON = ' is not valid JSON';
 
 /**
- * Yoga's parser, its "POST body sent invalid JSON." errors without the body: whatwg-node appends the whole body text
- * to JSON.parse's message (`, "<body>" is not valid JSON`), and Yoga answers that message in
- * `extensions.originalError`, so a damaged 1 MB batch came back as a 1 MB error. JSON.parse's own words, with the
- * position, are kept.
+ * Yoga's "POST body sent invalid JSON." answers without the body: whatwg-node appends the whole body text to
+ * JSON.parse's message (`, "<body>" is not valid JSON`), and Yoga answers that message in `extensions.originalError`,
+ * so a damaged 1 MB batch came back as a 1 MB error. JSON.parse's own words, with the position, are kept. Registered
+ * after every plugin that sets a request parser: it wraps whichever one a request ends up with.
  */
+export function useParseErrorsWithoutBody(): Plugin {
+  return {
+    onRequestParse: ({ requestParser, setRequestParser }) => {
+      if (requestParser) setRequestParser(withoutQuotedBody(requestParser));
+    },
+  };
+}
+
 function withoutQuotedBody(parse: RequestParser): RequestParser {
   const shorten = (error: unknown): never => {
     const original = (error as { extensions?: { originalError?: { message?: unknown } } } | null)?.extensions?.originalError;
