@@ -1,4 +1,5 @@
 /** Aggregates: `metricStats` (groups and time buckets) and `userSummary`, with their types. */
+import { type FieldNode, type GraphQLResolveInfo, Kind, type SelectionSetNode } from 'graphql';
 import { builder } from '../builder.js';
 import {
   DEFAULT_TIME_ZONE,
@@ -6,6 +7,7 @@ import {
   type MetricFigures,
   type MetricGroup,
   type SentimentCount,
+  type StatsFigure,
   type TalkedTimeStats,
   type TimeBucket,
   type UserSummary,
@@ -13,6 +15,57 @@ import {
   userSummary,
 } from '../services/stats.js';
 import { MetricFilterInput } from './metric.js';
+
+/** The figure behind each selectable field (of MetricFigures and its types, and of TalkedTimeStats). */
+const FIGURE_FIELDS: Record<string, StatsFigure> = {
+  count: 'count',
+  distinctUsers: 'distinctUsers',
+  distinctUsersApprox: 'distinctUsersApprox',
+  distinctSessions: 'distinctSessions',
+  sessionCount: 'distinctSessions',
+  microphoneUsageRate: 'microphoneRate',
+  speakerUsageRate: 'speakerRate',
+  sentiments: 'sentiments',
+  firstSeen: 'timestamps',
+  lastSeen: 'timestamps',
+};
+const TALKED_TIME_FIELDS: Record<string, StatsFigure> = {
+  sum: 'talkedSum',
+  avg: 'talkedAvg',
+  min: 'talkedMin',
+  max: 'talkedMax',
+  p50: 'talkedP50',
+  p95: 'talkedP95',
+  p50Approx: 'talkedP50Approx',
+  p95Approx: 'talkedP95Approx',
+};
+
+/** The fields a selection set selects, through fragments (@skip and @include aside: at worst a figure too many). */
+function selectedFields(selectionSet: SelectionSetNode | undefined, info: GraphQLResolveInfo, into: FieldNode[] = []): FieldNode[] {
+  for (const selection of selectionSet?.selections ?? []) {
+    if (selection.kind === Kind.FIELD) into.push(selection);
+    else if (selection.kind === Kind.INLINE_FRAGMENT) selectedFields(selection.selectionSet, info, into);
+    else selectedFields(info.fragments[selection.name.value]?.selectionSet, info, into);
+  }
+  return into;
+}
+
+/** The figures a metricStats or userSummary field selects: only those are computed. */
+function selectedFigures(info: GraphQLResolveInfo): Set<StatsFigure> {
+  const figures = new Set<StatsFigure>();
+  for (const node of info.fieldNodes) {
+    for (const field of selectedFields(node.selectionSet, info)) {
+      const figure = FIGURE_FIELDS[field.name.value];
+      if (figure) figures.add(figure);
+      if (field.name.value !== 'talkedTime') continue;
+      for (const sub of selectedFields(field.selectionSet, info)) {
+        const talked = TALKED_TIME_FIELDS[sub.name.value];
+        if (talked) figures.add(talked);
+      }
+    }
+  }
+  return figures;
+}
 
 const MetricDimensionEnum = builder.enumType('MetricDimension', {
   description: 'A field to group records by.',
@@ -46,6 +99,12 @@ const TalkedTimeStatsType = builder.objectRef<TalkedTimeStats>('TalkedTimeStats'
     max: t.exposeInt('max'),
     p50: t.exposeFloat('p50', { description: 'Median (continuous: interpolated between the two middle values).' }),
     p95: t.exposeFloat('p95', { description: '95th percentile (continuous, as PostgreSQL\'s percentile_cont).' }),
+    p50Approx: t.exposeFloat('p50Approx', {
+      description:
+        'Approximate median: within 1% of p50 (from a histogram of talk times in buckets 2% wide). Cheap from the rollups ' +
+        '(README: "Rollups"); p50 is exact and reads every record.',
+    }),
+    p95Approx: t.exposeFloat('p95Approx', { description: 'Approximate 95th percentile: within 1% of p95 (as p50Approx).' }),
   }),
 });
 
@@ -61,6 +120,13 @@ const MetricFiguresInterface = builder.interfaceRef<MetricFigures>('MetricFigure
   fields: (t) => ({
     count: t.field({ type: 'SafeInt', description: 'Records.', resolve: (f) => f.count }),
     distinctUsers: t.field({ type: 'SafeInt', resolve: (f) => f.distinctUsers }),
+    distinctUsersApprox: t.field({
+      type: 'SafeInt',
+      description:
+        'Approximate distinctUsers: within 2% up to ~300,000 users per group (linear counting of hashed user ids in a ' +
+        '65,536-bit bitmap; README: "Rollups"). Cheap from the rollups; distinctUsers is exact and reads every record.',
+      resolve: (f) => f.distinctUsersApprox,
+    }),
     distinctSessions: t.field({ type: 'SafeInt', description: 'Distinct sessionId values.', resolve: (f) => f.distinctSessions }),
     talkedTime: t.field({ type: TalkedTimeStatsType, resolve: (f) => f.talkedTime }),
     microphoneUsageRate: t.exposeFloat('microphoneUsageRate', { description: 'Share of records with microphoneUsed, 0..1.' }),
@@ -113,13 +179,18 @@ builder.queryFields((t) => ({
       '`bucket` (one group for all records without either). Ordered by bucketStart, then the dimensions in the order given, ' +
       'nulls last. No matching record: an empty list. More groups than the server\'s limit (MAX_STAT_GROUPS, default 1,000): ' +
       'an error, code TOO_MANY_GROUPS.',
+    // The cost limit counts the groups at their most (src/http/limits.ts).
+    extensions: { listMax: 'maxStatGroups' },
     args: {
       where: t.arg({ type: MetricFilterInput }),
       groupBy: t.arg({ type: [MetricDimensionEnum], description: 'Dimensions, each at most once; their order orders the groups.' }),
       bucket: t.arg({ type: TimeBucketInput }),
     },
-    resolve: (_root, args, ctx) =>
-      metricStats({ where: args.where, groupBy: args.groupBy, bucket: args.bucket }, { maxGroups: ctx.limits.maxStatGroups }),
+    resolve: (_root, args, ctx, info) =>
+      metricStats(
+        { where: args.where, groupBy: args.groupBy, bucket: args.bucket, figures: selectedFigures(info) },
+        { maxGroups: ctx.limits.maxStatGroups },
+      ),
   }),
   userSummary: t.field({
     type: UserSummaryType,
@@ -129,6 +200,6 @@ builder.queryFields((t) => ({
       userId: t.arg.string({ required: true }),
       where: t.arg({ type: MetricFilterInput }),
     },
-    resolve: (_root, args) => userSummary(args.userId, args.where),
+    resolve: (_root, args, _ctx, info) => userSummary(args.userId, args.where, selectedFigures(info)),
   }),
 }));

@@ -2,11 +2,17 @@
  * Aggregates over the stored metrics: one SQL statement per question, computed by PostgreSQL (GROUP BY, `date_trunc`
  * in a time zone, `count(DISTINCT ...)`, `percentile_cont`), never rows summed in JavaScript. The filter is the same
  * translation the `metrics` query uses (`filterToSql`).
+ *
+ * A question is answered from the rollups (src/services/rollups.ts) when they give the same answer as the raw rows,
+ * else from the raw rows; either way only the figures asked for are computed. Approximate figures (`*Approx`) come
+ * from mergeable sketches, computed the same way from the per-slot sketches or from the raw rows, so they too are the
+ * same whichever answers.
  */
 import { database } from '../db.js';
 import { Prisma } from '../generated/prisma/client.js';
 import { InputError } from './errors.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';
+import { type RollupPlan, SLOT_SECONDS, misalignedSlots, planRollups, rangeHoldsAny } from './rollups.js';
 import { runSql } from './sql.js';
 
 export type MetricDimension = 'USER_ID' | 'SESSION_ID' | 'VOICE_SENTIMENT' | 'MICROPHONE_USED' | 'SPEAKER_USED';
@@ -18,10 +24,52 @@ export interface TimeBucket {
   timeZone?: string | null;
 }
 
+/** A figure a question can ask for; a statement computes only those asked for. */
+export type StatsFigure =
+  | 'count'
+  | 'distinctUsers'
+  | 'distinctUsersApprox'
+  | 'distinctSessions'
+  | 'talkedSum'
+  | 'talkedAvg'
+  | 'talkedMin'
+  | 'talkedMax'
+  | 'talkedP50'
+  | 'talkedP95'
+  | 'talkedP50Approx'
+  | 'talkedP95Approx'
+  | 'microphoneRate'
+  | 'speakerRate'
+  | 'sentiments'
+  | 'timestamps';
+
+/** Every exact figure: the default when a caller does not say. */
+export const EXACT_FIGURES: ReadonlySet<StatsFigure> = new Set<StatsFigure>([
+  'count',
+  'distinctUsers',
+  'distinctSessions',
+  'talkedSum',
+  'talkedAvg',
+  'talkedMin',
+  'talkedMax',
+  'talkedP50',
+  'talkedP95',
+  'microphoneRate',
+  'speakerRate',
+  'sentiments',
+  'timestamps',
+]);
+
+/** Figures the rollups hold exactly (the ones that add up), and those their per-slot sketches give. */
+const ROLLUP_FIGURES = new Set<StatsFigure>(['count', 'talkedSum', 'talkedAvg', 'talkedMin', 'talkedMax', 'microphoneRate', 'speakerRate', 'sentiments', 'timestamps']);
+const SKETCH_FIGURES = new Set<StatsFigure>(['distinctUsersApprox', 'talkedP50Approx', 'talkedP95Approx']);
+
 export interface StatsArgs {
   where?: MetricFilter | null;
   groupBy?: readonly MetricDimension[] | null;
   bucket?: TimeBucket | null;
+  /** The figures to compute. Default: EXACT_FIGURES. */
+  figures?: ReadonlySet<StatsFigure> | null;
 }
 
 export interface SentimentCount {
@@ -29,6 +77,7 @@ export interface SentimentCount {
   count: number;
 }
 
+/** Figures not asked for are NaN (and `sentiments` empty): a resolver never reads them. */
 export interface TalkedTimeStats {
   sum: number;
   avg: number;
@@ -36,12 +85,17 @@ export interface TalkedTimeStats {
   max: number;
   p50: number;
   p95: number;
+  /** From the log-bucketed histogram: within 1% of p50. */
+  p50Approx: number;
+  p95Approx: number;
 }
 
 /** The figures every group (and a user's summary) has; none is ever null, a group has at least one record. */
 export interface MetricFigures {
   count: number;
   distinctUsers: number;
+  /** From a 65,536-bit linear-counting bitmap (README: "Rollups"). */
+  distinctUsersApprox: number;
   distinctSessions: number;
   talkedTime: TalkedTimeStats;
   microphoneUsageRate: number;
@@ -100,7 +154,7 @@ export interface StatsSqlOptions extends StatsArgs {
   extraConditions?: readonly Prisma.Sql[];
 }
 
-/** Rows of the statement built by `buildStatsSql`, as the drivers return them. */
+/** Rows of the statement built by `buildStatsSql`, as the drivers return them; figures not asked for are absent. */
 export interface StatsRow {
   user_id?: string;
   session_id?: string;
@@ -108,20 +162,23 @@ export interface StatsRow {
   microphone_used?: boolean;
   speaker_used?: boolean;
   bucket_start?: Date;
-  count: number | bigint;
-  distinct_users: number | bigint;
-  distinct_sessions: number | bigint;
-  talked_sum: number | bigint;
-  talked_avg: number;
-  talked_min: number;
-  talked_max: number;
-  talked_p50: number;
-  talked_p95: number;
-  microphone_rate: number;
-  speaker_rate: number;
-  first_timestamp: number | bigint;
-  last_timestamp: number | bigint;
-  sentiments: SentimentCount[] | string;
+  count: number | bigint | string;
+  distinct_users?: number | bigint;
+  distinct_users_approx?: number | bigint | string;
+  distinct_sessions?: number | bigint;
+  talked_sum?: number | bigint | string;
+  talked_avg?: number;
+  talked_min?: number;
+  talked_max?: number;
+  talked_p50?: number;
+  talked_p95?: number;
+  talked_p50_approx?: number;
+  talked_p95_approx?: number;
+  microphone_rate?: number;
+  speaker_rate?: number;
+  first_timestamp?: number | bigint | string;
+  last_timestamp?: number | bigint | string;
+  sentiments?: SentimentCount[] | string;
 }
 
 function checkGroupBy(groupBy: readonly MetricDimension[]): void {
@@ -132,103 +189,323 @@ function checkGroupBy(groupBy: readonly MetricDimension[]): void {
   }
 }
 
-/**
- * The one statement behind `metricStats` and `userSummary`, exported so that the benchmark runs exactly this SQL
- * (`.text` and `.values` of the result). `bucket.timeZone` must already be a valid zone name
- * (`resolveTimeZone`); PostgreSQL would accept offsets and abbreviations too, which the API does not.
- *
- * Shape: `groups` aggregates the filtered rows per key and keeps the first maxGroups + 1 in the answer's order;
- * `sentiment_split` counts the same rows per key and sentiment (a second pass over the same index ranges: cheaper than
- * materialising every filtered row for both); the final join is on keys that cannot be null, because grouping by
- * VOICE_SENTIMENT (the one nullable key) makes the split trivial and skips that pass.
- */
-export function buildStatsSql(options: StatsSqlOptions): Prisma.Sql {
-  const groupBy = options.groupBy ?? [];
-  checkGroupBy(groupBy);
-  const where = Prisma.join([filterToSql(options.where), ...(options.extraConditions ?? [])], ' AND ');
+interface Key {
+  alias: string;
+  expression: Prisma.Sql;
+  /** Only voice_sentiment: its key is joined with IS NOT DISTINCT FROM. */
+  nullable: boolean;
+}
 
-  const keys: { alias: string; expression: Prisma.Sql; text: boolean }[] = [];
+/**
+ * The group keys, over a relation whose time column is `timeColumn` ("timestamp" of a row, or the slot_start of a
+ * rollup: a slot lies inside one bucket, so bucketing its start buckets each of its rows).
+ */
+function groupKeys(options: StatsSqlOptions, timeColumn: string): Key[] {
+  const keys: Key[] = [];
   if (options.bucket) {
     const zone = options.bucket.timeZone ?? DEFAULT_TIME_ZONE;
     // The three-argument date_trunc truncates in the zone's calendar and returns the instant the local bucket
     // starts; below a day it keeps each instant's own offset, so the repeated autumn hour stays two buckets.
     keys.push({
       alias: 'bucket_start',
-      expression: Prisma.sql`date_trunc(${Prisma.raw(`'${UNITS[options.bucket.unit]}'`)}, to_timestamp("timestamp"), ${zone}::text)`,
-      text: false,
+      expression: Prisma.sql`date_trunc(${Prisma.raw(`'${UNITS[options.bucket.unit]}'`)}, to_timestamp(${Prisma.raw(timeColumn)}), ${zone}::text)`,
+      nullable: false,
     });
   }
-  for (const dimension of groupBy) {
+  for (const dimension of options.groupBy ?? []) {
     const column = DIMENSION_COLUMNS[dimension];
-    const text = TEXT_DIMENSIONS.has(dimension);
     // Text keys group and sort in byte order ("C"): the same on every server and the embedded database, whatever their
     // default collation, and faster than a locale's rules. The groups are the same (all these collations are deterministic).
-    keys.push({ alias: column, expression: Prisma.raw(text ? `${column} COLLATE "C"` : column), text });
+    const expression = Prisma.raw(TEXT_DIMENSIONS.has(dimension) ? `${column} COLLATE "C"` : column);
+    keys.push({ alias: column, expression, nullable: dimension === 'VOICE_SENTIMENT' });
   }
+  return keys;
+}
 
-  const keySelect = keys.map((k) => Prisma.sql`${k.expression} AS ${Prisma.raw(k.alias)}`);
-  const keyAliases = keys.map((k) => Prisma.raw(k.alias));
+/** SQL pieces every statement shape uses. */
+function keySql(keys: readonly Key[]) {
+  const select = keys.map((k) => Prisma.sql`${k.expression} AS ${Prisma.raw(k.alias)}`);
+  const aliases = keys.map((k) => Prisma.raw(k.alias));
   const orderBy = (prefix: string) => Prisma.join(keys.map((k) => Prisma.raw(`${prefix}${k.alias} ASC NULLS LAST`)));
-  const groupClause = keys.length > 0 ? Prisma.sql`GROUP BY ${Prisma.join(keyAliases)}` : Prisma.sql`HAVING count(*) > 0`;
-  const orderClause = keys.length > 0 ? Prisma.sql`ORDER BY ${orderBy('')}` : Prisma.empty;
-  const finalOrder = keys.length > 0 ? Prisma.sql`ORDER BY ${orderBy('g.')}` : Prisma.empty;
+  const join = (left: string, right: string) =>
+    keys.length > 0
+      ? Prisma.join(
+          keys.map((k) => Prisma.raw(`${right}.${k.alias} ${k.nullable ? 'IS NOT DISTINCT FROM' : '='} ${left}.${k.alias}`)),
+          ' AND ',
+        )
+      : Prisma.sql`TRUE`;
+  return {
+    select,
+    aliases,
+    /** "k1, k2, " or nothing, to put before more columns. */
+    selectPrefix: keys.length > 0 ? Prisma.sql`${Prisma.join(select)},` : Prisma.empty,
+    aliasPrefix: keys.length > 0 ? Prisma.sql`${Prisma.join(aliases)},` : Prisma.empty,
+    groupBy: keys.length > 0 ? Prisma.sql`GROUP BY ${Prisma.join(aliases)}` : Prisma.empty,
+    partition: keys.length > 0 ? Prisma.sql`PARTITION BY ${Prisma.join(aliases)}` : Prisma.empty,
+    order: keys.length > 0 ? Prisma.sql`ORDER BY ${orderBy('')}` : Prisma.empty,
+    finalOrder: keys.length > 0 ? Prisma.sql`ORDER BY ${orderBy('g.')}` : Prisma.empty,
+    join,
+  };
+}
 
-  const groups = Prisma.sql`
-    SELECT ${Prisma.join([
-      ...keySelect,
-      Prisma.sql`count(*) AS count,
-        count(DISTINCT user_id COLLATE "C") AS distinct_users,
-        count(DISTINCT session_id COLLATE "C") AS distinct_sessions,
-        sum(talked_time) AS talked_sum,
-        avg(talked_time)::float8 AS talked_avg,
-        min(talked_time) AS talked_min,
-        max(talked_time) AS talked_max,
-        percentile_cont(0.5) WITHIN GROUP (ORDER BY talked_time) AS talked_p50,
-        percentile_cont(0.95) WITHIN GROUP (ORDER BY talked_time) AS talked_p95,
-        avg(microphone_used::int)::float8 AS microphone_rate,
-        avg(speaker_used::int)::float8 AS speaker_rate,
-        min("timestamp") AS first_timestamp,
-        max("timestamp") AS last_timestamp`,
-    ])}
+const sentimentEntry = (value: Prisma.Sql, count: Prisma.Sql) => Prisma.sql`jsonb_build_object('value', ${value}, 'count', ${count})`;
+
+/**
+ * Approximate percentiles from a histogram relation `hist(keys..., k, c)` (k a metric_talked_bucket, c its records),
+ * as percentile_cont interpolates: between the values of the buckets holding ranks floor(q(n-1)) and ceil(q(n-1)).
+ * Each bucket's value is within 0.99% of every value in it, so the interpolation is within 0.99% of percentile_cont's.
+ * Defines `cum` and `pct(keys..., n, v50lo, v50hi, v95lo, v95hi)`; the final select interpolates (approxPercentile).
+ */
+function percentileCtes(k: ReturnType<typeof keySql>): Prisma.Sql {
+  const rankBucket = (q: string, side: 'floor' | 'ceil') =>
+    Prisma.raw(`metric_talked_value(min(k) FILTER (WHERE upto > ${side}(${q}::float8 * (n - 1))))`);
+  return Prisma.sql`cum AS (
+      SELECT ${k.aliasPrefix} k, sum(c) OVER (${k.partition} ORDER BY k) AS upto, sum(c) OVER (${k.partition}) AS n FROM hist
+    ),
+    pct AS (
+      SELECT ${k.aliasPrefix} max(n)::float8 AS n,
+        ${rankBucket('0.5', 'floor')} AS v50lo, ${rankBucket('0.5', 'ceil')} AS v50hi,
+        ${rankBucket('0.95', 'floor')} AS v95lo, ${rankBucket('0.95', 'ceil')} AS v95hi
+      FROM cum ${k.groupBy}
+    )`;
+}
+
+/** The interpolated percentile of `pct p`, kept within the group's exact min and max (which only brings it closer). */
+function approxPercentile(q: string, name: string): Prisma.Sql {
+  const rank = `${q}::float8 * (p.n - 1)`;
+  return Prisma.raw(
+    `least(greatest(p.v${name}lo + (${rank} - floor(${rank})) * (p.v${name}hi - p.v${name}lo), g.talked_min), g.talked_max) AS talked_p${name}_approx`,
+  );
+}
+
+/** What to compute, with what an asked figure needs besides (the approximate percentiles are clamped to min and max). */
+function wantedFigures(figures: ReadonlySet<StatsFigure> | null | undefined): ReadonlySet<StatsFigure> {
+  const wanted = new Set(figures ?? EXACT_FIGURES);
+  if (wanted.has('talkedP50Approx') || wanted.has('talkedP95Approx')) {
+    wanted.add('talkedMin');
+    wanted.add('talkedMax');
+  }
+  return wanted;
+}
+
+/**
+ * The statement behind `metricStats` and `userSummary` over the raw rows, exported so that the benchmark runs exactly
+ * this SQL (`.text` and `.values` of the result). `bucket.timeZone` must already be a valid zone name
+ * (`resolveTimeZone`); PostgreSQL would accept offsets and abbreviations too, which the API does not.
+ *
+ * Shape: `groups` aggregates the filtered rows per key and keeps the first maxGroups + 1 in the answer's order;
+ * `sentiment_split` counts the same rows per key and sentiment (a second pass over the same index ranges: cheaper than
+ * materialising every filtered row for both), only when sentiments are asked for; grouping by VOICE_SENTIMENT (the
+ * one nullable key) makes the split trivial and skips that pass. `hist` (approximate percentiles only) is a pass per
+ * key and talked_time bucket.
+ */
+export function buildStatsSql(options: StatsSqlOptions): Prisma.Sql {
+  const groupBy = options.groupBy ?? [];
+  checkGroupBy(groupBy);
+  const where = Prisma.join([filterToSql(options.where), ...(options.extraConditions ?? [])], ' AND ');
+  const wanted = wantedFigures(options.figures);
+  const keys = groupKeys(options, '"timestamp"');
+  const k = keySql(keys);
+
+  const aggregates: Prisma.Sql[] = [Prisma.sql`count(*) AS count`];
+  const add = (figure: StatsFigure, sql: string) => {
+    if (wanted.has(figure)) aggregates.push(Prisma.raw(sql));
+  };
+  add('distinctUsers', 'count(DISTINCT user_id COLLATE "C") AS distinct_users');
+  add('distinctUsersApprox', 'metric_distinct_estimate(metric_user_bits(array_agg(metric_user_position(user_id)))) AS distinct_users_approx');
+  add('distinctSessions', 'count(DISTINCT session_id COLLATE "C") AS distinct_sessions');
+  add('talkedSum', 'sum(talked_time) AS talked_sum');
+  add('talkedAvg', 'avg(talked_time)::float8 AS talked_avg');
+  add('talkedMin', 'min(talked_time) AS talked_min');
+  add('talkedMax', 'max(talked_time) AS talked_max');
+  add('talkedP50', 'percentile_cont(0.5) WITHIN GROUP (ORDER BY talked_time) AS talked_p50');
+  add('talkedP95', 'percentile_cont(0.95) WITHIN GROUP (ORDER BY talked_time) AS talked_p95');
+  add('microphoneRate', 'avg(microphone_used::int)::float8 AS microphone_rate');
+  add('speakerRate', 'avg(speaker_used::int)::float8 AS speaker_rate');
+  add('timestamps', 'min("timestamp") AS first_timestamp, max("timestamp") AS last_timestamp');
+
+  const ctes: Prisma.Sql[] = [
+    Prisma.sql`groups AS (
+    SELECT ${Prisma.join([...k.select, ...aggregates])}
     FROM user_metrics
     WHERE ${where}
-    ${groupClause}
-    ${orderClause}
-    LIMIT ${options.maxGroups + 1}`;
+    ${keys.length > 0 ? k.groupBy : Prisma.sql`HAVING count(*) > 0`}
+    ${k.order}
+    LIMIT ${options.maxGroups + 1})`,
+  ];
+  const columns: Prisma.Sql[] = [Prisma.sql`g.*`];
+  const joins: Prisma.Sql[] = [];
 
-  const sentimentEntry = (value: Prisma.Sql, count: Prisma.Sql) =>
-    Prisma.sql`jsonb_build_object('value', ${value}, 'count', ${count})`;
-
-  if (groupBy.includes('VOICE_SENTIMENT')) {
-    return Prisma.sql`
-      WITH groups AS (${groups})
-      SELECT g.*, jsonb_build_array(${sentimentEntry(Prisma.raw('g.voice_sentiment'), Prisma.raw('g.count'))}) AS sentiments
-      FROM groups g
-      ${finalOrder}`;
-  }
-
-  const splitKeys = keys.length > 0 ? Prisma.sql`${Prisma.join(keySelect)},` : Prisma.empty;
-  const splitGroup = keys.length > 0 ? Prisma.sql`${Prisma.join(keyAliases)},` : Prisma.empty;
-  const splitOuterKeys = keys.length > 0 ? Prisma.sql`${Prisma.join(keyAliases)},` : Prisma.empty;
-  const splitOuterGroup = keys.length > 0 ? Prisma.sql`GROUP BY ${Prisma.join(keyAliases)}` : Prisma.empty;
-  const joinOn =
-    keys.length > 0 ? Prisma.join(keys.map((k) => Prisma.raw(`s.${k.alias} = g.${k.alias}`)), ' AND ') : Prisma.sql`TRUE`;
-  return Prisma.sql`
-    WITH groups AS (${groups}),
-    sentiment_split AS (
-      SELECT ${splitOuterKeys}
+  if (wanted.has('sentiments')) {
+    if (groupBy.includes('VOICE_SENTIMENT')) {
+      columns.push(Prisma.sql`jsonb_build_array(${sentimentEntry(Prisma.raw('g.voice_sentiment'), Prisma.raw('g.count'))}) AS sentiments`);
+    } else {
+      ctes.push(Prisma.sql`sentiment_split AS (
+      SELECT ${k.aliasPrefix}
         jsonb_agg(${sentimentEntry(Prisma.raw('value'), Prisma.raw('n'))} ORDER BY n DESC, value COLLATE "C" ASC NULLS LAST) AS sentiments
       FROM (
-        SELECT ${splitKeys} voice_sentiment AS value, count(*) AS n
+        SELECT ${k.selectPrefix} voice_sentiment AS value, count(*) AS n
         FROM user_metrics
         WHERE ${where}
-        GROUP BY ${splitGroup} voice_sentiment
+        GROUP BY ${k.aliasPrefix} voice_sentiment
       ) per_value
-      ${splitOuterGroup}
-    )
-    SELECT g.*, s.sentiments
-    FROM groups g JOIN sentiment_split s ON ${joinOn}
-    ${finalOrder}`;
+      ${k.groupBy}
+    )`);
+      columns.push(Prisma.sql`s.sentiments`);
+      joins.push(Prisma.sql`JOIN sentiment_split s ON ${k.join('g', 's')}`);
+    }
+  }
+  if (wanted.has('talkedP50Approx') || wanted.has('talkedP95Approx')) {
+    ctes.push(Prisma.sql`hist AS (
+      SELECT ${k.selectPrefix} metric_talked_bucket(talked_time) AS k, count(*) AS c
+      FROM user_metrics
+      WHERE ${where}
+      GROUP BY ${k.aliasPrefix} k
+    ),
+    ${percentileCtes(k)}`);
+    columns.push(approxPercentile('0.5', '50'), approxPercentile('0.95', '95'));
+    joins.push(Prisma.sql`JOIN pct p ON ${k.join('g', 'p')}`);
+  }
+  return Prisma.sql`
+    WITH ${Prisma.join(ctes, ',\n    ')}
+    SELECT ${Prisma.join(columns)}
+    FROM groups g ${joins.length > 0 ? Prisma.join(joins, ' ') : Prisma.empty}
+    ${k.finalOrder}`;
+}
+
+/** True when the rollups can answer these figures for this plan (the sketches keep no dimension). */
+function rollupsHold(wanted: ReadonlySet<StatsFigure>, plan: RollupPlan): boolean {
+  for (const figure of wanted) {
+    if (ROLLUP_FIGURES.has(figure)) continue;
+    if (SKETCH_FIGURES.has(figure) && plan.dimensionFree) continue;
+    return false;
+  }
+  return true;
+}
+
+/**
+ * The same answer as buildStatsSql, from the rollups: `parts` are the rollup rows of the whole slots the filter
+ * allows plus, when the range cuts slots at its edges, the raw rows there (each a part of one record). `keyed` adds
+ * them up per key and sentiment (sentiments, and the usage counts, come from there), `groups` per key. Sums are added
+ * as numeric and divided as avg() divides (numeric), so averages and rates are the raw statement's to the last bit.
+ */
+export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan): Prisma.Sql {
+  checkGroupBy(options.groupBy ?? []);
+  const wanted = wantedFigures(options.figures);
+  const keys = groupKeys(options, 'slot_start');
+  const k = keySql(keys);
+  const slotOfRow = Prisma.raw(`"timestamp" - "timestamp" % ${SLOT_SECONDS}`);
+  const edgeParts = plan.edgeCondition
+    ? Prisma.sql`UNION ALL
+      SELECT ${slotOfRow}, voice_sentiment, microphone_used, speaker_used, 1::int8, talked_time::int8, talked_time, talked_time, "timestamp", "timestamp"
+      FROM user_metrics WHERE ${plan.edgeCondition}`
+    : Prisma.empty;
+
+  const aggregates: Prisma.Sql[] = [Prisma.sql`sum(n)::int8 AS count`];
+  const add = (figure: StatsFigure, sql: string) => {
+    if (wanted.has(figure)) aggregates.push(Prisma.raw(sql));
+  };
+  add('talkedSum', 'sum(talked_sum)::int8 AS talked_sum');
+  add('talkedAvg', '(sum(talked_sum) / sum(n))::float8 AS talked_avg');
+  add('talkedMin', 'min(talked_min) AS talked_min');
+  add('talkedMax', 'max(talked_max) AS talked_max');
+  add('microphoneRate', '(sum(microphone_n) / sum(n))::float8 AS microphone_rate');
+  add('speakerRate', '(sum(speaker_n) / sum(n))::float8 AS speaker_rate');
+  add('timestamps', 'min(first_timestamp) AS first_timestamp, max(last_timestamp) AS last_timestamp');
+  add(
+    'sentiments',
+    `jsonb_agg(${sentimentEntry(Prisma.raw('sentiment_value'), Prisma.raw('n::int8')).text} ORDER BY n DESC, sentiment_value COLLATE "C" ASC NULLS LAST) AS sentiments`,
+  );
+
+  const ctes: Prisma.Sql[] = [
+    Prisma.sql`parts AS (
+      SELECT slot_start, voice_sentiment, microphone_used, speaker_used, count, talked_sum, talked_min, talked_max, first_timestamp, last_timestamp
+      FROM (
+        SELECT slot_start, slot_start AS "timestamp", CASE WHEN has_sentiment THEN voice_sentiment END AS voice_sentiment,
+               microphone_used, speaker_used, count, talked_sum, talked_min, talked_max, first_timestamp, last_timestamp
+        FROM metric_rollups
+      ) AS r
+      WHERE ${plan.rollupCondition}
+      ${edgeParts}
+    )`,
+    Prisma.sql`keyed AS (
+      SELECT ${k.selectPrefix} voice_sentiment AS sentiment_value, sum(count) AS n, sum(talked_sum) AS talked_sum,
+             min(talked_min) AS talked_min, max(talked_max) AS talked_max,
+             coalesce(sum(count) FILTER (WHERE microphone_used), 0) AS microphone_n,
+             coalesce(sum(count) FILTER (WHERE speaker_used), 0) AS speaker_n,
+             min(first_timestamp) AS first_timestamp, max(last_timestamp) AS last_timestamp
+      FROM parts
+      GROUP BY ${k.aliasPrefix} sentiment_value
+    )`,
+    Prisma.sql`groups AS (
+      SELECT ${Prisma.join([...k.aliases, ...aggregates])}
+      FROM keyed
+      ${keys.length > 0 ? k.groupBy : Prisma.sql`HAVING sum(n) > 0`}
+      ${k.order}
+      LIMIT ${options.maxGroups + 1}
+    )`,
+  ];
+  const columns: Prisma.Sql[] = [Prisma.sql`g.*`];
+  const joins: Prisma.Sql[] = [];
+  const approxUsers = wanted.has('distinctUsersApprox');
+  const approxPercentiles = wanted.has('talkedP50Approx') || wanted.has('talkedP95Approx');
+  if (approxUsers || approxPercentiles) {
+    const edgeSketches = plan.edgeCondition
+      ? Prisma.sql`UNION ALL
+        SELECT slot_start, metric_user_bits(array_agg(metric_user_position(user_id))), metric_talked_histogram(array_agg(metric_talked_bucket(talked_time)))
+        FROM (SELECT ${slotOfRow} AS slot_start, user_id, talked_time FROM user_metrics WHERE ${plan.edgeCondition}) AS e
+        GROUP BY slot_start`
+      : Prisma.empty;
+    ctes.push(Prisma.sql`sketch_parts AS (
+      SELECT slot_start, user_bits, talked_histogram
+      FROM (SELECT slot_start, slot_start AS "timestamp", user_bits, talked_histogram FROM metric_rollup_sketches) AS s
+      WHERE ${plan.rollupCondition}
+      ${edgeSketches}
+    )`);
+  }
+  if (approxUsers) {
+    ctes.push(Prisma.sql`users_approx AS (
+      SELECT ${k.selectPrefix} metric_distinct_estimate(bit_or(user_bits)) AS distinct_users_approx FROM sketch_parts ${k.groupBy}
+    )`);
+    columns.push(Prisma.sql`u.distinct_users_approx`);
+    joins.push(Prisma.sql`JOIN users_approx u ON ${k.join('g', 'u')}`);
+  }
+  if (approxPercentiles) {
+    ctes.push(Prisma.sql`hist AS (
+      SELECT ${k.selectPrefix} h.k::int AS k, sum(h.c)::int8 AS c
+      FROM sketch_parts CROSS JOIN LATERAL unnest(talked_histogram) WITH ORDINALITY AS h(c, k)
+      WHERE h.c > 0
+      GROUP BY ${k.aliasPrefix} h.k
+    ),
+    ${percentileCtes(k)}`);
+    columns.push(approxPercentile('0.5', '50'), approxPercentile('0.95', '95'));
+    joins.push(Prisma.sql`JOIN pct p ON ${k.join('g', 'p')}`);
+  }
+  return Prisma.sql`
+    WITH ${Prisma.join(ctes, ',\n    ')}
+    SELECT ${Prisma.join(columns)}
+    FROM groups g ${joins.length > 0 ? Prisma.join(joins, ' ') : Prisma.empty}
+    ${k.finalOrder}`;
+}
+
+/** Where a question is answered from: `auto` (rollups when they give the same answer), or always the raw rows. */
+export type StatsSource = 'auto' | 'raw';
+
+/**
+ * The statement for a question (its zone resolved) and whether it reads rollups. `misaligned`: the slots of the
+ * bucket's zone that straddle two of its buckets (misalignedSlots). Throws the filter's and the arguments' errors
+ * first, the same whichever answers.
+ */
+export function planStatsSql(
+  options: StatsSqlOptions,
+  source: StatsSource = 'auto',
+  misaligned: readonly number[] = [],
+): { sql: Prisma.Sql; rollups: boolean } {
+  const raw = buildStatsSql(options);
+  if (source === 'raw' || (options.extraConditions?.length ?? 0) > 0) return { sql: raw, rollups: false };
+  const plan = planRollups(options.where, options.groupBy ?? [], options.bucket?.unit ?? null);
+  if (!plan || !rollupsHold(wantedFigures(options.figures), plan) || rangeHoldsAny(plan, misaligned)) return { sql: raw, rollups: false };
+  return { sql: buildRollupStatsSql(options, plan), rollups: true };
 }
 
 let zoneNames: Promise<Map<string, string>> | undefined;
@@ -266,24 +543,27 @@ export async function resolveTimeZone(timeZone: string | null | undefined, path 
   return known;
 }
 
-const toNumber = (value: number | bigint): number => Number(value);
+const toNumber = (value: number | bigint | string | undefined): number => (value === undefined ? Number.NaN : Number(value));
 
 function figures(row: StatsRow): MetricFigures {
-  const sentiments = typeof row.sentiments === 'string' ? (JSON.parse(row.sentiments) as SentimentCount[]) : row.sentiments;
+  const sentiments = typeof row.sentiments === 'string' ? (JSON.parse(row.sentiments) as SentimentCount[]) : (row.sentiments ?? []);
   return {
     count: toNumber(row.count),
     distinctUsers: toNumber(row.distinct_users),
+    distinctUsersApprox: toNumber(row.distinct_users_approx),
     distinctSessions: toNumber(row.distinct_sessions),
     talkedTime: {
       sum: toNumber(row.talked_sum),
-      avg: row.talked_avg,
-      min: row.talked_min,
-      max: row.talked_max,
-      p50: row.talked_p50,
-      p95: row.talked_p95,
+      avg: row.talked_avg ?? Number.NaN,
+      min: row.talked_min ?? Number.NaN,
+      max: row.talked_max ?? Number.NaN,
+      p50: row.talked_p50 ?? Number.NaN,
+      p95: row.talked_p95 ?? Number.NaN,
+      p50Approx: row.talked_p50_approx ?? Number.NaN,
+      p95Approx: row.talked_p95_approx ?? Number.NaN,
     },
-    microphoneUsageRate: row.microphone_rate,
-    speakerUsageRate: row.speaker_rate,
+    microphoneUsageRate: row.microphone_rate ?? Number.NaN,
+    speakerUsageRate: row.speaker_rate ?? Number.NaN,
     sentiments: sentiments.map((s) => ({ value: s.value, count: Number(s.count) })),
     firstTimestamp: toNumber(row.first_timestamp),
     lastTimestamp: toNumber(row.last_timestamp),
@@ -295,10 +575,14 @@ export interface StatsLimits {
   maxGroups: number;
 }
 
-/** Groups of the records matching `where`, in the answer's order. Throws TooManyGroupsError past `maxGroups`. */
-export async function metricStats(args: StatsArgs, limits: StatsLimits): Promise<MetricGroup[]> {
+/**
+ * Groups of the records matching `where`, in the answer's order. Throws TooManyGroupsError past `maxGroups`.
+ * `source: 'raw'` never reads rollups (the tests compare both).
+ */
+export async function metricStats(args: StatsArgs, limits: StatsLimits, source: StatsSource = 'auto'): Promise<MetricGroup[]> {
   const bucket = args.bucket ? { unit: args.bucket.unit, timeZone: await resolveTimeZone(args.bucket.timeZone) } : null;
-  const sql = buildStatsSql({ ...args, bucket, maxGroups: limits.maxGroups });
+  const misaligned = bucket && source === 'auto' ? await misalignedSlots(bucket.timeZone) : [];
+  const { sql } = planStatsSql({ ...args, bucket, maxGroups: limits.maxGroups }, source, misaligned);
   const rows = await runSql<StatsRow>(sql);
   if (rows.length > limits.maxGroups) {
     throw new TooManyGroupsError(
@@ -319,10 +603,20 @@ export async function metricStats(args: StatsArgs, limits: StatsLimits): Promise
 }
 
 /** The figures of one user's records matching `where`; null when there are none. */
-export async function userSummary(userId: string, where: MetricFilter | null | undefined): Promise<UserSummary | null> {
+export async function userSummary(
+  userId: string,
+  where: MetricFilter | null | undefined,
+  wanted: ReadonlySet<StatsFigure> = EXACT_FIGURES,
+): Promise<UserSummary | null> {
   // No stored id contains NUL or broken Unicode (ingestion refuses them), and PostgreSQL would reject them as a parameter.
   if (userId.includes('\0') || !userId.isWellFormed()) return null;
-  const sql = buildStatsSql({ where, groupBy: ['USER_ID'], maxGroups: 1, extraConditions: [Prisma.sql`user_id = ${userId}`] });
+  const sql = buildStatsSql({
+    where,
+    groupBy: ['USER_ID'],
+    maxGroups: 1,
+    extraConditions: [Prisma.sql`user_id = ${userId}`],
+    figures: new Set([...wanted, 'timestamps']),
+  });
   const [row] = await runSql<StatsRow>(sql);
   if (!row) return null;
   const result = figures(row);

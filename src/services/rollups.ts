@@ -1,0 +1,190 @@
+/**
+ * Rollups: what the records of each 15-minute slot add up to (`metric_rollups`, per sentiment and microphone/speaker
+ * usage) and mergeable sketches of each slot (`metric_rollup_sketches`: a bitmap of hashed user ids, a log-bucketed
+ * histogram of talked_time). A statement-level trigger keeps both from the rows each INSERT or COPY stored
+ * (prisma/migrations/*_rollups); here is when a metricStats question can be answered from them, and their rebuild.
+ *
+ * A question is answered from rollups only when the answer is the same as from raw rows: its filter names only the
+ * kept dimensions and `timestamp`, it groups by kept dimensions and buckets of an hour or more, and it asks for figures
+ * that add up. A quarter-hour slot lies inside one bucket of every tz-database zone since 2000 (offsets such as +05:30
+ * and +05:45 included) except around a few zones' changes at 00:01 local time (Newfoundland and Labrador until 2011,
+ * Moncton until 2006, Gaza and Hebron 2010-2011, Casey 2020-2022): a question whose range holds such a slot reads the
+ * raw rows (`misalignedSlots`). A time range that cuts slots is answered from the whole slots inside it plus the raw
+ * rows of the cut slots at its edges.
+ */
+import { database } from '../db.js';
+import { Prisma } from '../generated/prisma/client.js';
+import { type MetricFilter, type NumberFilter, filterToSql } from './metric-filter.js';
+
+/** Length of a slot, seconds. Every slot starts at a multiple of it (UTC-aligned). */
+export const SLOT_SECONDS = 900;
+
+/** Dimensions the rollups keep (and can group by). */
+export const ROLLUP_DIMENSIONS = new Set(['VOICE_SENTIMENT', 'MICROPHONE_USED', 'SPEAKER_USED']);
+
+/** How a question is answered from rollups. */
+export interface RollupPlan {
+  /** The condition on rollup rows, written over columns named as user_metrics' ("timestamp" is the slot's start). */
+  rollupCondition: Prisma.Sql;
+  /** The condition on raw rows to add (the cut slots at the range's edges); null when the range cuts no slot. */
+  edgeCondition: Prisma.Sql | null;
+  /** True when the filter names no dimension: the per-slot sketches (which keep none) can answer it. */
+  dimensionFree: boolean;
+  /** The slots the rollups are read for lie in [from, to); null ends are unbounded (or not known). */
+  from: number | null;
+  to: number | null;
+}
+
+const TIMESTAMP = Prisma.raw('"timestamp"');
+
+/** Which fields a filter names anywhere in it. */
+function fieldsOf(filter: MetricFilter, into = new Set<string>()): Set<string> {
+  for (const [key, value] of Object.entries(filter)) {
+    if (value === null || value === undefined) continue;
+    if (key === 'AND' || key === 'OR') for (const sub of value as MetricFilter[]) fieldsOf(sub, into);
+    else if (key === 'NOT') fieldsOf(value as MetricFilter, into);
+    else into.add(key);
+  }
+  return into;
+}
+
+/** Every timestamp condition of the filter, wherever it is. */
+function timestampFilters(filter: MetricFilter, into: NumberFilter[] = []): NumberFilter[] {
+  if (filter.timestamp) into.push(filter.timestamp);
+  for (const sub of [...(filter.AND ?? []), ...(filter.OR ?? []), ...(filter.NOT ? [filter.NOT] : [])]) timestampFilters(sub, into);
+  return into;
+}
+
+const onSlotEdge = (seconds: number) => Number.isSafeInteger(seconds) && seconds % SLOT_SECONDS === 0;
+
+/**
+ * True when the condition holds for a row exactly when it holds for its slot's start: `gte`/`lt` at a slot's start,
+ * `gt`/`lte` one second before one; never `equals` or `in`.
+ */
+function slotAligned(f: NumberFilter): boolean {
+  if (f.equals != null || f.in != null) return false;
+  if (f.gte != null && !onSlotEdge(f.gte)) return false;
+  if (f.lt != null && !onSlotEdge(f.lt)) return false;
+  if (f.gt != null && !onSlotEdge(f.gt + 1)) return false;
+  if (f.lte != null && !onSlotEdge(f.lte + 1)) return false;
+  return true;
+}
+
+/** The range [from, to) a top-level timestamp condition (without equals/in) allows; null ends are unbounded. */
+function rangeOf(f: NumberFilter): { from: number | null; to: number | null } | null {
+  if (f.equals != null || f.in != null) return null;
+  const bounds = [f.gte, f.gt, f.lt, f.lte].filter((b) => b != null);
+  if (!bounds.every((b) => Number.isSafeInteger(b))) return null;
+  const lows = [f.gte, f.gt == null ? null : f.gt + 1].filter((b): b is number => b != null);
+  const highs = [f.lt, f.lte == null ? null : f.lte + 1].filter((b): b is number => b != null);
+  return { from: lows.length > 0 ? Math.max(...lows) : null, to: highs.length > 0 ? Math.min(...highs) : null };
+}
+
+const between = (from: number | null, to: number | null): Prisma.Sql =>
+  Prisma.join(
+    [
+      ...(from === null ? [] : [Prisma.sql`${TIMESTAMP} >= ${from}::int8`]),
+      ...(to === null ? [] : [Prisma.sql`${TIMESTAMP} < ${to}::int8`]),
+      Prisma.sql`TRUE`,
+    ],
+    ' AND ',
+  );
+
+/**
+ * How rollups answer a question with this filter and grouping, or null when they cannot answer it exactly. The
+ * filter must have been checked with filterToSql already (its errors are the same on both paths).
+ */
+export function planRollups(
+  where: MetricFilter | null | undefined,
+  groupBy: readonly string[],
+  bucketUnit: string | null,
+): RollupPlan | null {
+  if (bucketUnit === 'MINUTE') return null;
+  if (!groupBy.every((dimension) => ROLLUP_DIMENSIONS.has(dimension))) return null;
+  const filter = where ?? {};
+  const fields = fieldsOf(filter);
+  if (![...fields].every((field) => field === 'timestamp' || field === 'voiceSentiment' || field === 'microphoneUsed' || field === 'speakerUsed')) {
+    return null;
+  }
+  const dimensionFree = groupBy.length === 0 && [...fields].every((field) => field === 'timestamp');
+  const conditions = timestampFilters(filter);
+  if (conditions.every(slotAligned)) {
+    const range = conditions.length === 1 && filter.timestamp ? rangeOf(filter.timestamp) : null;
+    return { rollupCondition: filterToSql(filter), edgeCondition: null, dimensionFree, from: range?.from ?? null, to: range?.to ?? null };
+  }
+
+  // A range that cuts slots: only one at the top of the filter, so that the cut is the same for every row.
+  if (conditions.length !== 1 || !filter.timestamp) return null;
+  const range = rangeOf(filter.timestamp);
+  if (!range) return null;
+  const wholeFrom = range.from === null ? null : Math.ceil(range.from / SLOT_SECONDS) * SLOT_SECONDS;
+  const wholeTo = range.to === null ? null : Math.floor(range.to / SLOT_SECONDS) * SLOT_SECONDS;
+  if (wholeFrom !== null && wholeTo !== null && wholeFrom >= wholeTo) return null; // no whole slot: raw rows are few
+  const rest = filterToSql({ ...filter, timestamp: null });
+  const edges: Prisma.Sql[] = [];
+  if (range.from !== null && wholeFrom !== null && range.from < wholeFrom) edges.push(between(range.from, wholeFrom));
+  if (range.to !== null && wholeTo !== null && wholeTo < range.to) edges.push(between(wholeTo, range.to));
+  return {
+    rollupCondition: Prisma.sql`${rest} AND ${between(wholeFrom, wholeTo)}`,
+    edgeCondition: edges.length > 0 ? Prisma.sql`${rest} AND (${Prisma.join(edges, ' OR ')})` : null,
+    dimensionFree,
+    from: wholeFrom,
+    to: wholeTo,
+  };
+}
+
+/**
+ * The slots (their starts) between 2000 and 2038 during which the zone's UTC offset changes, or whose offset is not a
+ * whole number of quarter hours: their records may fall in two buckets of that zone. Found by PostgreSQL's own zone
+ * rules (the days whose offset changes, then their slots), once per zone and process (a few milliseconds).
+ */
+const misalignedByZone = new Map<string, Promise<number[]>>();
+const MISALIGNED_SLOTS_SQL = `
+    WITH days AS (
+      SELECT d, (d AT TIME ZONE $1) - (d AT TIME ZONE 'UTC') AS offset_now,
+             ((d + interval '1 day') AT TIME ZONE $1) - ((d + interval '1 day') AT TIME ZONE 'UTC') AS offset_next
+      FROM generate_series('2000-01-01T00:00:00Z'::timestamptz, '2038-01-01T00:00:00Z', interval '1 day') AS d
+    ), suspect AS (
+      SELECT d FROM days WHERE offset_now <> offset_next OR extract(epoch FROM offset_now)::int % ${SLOT_SECONDS} <> 0
+    )
+    SELECT DISTINCT extract(epoch FROM s)::int8 AS slot
+    FROM suspect CROSS JOIN LATERAL generate_series(d, d + interval '1 day', interval '${SLOT_SECONDS} seconds') AS s
+    WHERE (s AT TIME ZONE $1) - (s AT TIME ZONE 'UTC')
+          <> ((s + interval '${SLOT_SECONDS - 1} seconds') AT TIME ZONE $1) - ((s + interval '${SLOT_SECONDS - 1} seconds') AT TIME ZONE 'UTC')
+       OR extract(epoch FROM (s AT TIME ZONE $1) - (s AT TIME ZONE 'UTC'))::int % ${SLOT_SECONDS} <> 0
+    ORDER BY slot`;
+
+export function misalignedSlots(zone: string): Promise<number[]> {
+  let slots = misalignedByZone.get(zone);
+  if (!slots) {
+    slots = database()
+      .queryDirect<{ slot: number | string }>(MISALIGNED_SLOTS_SQL, [zone])
+      .then((rows) => rows.map((row) => Number(row.slot)));
+    slots.catch(() => misalignedByZone.delete(zone));
+    misalignedByZone.set(zone, slots);
+  }
+  return slots;
+}
+
+/** True when a slot of `slots` lies in the plan's range: then rollups would bucket some record differently. */
+export function rangeHoldsAny(plan: RollupPlan, slots: readonly number[]): boolean {
+  return slots.some((slot) => (plan.from === null || slot >= plan.from) && (plan.to === null || slot < plan.to));
+}
+
+/** The slot a unix time falls in (its start). */
+export const slotOf = (seconds: number) => Math.floor(seconds / SLOT_SECONDS) * SLOT_SECONDS;
+
+/**
+ * Recomputes the rollups of the slots in [from, to) from the raw rows (`from` rounded down and `to` up to slot
+ * boundaries; null: unbounded), in one statement: inserts wait meanwhile, so none is counted twice or lost. Slots with
+ * no raw rows left are kept as they are (rollups outlive raw rows). Answers how many slots were rebuilt.
+ */
+export async function rebuildRollups(from: number | null, to: number | null): Promise<number> {
+  const fromSlot = from === null ? null : slotOf(from);
+  const toSlot = to === null ? null : Math.ceil(to / SLOT_SECONDS) * SLOT_SECONDS;
+  const [row] = await database().queryDirect<{ rebuilt: number | string }>(
+    'SELECT metric_rollups_rebuild($1::int8, $2::int8) AS rebuilt',
+    [fromSlot, toSlot],
+  );
+  return Number(row?.rebuilt ?? 0);
+}
