@@ -24,10 +24,13 @@ COPY prisma/schema.prisma ./prisma/schema.prisma
 RUN --mount=type=cache,target=/root/.npm \
     npm ci
 
-# `npm run build` regenerates the client into src/generated and compiles src/ (generated client included) to dist/.
+# `npm run build` (scripts/build.mjs) regenerates the client into src/generated and compiles src/ (generated client
+# included) to dist/. dist/cli/main.js is the one entry point of the tools: executable, linked as `metrics-service`.
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/build.mjs ./scripts/build.mjs
 COPY src/ ./src/
-RUN npm run build
+RUN npm run build \
+ && chmod +x dist/cli/main.js
 
 # ---- runtime: production dependencies, dist/ and the migrations; runs as `node` ----------------------------------
 FROM ${NODE_IMAGE} AS runtime
@@ -50,6 +53,11 @@ RUN --mount=type=cache,target=/root/.npm \
 # at ../prisma/migrations, i.e. /app/prisma/migrations.
 COPY --from=build /app/dist ./dist
 COPY prisma/ ./prisma/
+# The tools: `metrics-service keys create ...` on PATH, and the npm scripts README names (`npm run keys -- list`),
+# which run dist/cli/main.js through scripts/cli.mjs (no sources here, so never tsx). examples/ for README's import.
+COPY scripts/cli.mjs scripts/build.mjs ./scripts/
+COPY examples/ ./examples/
+RUN ln -s /app/dist/cli/main.js /usr/local/bin/metrics-service
 
 # The embedded database (used when DATABASE_URL is unset) lives in DATA_DIR, by default ./.data = /app/.data.
 VOLUME ["/app/.data"]

@@ -203,6 +203,7 @@ interface PackageJson {
   dependencies: Record<string, string>;
   devDependencies: Record<string, string>;
   engines?: { node?: string };
+  bin?: Record<string, string>;
 }
 const pkg = JSON.parse(read('package.json')) as PackageJson;
 
@@ -410,7 +411,9 @@ test('every `node dist/...` the Docker files run compiles from a source file in 
     // A subcommand given to a CLI must be one it knows.
     const sub = words[words.indexOf(script) + 1];
     if (sub !== undefined && /^[a-z][\w-]*$/.test(sub)) {
-      assert.ok(read(source).includes(`'${sub}'`), `${where}: ${script} ${sub}, but ${source} does not mention '${sub}'`);
+      // A quoted name ('deploy'), or a command table's key (`keys: { module: ... }` in src/cli/main.ts).
+      const known = read(source).includes(`'${sub}'`) || new RegExp(`^\\s*'?${sub}'?: \\{`, 'm').test(read(source));
+      assert.ok(known, `${where}: ${script} ${sub}, but ${source} does not mention '${sub}'`);
     }
   }
   assert.ok(found.includes(`${OUT_DIR}/main.js`), 'the image must start dist/main.js');
@@ -768,7 +771,7 @@ test('compose app and migrate: this image, configuration variables src/config.ts
   const migrate = service('migrate');
   assert.equal(migrate.image, appImage, 'migrate must run the image app builds');
   assert.equal(migrate.build, undefined, 'only app builds: two services building one tag can collide');
-  assert.deepEqual(ownServices.sort(), ['app', 'migrate']);
+  assert.deepEqual(ownServices.sort(), ['app', 'first-key', 'migrate']);
 
   for (const name of ownServices) {
     for (const key of environmentOf(service(name)).keys()) {
@@ -886,4 +889,37 @@ test('pgAdmin: desktop mode, the compose database pre-registered, its password f
   );
   assert.ok(matching, 'docker/pgadmin/pgpass has no line for the registered server');
   assert.equal(matching.slice(4).join(':'), dbEnv.get('POSTGRES_PASSWORD'), 'the pgpass password differs from POSTGRES_PASSWORD');
+});
+
+test('compose first-key: one-shot after migrate, creates an admin key only when none exists, before app starts', () => {
+  const firstKey = service('first-key');
+  const words = commandOf(firstKey.command);
+  assert.deepEqual(words.slice(0, 5), ['node', `${OUT_DIR}/cli/main.js`, 'keys', 'create', '--scope']);
+  assert.ok(words.includes('--if-none'), 'without --if-none every `up` would add a key');
+  assert.equal(words[words.indexOf('--scope') + 1], 'admin');
+  assert.ok(words.includes('--name'));
+  assert.match(read('src/cli/keys.ts'), /'if-none'/, 'src/cli/keys.ts no longer knows --if-none');
+  assert.equal(dependsOn(firstKey).get('migrate'), 'service_completed_successfully');
+  assert.equal(dependsOn(service('app')).get('first-key'), 'service_completed_successfully');
+  assert.equal(firstKey.restart, 'no');
+  assert.equal(asObject(firstKey.healthcheck ?? {}, 'first-key.healthcheck').disable, true);
+  assert.equal(configBoolean(environmentOf(firstKey).get('MIGRATE_ON_START')), false);
+});
+
+test('compose app: introspection on where GraphiQL is on (its docs pane and completion need it)', () => {
+  const env = environmentOf(service('app'));
+  assert.equal(configBoolean(env.get('GRAPHIQL')), true);
+  assert.equal(configBoolean(env.get('INTROSPECTION')), true, 'GraphiQL without introspection has empty docs');
+});
+
+test('the image puts the tools on PATH as metrics-service, and the npm scripts of the tools run without sources', () => {
+  const text = runtime.instructions.map((ins) => `${ins.keyword} ${ins.args}`).join('\n');
+  assert.match(text, /ln -s \/app\/dist\/cli\/main\.js \/usr\/local\/bin\/metrics-service/);
+  assert.equal(pkg.bin?.['metrics-service'], `${OUT_DIR}/cli/main.js`);
+  assert.match(read('src/cli/main.ts'), /^#!\/usr\/bin\/env node/, 'the entry point needs its shebang to run as metrics-service');
+  for (const [name, script] of Object.entries(pkg.scripts)) {
+    if (!/^node scripts\/cli\.mjs /.test(script)) continue;
+    assert.ok(copiedInPlace(runtime, 'scripts/cli.mjs', Infinity) && copiedInPlace(runtime, 'scripts/build.mjs', Infinity), `npm run ${name} needs scripts/cli.mjs and scripts/build.mjs in the image`);
+  }
+  assert.doesNotMatch(text, /\btsx\b/, 'no tsx at run time');
 });

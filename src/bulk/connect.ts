@@ -3,7 +3,7 @@
  * policy and messages that say what to do when the embedded database is busy.
  */
 import type { Config } from '../config.js';
-import { type Database, connectDatabase } from '../db.js';
+import { type Database, connectDatabase, disconnectDatabase } from '../db.js';
 import { MigrationError, ensureSchema } from '../migrations.js';
 
 /** An error the user can act on: printed as is, without a stack. */
@@ -38,7 +38,9 @@ export async function connectForTool(config: Config, tool: string): Promise<Data
     await ensureSchema(db, config.migrateOnStart);
   } catch (error) {
     if (error instanceof MigrationError) throw new ToolError(`${describeDatabase(db)}: ${error.message}`);
-    throw error;
+    // The first statement is where a PostgreSQL database that does not exist, or refuses us, shows: one line, no stack.
+    await disconnectDatabase().catch(() => {});
+    throw new ToolError(`Cannot open ${describeDatabase(db)}: ${error instanceof Error ? error.message : String(error)}`);
   }
   return db;
 }

@@ -2,6 +2,7 @@
  * `npm run keys -- <command>`: API keys of the configured database (DATABASE_URL, or the embedded database in DATA_DIR).
  *
  *   create --scope <ingest|read|admin>[,...] [--scope ...] --name <name>   prints the new key on stdout, once
+ *          [--if-none]                    only if the database has no key yet (the first admin key of a new install)
  *   list [--json]                                                          every key, revoked ones included
  *   revoke <id>                                                            refused from the next request on
  *
@@ -14,8 +15,9 @@ import { MigrationError, ensureSchema } from '../migrations.js';
 import { type ApiKeyInfo, SCOPES, createApiKey, listApiKeys, revokeApiKey } from '../services/api-keys.js';
 import { InputError } from '../services/errors.js';
 
-const USAGE = `usage: npm run keys -- <command>
+const USAGE = `usage: npm run -s keys -- <command>   (in the Docker image: metrics-service keys <command>)
   create --scope <${SCOPES.join('|')}>[,...] --name <name>   create a key; it is printed once, on stdout
+         [--if-none]                                       only if no key exists yet (revoked ones count); else exit 0
   list [--json]                                            list keys (never their secrets)
   revoke <id>                                              revoke a key (its id is in \`list\`, e.g. mk_Ab3dE9xQ)
 The database is DATABASE_URL, or the embedded database in DATA_DIR (default ./.data).`;
@@ -71,13 +73,20 @@ async function run(argv: string[]): Promise<number> {
   if (command === 'create') {
     const { values } = parseArgs({
       args: rest,
-      options: { scope: { type: 'string', multiple: true }, name: { type: 'string' } },
+      options: { scope: { type: 'string', multiple: true }, name: { type: 'string' }, 'if-none': { type: 'boolean' } },
       strict: true,
     });
     const scopes = (values.scope ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
     if (scopes.length === 0) throw new UsageError(`create needs --scope (${SCOPES.join(', ')})`);
     if (values.name === undefined) throw new UsageError('create needs --name (what the key is for)');
     const where = await openConfiguredDatabase();
+    if (values['if-none']) {
+      const existing = await listApiKeys();
+      if (existing.length > 0) {
+        process.stderr.write(`${where} has ${existing.length} API key(s) already, so none was created (--if-none). See \`keys list\`.\n`);
+        return 0;
+      }
+    }
     const { key, info } = await createApiKey({ name: values.name, scopes });
     process.stderr.write(
       `Created API key ${info.id} "${info.name}" with scope(s) ${info.scopes.join(', ')} in ${where}.\n` +

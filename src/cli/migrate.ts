@@ -2,9 +2,9 @@
  * `npm run db:migrate` (deploy) and `npm run db:status`: the migration runner for the configured database
  * (DATABASE_URL, or the embedded database in DATA_DIR). Exit codes: 0 up to date, 1 pending or failed, 2 bad usage.
  */
-import { ConfigError, loadConfig } from '../config.js';
+import { loadConfig } from '../config.js';
 import { openDatabase } from '../db.js';
-import { MigrationError, migrate, migrationStatus, readMigrations } from '../migrations.js';
+import { migrate, migrationStatus, readMigrations } from '../migrations.js';
 
 const USAGE = 'usage: migrate deploy | status';
 
@@ -32,7 +32,7 @@ async function main(command: string | undefined): Promise<number> {
     for (const name of status.failed) console.log(`  failed    ${name}`);
     for (const name of status.unknown) console.log(`  unknown   ${name}  (applied by a newer version of the code)`);
     if (status.pending.length > 0) {
-      console.log(`${status.pending.length} migration(s) pending: run \`npm run db:migrate\`.`);
+      console.log(`${status.pending.length} migration(s) pending: run \`npm run db:migrate\` (in the Docker image: \`metrics-service migrate deploy\`).`);
       return 1;
     }
     if (status.failed.length > 0 || status.modified.length > 0) return 1;
@@ -46,8 +46,8 @@ async function main(command: string | undefined): Promise<number> {
 main(process.argv[2]).then(
   (code) => process.exit(code),
   (error: unknown) => {
-    if (error instanceof ConfigError || error instanceof MigrationError) process.stderr.write(`${error.message}\n`);
-    else process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    // A database that does not exist or refuses the connection is a one-line message, not a stack.
+    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
     process.exit(1);
   },
 );
