@@ -3,9 +3,16 @@
  * - DATABASE_URL set: Studio on that PostgreSQL database.
  * - Embedded database, service running with EMBEDDED_DB_PORT: Studio through the service's PostgreSQL-protocol port.
  * - Embedded database, service stopped: this command opens the data folder itself and serves it to Studio.
- * Extra arguments go to `prisma studio` (e.g. `npm run studio -- --port 5556 --browser none`).
+ *
+ * `--port N` (default 5555) chooses the port, on 127.0.0.1 only; other arguments go to `prisma studio`.
+ * Studio asks for nothing outside this machine: Prisma's CLI is run with CHECKPOINT_DISABLE=1 (scripts/prisma.mjs:
+ * no update check, the server forwards no telemetry), and the page, which checks in with checkpoint.prisma.io from the
+ * browser unless `CHECKPOINT_DISABLE` is set in its own global scope, gets that set: Studio listens on a private port
+ * behind a small proxy of ours that adds it to the page and answers the page's telemetry posts itself.
  */
 import { spawn } from 'node:child_process';
+import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config.js';
@@ -15,16 +22,121 @@ import { migrate } from '../migrations.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const config = loadConfig();
-const extraArgs = process.argv.slice(2);
+/** --port and --browser are this command's; every other argument goes to `prisma studio` as it is. */
+const OWN_OPTIONS = ['--port', '-p', '--browser', '-b'];
+const own = new Map<string, string | undefined>();
+const passThrough: string[] = [];
+const argv = process.argv.slice(2);
+for (let i = 0; i < argv.length; i++) {
+  const arg = argv[i] ?? '';
+  const [name = '', inline] = arg.split(/=(.*)/s);
+  if (!OWN_OPTIONS.includes(name)) {
+    passThrough.push(arg);
+    continue;
+  }
+  own.set(name.replace(/^-(\w)$/, (_, short: string) => (short === 'p' ? '--port' : '--browser')), inline ?? argv[++i]);
+}
+const port = Number(own.get('--port') ?? 5555);
+if (!Number.isInteger(port) || port < 1 || port > 65535) {
+  process.stderr.write(`--port must be a port number (1-65535), got ${JSON.stringify(own.get('--port'))}\n`);
+  process.exit(2);
+}
 
-function runStudio(url: string): Promise<number> {
-  process.stderr.write(`Prisma Studio on ${url.replace(/:[^:@/]*@/, ':***@')}\n`);
-  const child = spawn(process.execPath, [path.join(root, 'scripts/prisma.mjs'), 'studio', ...extraArgs], {
-    stdio: 'inherit',
-    cwd: root,
-    env: { ...process.env, DATABASE_URL: url },
+/** Set in the page's global scope, where Studio's browser code reads its environment. */
+const PAGE_SETTINGS = '<script>window.CHECKPOINT_DISABLE = "1";</script>';
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port: free } = server.address() as net.AddressInfo;
+      server.close(() => resolve(free));
+    });
+    server.on('error', reject);
   });
-  return new Promise((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
+}
+
+/** Forwards to Studio on `target`, adding PAGE_SETTINGS to HTML pages and answering telemetry posts with 200. */
+function startProxy(target: number): Promise<http.Server> {
+  const server = http.createServer((request, response) => {
+    if (request.method === 'POST' && request.url === '/telemetry') {
+      request.resume();
+      response.writeHead(200).end();
+      return;
+    }
+    // Studio refuses requests whose Origin is not its own address.
+    const headers = { ...request.headers, host: `127.0.0.1:${target}` };
+    if (headers.origin) headers.origin = `http://127.0.0.1:${target}`;
+    delete headers['accept-encoding']; // pages are rewritten: have them plain
+    const upstream = http.request({ host: '127.0.0.1', port: target, method: request.method, path: request.url, headers }, (answer) => {
+      if (!(answer.headers['content-type'] ?? '').startsWith('text/html')) {
+        response.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(response);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      answer.on('data', (chunk: Buffer) => chunks.push(chunk));
+      answer.on('end', () => {
+        const html = Buffer.concat(chunks).toString('utf8').replace(/<head[^>]*>/i, (head) => `${head}${PAGE_SETTINGS}`);
+        const { 'content-length': _, ...rest } = answer.headers;
+        response.writeHead(answer.statusCode ?? 200, { ...rest, 'content-length': Buffer.byteLength(html) }).end(html);
+      });
+    });
+    upstream.on('error', (error) => {
+      if (!response.headersSent) response.writeHead(502, { 'content-type': 'text/plain' });
+      response.end(`Prisma Studio is not answering: ${error.message}`);
+    });
+    request.pipe(upstream);
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve(server));
+  });
+}
+
+async function studioAnswers(target: number, deadline: number): Promise<boolean> {
+  while (Date.now() < deadline) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(target, '127.0.0.1', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.on('error', () => resolve(false));
+    });
+    if (ok) return true;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return false;
+}
+
+async function runStudio(url: string): Promise<number> {
+  process.stderr.write(`Prisma Studio on ${url.replace(/:[^:@/]*@/, ':***@')}\n`);
+  const target = await freePort();
+  const child = spawn(process.execPath, [path.join(root, 'scripts/prisma.mjs'), 'studio', '--port', String(target), '--browser', 'none', ...passThrough], {
+    stdio: ['inherit', 'ignore', 'inherit'], // its "running at" line names the private port
+    cwd: root,
+    env: { ...process.env, DATABASE_URL: url, CHECKPOINT_DISABLE: '1' },
+  });
+  const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
+  const started = await Promise.race([studioAnswers(target, Date.now() + 60_000), exited.then(() => false)]);
+  if (!started) {
+    child.kill();
+    process.stderr.write('Prisma Studio did not start.\n');
+    return exited;
+  }
+  let proxy: http.Server;
+  try {
+    proxy = await startProxy(target);
+  } catch (error) {
+    child.kill();
+    process.stderr.write(`Cannot listen on 127.0.0.1:${port} (${(error as Error).message}): choose another with --port.\n`);
+    await exited;
+    return 1;
+  }
+  process.stderr.write(`Prisma Studio is running at http://localhost:${port} (Ctrl-C stops it)\n`);
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => child.kill(signal));
+  const code = await exited;
+  proxy.close();
+  return code;
 }
 
 async function main(): Promise<number> {
