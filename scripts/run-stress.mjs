@@ -12,6 +12,7 @@ const defaults = {
   SET_CHECK_PACE_MS: '0',
   SET_CHECK_DEADLINE_MS: '600000',
   FUZZ_SCALE: '10',
+  FUZZ_RANDOM: '1',
 };
 const env = { ...process.env };
 for (const [name, value] of Object.entries(defaults)) env[name] ??= value;

@@ -42,13 +42,6 @@ export interface Database {
    * prepared statement); PGlite ignores the name.
    */
   queryDirect<Row>(text: string, params: unknown[], name?: string, options?: QueryOptions): Promise<Row[]>;
-  /**
-   * Runs `work`; the statements it sends through queryDirect before it returns (in its synchronous part) go to the
-   * database together: on one connection, in one write, pipelined (each statement still has its own result or
-   * error). A request's API-key lookup and its read's statement cost one round trip this way instead of two.
-   * PGlite runs them one by one.
-   */
-  together<T>(work: () => T): T;
   close(): Promise<void>;
 }
 
@@ -104,59 +97,6 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   return options.url ? openPostgres(options.url, options) : openEmbedded(options.dataDir ?? '.data', options);
 }
 
-/** A statement queryDirect was asked for while `together` gathers them. */
-interface Gathered {
-  config: pg.QueryConfig;
-  resolve(rows: unknown[]): void;
-  reject(error: unknown): void;
-}
-/** The statements of the `together` running now (it is synchronous: one at a time). */
-let gathering: Gathered[] | null = null;
-
-/**
- * Sends gathered statements on one pooled connection, switched to pg's pipeline mode while they run: each is written
- * as it is submitted (its Parse/Bind/Execute/Sync), and the socket is corked until all are, so they leave in one write;
- * PostgreSQL answers them in order. The connection is back in normal mode (and idle) before it returns to the pool.
- */
-function sendTogether(pool: pg.Pool, statements: Gathered[]): void {
-  if (statements.length === 0) return;
-  if (statements.length === 1) {
-    const [only] = statements as [Gathered];
-    pool.query(only.config).then((result) => only.resolve(result.rows), only.reject);
-    return;
-  }
-  pool.connect().then(
-    async (client) => {
-      let broken: Error | undefined;
-      const onError = (error: Error) => {
-        broken = error;
-      };
-      client.on('error', onError);
-      const pipelined = client as unknown as { pipeline: boolean; connection: { stream: { cork(): void; uncork(): void } } };
-      pipelined.pipeline = true;
-      const { stream } = pipelined.connection;
-      stream.cork();
-      const results = statements.map((statement) => client.query(statement.config));
-      stream.uncork();
-      const settled = await Promise.allSettled(results);
-      pipelined.pipeline = false;
-      client.off('error', onError);
-      settled.forEach((outcome, i) => {
-        const statement = statements[i] as Gathered;
-        if (outcome.status === 'fulfilled') statement.resolve(outcome.value.rows);
-        else {
-          if (classifyDatabaseError(outcome.reason)?.kind === 'unavailable') broken = outcome.reason as Error;
-          statement.reject(outcome.reason);
-        }
-      });
-      client.release(broken);
-    },
-    (error: unknown) => {
-      for (const statement of statements) statement.reject(error);
-    },
-  );
-}
-
 async function openPostgres(url: string, options: DatabaseOptions): Promise<Database> {
   const statementTimeout = options.statementTimeoutMs ?? 0;
   const transactionTimeout = options.transactionTimeoutMs ?? 0;
@@ -186,19 +126,7 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
     pool,
     async queryDirect<Row>(text: string, params: unknown[], name?: string, queryOptions?: QueryOptions) {
       const config = { text, values: params, name, types: queryOptions?.timestampsAsText ? TIMESTAMPS_AS_TEXT : undefined };
-      if (gathering) return new Promise<Row[]>((resolve, reject) => gathering?.push({ config, resolve: resolve as (rows: unknown[]) => void, reject }));
       return (await pool.query(config)).rows as Row[];
-    },
-    together(work) {
-      if (gathering) return work();
-      const statements: Gathered[] = [];
-      gathering = statements;
-      try {
-        return work();
-      } finally {
-        gathering = null;
-        sendTogether(pool, statements);
-      }
     },
     async withSession(work) {
       const client = await pool.connect();
@@ -265,7 +193,6 @@ async function openEmbedded(dataDir: string, options: DatabaseOptions): Promise<
     async queryDirect<Row>(text: string, params: unknown[]) {
       return (await pglite.query<Row>(text, params)).rows;
     },
-    together: (work) => work(),
     async withSession(work) {
       return work({
         query: async (text, params) => (await pglite.query(text, params)).rows as never[],

@@ -1,11 +1,12 @@
 /**
- * The HTTP service: Yoga with the schema, health and readiness, request ids, body limits and error masking; in front of
- * Yoga, the direct read path (src/http/direct-read.ts) answers the reads clients repeat.
+ * The HTTP service: Yoga with the schema, health and readiness, and every rule a request passes, as Yoga plugins in
+ * the order they act (README, Security). The Node listener in front of it only sets the request id and drains what a
+ * refused request still sends (src/http/transport.ts): every request, whatever its size or how often it is repeated,
+ * goes through the same pipeline.
  * Creating it never listens: main.ts listens, tests listen on a port of their own.
  */
 import crypto from 'node:crypto';
-import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
-import { Transform } from 'node:stream';
+import type { ServerResponse } from 'node:http';
 import { type ExecutionResult, GraphQLError } from 'graphql';
 import { mapAsyncIterator } from '@graphql-tools/utils';
 import { type Plugin, type YogaLogger, createYoga, isAsyncIterable, useReadinessCheck } from 'graphql-yoga';
@@ -18,18 +19,23 @@ import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
 import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
 import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
-import { callerOf, identify, identifyKnown, useLookupBeforeAnswer } from './http/auth.js';
-import { DirectReads } from './http/direct-read.js';
-import { ParsedBodies, useParseErrorsWithoutBody } from './http/json-body.js';
+import { callerOf } from './http/auth.js';
 import type { Caller } from './services/api-keys.js';
 import { useFastExecute } from './http/execute.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
+import { transport } from './http/transport.js';
+import { useFrameworkErrorsInOurWords } from './http/wording.js';
 import { useMetrics } from './observability/metrics.js';
 
 export interface ServerOptions {
   config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups' | 'dbStatementTimeoutMs'> & SecurityConfig;
   logger: Logger;
+  /** Plugins after the service's own, before execution (tests use it to see that every request passes them). */
+  plugins?: Plugin[];
 }
+
+/** How long a refused request's unread body may keep arriving after its answer before the connection is closed. */
+const DRAIN_MS = 5_000;
 
 /**
  * Each request's id, for the fetch Request Yoga works with (the listener sets it on the response first). Not an
@@ -98,12 +104,6 @@ query Recent {
 }
 `;
 
-/** A client-supplied request id is kept when it is short and plain; otherwise a new one is made. */
-function requestIdFrom(header: string | string[] | undefined): string {
-  const value = Array.isArray(header) ? header[0] : header;
-  return value && /^[\w.:-]{1,128}$/.test(value) ? value : crypto.randomUUID();
-}
-
 function yogaLogger(logger: Logger): YogaLogger {
   const withScope = (level: 'debug' | 'info' | 'warn' | 'error') => (...args: unknown[]) => {
     const [first, ...rest] = args;
@@ -123,7 +123,7 @@ function yogaLogger(logger: Logger): YogaLogger {
   return { debug: withScope('debug'), info: withScope('info'), warn: withScope('warn'), error: withScope('error') };
 }
 
-export function createServer({ config, logger }: ServerOptions) {
+export function createServer({ config, logger, plugins = [] }: ServerOptions) {
   const maskError = (error: unknown, message: string): Error => {
     const original = error instanceof GraphQLError ? error.originalError : error;
     if (original instanceof InputError) {
@@ -157,19 +157,6 @@ export function createServer({ config, logger }: ServerOptions) {
   const limits = { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups };
   /** The request's part of the GraphQL context (Yoga adds its own: request, params). */
   const contextFor = (requestId: string, caller: Caller) => ({ requestId, caller, limits });
-  // Reads Yoga has answered cleanly once are answered by the listener itself after that: src/http/direct-read.ts.
-  const directReads = new DirectReads({
-    schema,
-    identify: (header) => identify(header, security.policy, config.auth),
-    identifyKnown: (header) => identifyKnown(header, config.auth),
-    together: (work) => database().together(work),
-    executionChecks: security.executionChecks,
-    context: (requestId, caller, params) => ({ ...contextFor(requestId, caller), params }) as unknown as RequestContext,
-    toYoga: (req, res) => void yoga.requestListener(req, res),
-    logger,
-  });
-  // Large JSON bodies (ingestion batches) are read and parsed by the listener: src/http/json-body.ts.
-  const parsedBodies = new ParsedBodies((req, res) => void yoga.requestListener(req, res));
   const yoga = createYoga<Record<string, unknown>, Omit<RequestContext, keyof import('graphql-yoga').YogaInitialContext>>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -189,11 +176,9 @@ export function createServer({ config, logger }: ServerOptions) {
     // off) does not carry.
     renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
     logging: yogaLogger(logger),
-    // Yoga's own body limit is off: `handler` below enforces MAX_BODY_BYTES on every request before Yoga sees it (by
-    // Content-Length, or counted while a chunked body streams in), and Yoga's would wrap every request body in a
-    // counting stream (a pipeline, an AbortController, a second Request): ~5% of a read request's CPU (bench/README.md).
-    // Its default (25 MB) would also refuse a full batch the configured limit allows.
-    maxRequestBodySize: false,
+    // Yoga's own body limit (413 by Content-Length up front, or counted while a chunked body streams in): it runs
+    // after the CSRF and key checks, so a refused caller's body is never read.
+    maxRequestBodySize: config.maxBodyBytes,
     maskedErrors: { maskError },
     context: ({ request }) => contextFor(requestIds.get(request) ?? crypto.randomUUID(), callerOf(request)),
     plugins: [
@@ -216,33 +201,20 @@ export function createServer({ config, logger }: ServerOptions) {
           }
         },
       }),
-      // Authentication, scopes, query limits, rate limits: src/http/security.ts.
+      // Framework errors (CSRF, body limit, invalid JSON, introspection) in our words and codes; every message bounded.
+      useFrameworkErrorsInOurWords({ maxBodyBytes: config.maxBodyBytes }),
+      // Content type, CSRF, the API key, query limits, scopes, cost, rate limits: src/http/security.ts.
       ...security.plugins,
-      // graphql-jit for ingestMetrics and the read fields, graphql-js for the rest: src/http/execute.ts.
-      useFastExecute(),
-      // A request that went ahead on a known API key waits here for its key's lookup: src/http/auth.ts.
-      useLookupBeforeAnswer(),
-      // Remembers the reads the direct path may answer; answers a request it handed over with the result it has.
-      directReads.plugin(),
-      // Yoga takes the bodies parsed by the listener instead of reading them.
-      parsedBodies.plugin(),
-      // After every plugin that sets a request parser: "invalid JSON" answers without the body quoted back.
-      useParseErrorsWithoutBody(),
       // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
       useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),
+      ...plugins,
+      // graphql-jit for ingestMetrics and the read fields, graphql-js for the rest: src/http/execute.ts.
+      useFastExecute(),
     ] satisfies Plugin[],
   });
 
-  /** The Node request listener: request id, then the body limit, then a direct read, or Yoga (a large body parsed first). */
-  const handler: RequestListener = (req, res) => {
-    const requestId = requestIdFrom(req.headers['x-request-id']);
-    res.setHeader('x-request-id', requestId);
-    if (!enforceBodyLimit(req, res, config.maxBodyBytes)) return;
-    if (directReads.accepts(req)) directReads.serve(req, res, requestId);
-    else if (parsedBodies.accepts(req)) parsedBodies.serve(req, res);
-    else void yoga.requestListener(req, res);
-  };
+  const handler = transport(yoga.requestListener as import('node:http').RequestListener, { bytes: config.maxBodyBytes, ms: DRAIN_MS });
 
   return { yoga, handler, authPolicy: security.policy };
 }
@@ -304,43 +276,4 @@ const RETRY_AFTER_SECONDS = 1;
 
 function jsonResponse(status: number, body: unknown): Response {
   return new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });
-}
-
-function sendTooLarge(res: ServerResponse, limit: number): void {
-  const body = JSON.stringify({
-    errors: [
-      {
-        message: `The request body is larger than ${limit} bytes, the most this service accepts. Send smaller batches.`,
-        extensions: { code: 'PAYLOAD_TOO_LARGE', limit },
-      },
-    ],
-  });
-  res.writeHead(413, { 'content-type': 'application/json', connection: 'close' });
-  res.end(body);
-}
-
-/** Refuses bodies over `limit` bytes with 413: by Content-Length up front, or while a chunked body streams in. */
-function enforceBodyLimit(req: IncomingMessage, res: ServerResponse, limit: number): boolean {
-  const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > limit) {
-    sendTooLarge(res, limit);
-    req.resume();
-    return false;
-  }
-  if (req.headers['transfer-encoding'] !== undefined) {
-    // Counted through a pipe, not a 'data' listener: a listener starts the stream flowing before Yoga reads it, and the
-    // chunks that arrive in between are lost. Yoga reads a request's `body`, when set, in place of the request stream.
-    let received = 0;
-    const counted = new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        received += chunk.length;
-        if (received <= limit) return done(null, chunk);
-        if (!res.headersSent) sendTooLarge(res, limit);
-        req.destroy();
-        done(new Error(`The request body is larger than ${limit} bytes`));
-      },
-    });
-    Object.assign(req, { body: req.pipe(counted) });
-  }
-  return true;
 }

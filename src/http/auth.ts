@@ -1,16 +1,12 @@
 /**
  * Authentication and scopes.
  *
- * 1. Before the request body is even parsed, the `Authorization: Bearer <key>` header is checked against the hashed
- *    keys in the database (one index probe, not cached, so a revocation holds from the next request on). A missing or
- *    wrong key is refused with 401 and `WWW-Authenticate`.
- *    A key that already authenticated in this process does not wait for its lookup: the request goes ahead while the
- *    lookup runs (it runs for every request all the same). A read executes meanwhile, but its answer waits for the
- *    lookup and is replaced by the 401 if the key is no longer valid; a mutation or a subscription does not start
- *    before the lookup has confirmed the key. So a revoked key gets nothing from the next request on, and a valid
- *    key's read costs one round trip less (bench/README.md).
+ * 1. Before the request body is read, the `Authorization: Bearer <key>` header is checked against the hashed keys in
+ *    the database (one index probe for every request, not cached, so a revocation holds from the next request on). A
+ *    missing, malformed, unknown or revoked key is refused with 401 and `WWW-Authenticate`; the body is never read.
  * 2. After parsing and validation, before execution (so before any SQL of the operation), each root field the operation
- *    selects is checked against the key's scopes (scopeCheck); a missing scope is refused with 403 naming it.
+ *    selects is checked against the key's scopes (scopeCheck); a missing scope is refused with 403 naming it. A field
+ *    declares the scope it needs (`extensions: { requiredScope }`); one that does not needs its operation type's.
  */
 import type { ExecutionArgs, GraphQLError, GraphQLSchema, OperationTypeNode } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
@@ -33,13 +29,9 @@ import { findOperation, httpError, rootFields } from './operation.js';
 const REALM = 'metrics-service';
 
 /**
- * Root fields whose scope differs from their operation type's default (query and subscription fields need `read`,
- * mutation fields `admin`, so that a new mutation is admin-only until it is listed here). A field can also declare
- * `extensions: { requiredScope: '...' }` in the schema.
+ * The scope a root field needs when it declares none: query and subscription fields need `read`, mutation fields
+ * `admin`, so that a new mutation is admin-only until it declares otherwise.
  */
-const ROOT_FIELD_SCOPES: Readonly<Record<string, Scope>> = {
-  'mutation.ingestMetrics': 'ingest',
-};
 const DEFAULT_SCOPES: Readonly<Record<OperationTypeNode, Scope>> = {
   query: 'read',
   subscription: 'read',
@@ -51,7 +43,7 @@ export function requiredScope(schema: GraphQLSchema, operation: OperationTypeNod
   if (fieldName.startsWith('__')) return null;
   const declared = schema.getRootType(operation)?.getFields()[fieldName]?.extensions?.requiredScope;
   if (typeof declared === 'string' && isScope(declared)) return declared;
-  return ROOT_FIELD_SCOPES[`${operation}.${fieldName}`] ?? DEFAULT_SCOPES[operation];
+  return DEFAULT_SCOPES[operation];
 }
 
 export interface AuthOptions {
@@ -125,32 +117,10 @@ function unauthenticated(message: string, invalidToken: boolean) {
 /** The caller of each request, found in onRequestParse and read by the context factory. */
 const callers = new WeakMap<Request, Caller>();
 
-/**
- * Keys that authenticated in this process, by hash, with their caller: a hint that lets a request go ahead while its
- * lookup runs, never a pass (see the module comment). A key's scopes are fixed when it is made (there is no way to
- * change them, only to revoke the key), so the hint's scopes are the key's. A key its lookup refuses leaves the map.
- */
-const knownKeys = new Map<string, Caller>();
-/** Bound on knownKeys: past it the map starts again empty (each key then waits for one lookup once more). */
-const KNOWN_KEYS_MAX = 10_000;
-
-/** The lookups still running for requests that went ahead on a hint. */
-const pendingLookups = new WeakMap<Request, Promise<Caller | null>>();
-
 const KEY_REFUSED = 'The API key is not valid: it is unknown or has been revoked.';
 
 export function callerOf(request: Request): Caller {
   return callers.get(request) ?? ANONYMOUS;
-}
-
-/** Who a request's Authorization header says is calling; `confirmation` is set while that is only a hint (below). */
-export interface Identified {
-  caller: Caller;
-  /**
-   * The key's lookup, when the request goes ahead on a key this process already knows (see the module comment): its
-   * answer must wait for this, and a null here means the key is no longer valid.
-   */
-  confirmation?: Promise<Caller | null>;
 }
 
 /** The key of a `Bearer <key>` header and its hash; null when the header has another shape. */
@@ -159,105 +129,28 @@ function bearerKey(header: string): { key: string; hash: string } | null {
   return key ? { key, hash: hashKey(key) } : null;
 }
 
-/** Starts the lookup of a key; it keeps knownKeys up to date when it answers. */
-function lookUp({ key, hash }: { key: string; hash: string }): Promise<Caller | null> {
-  return authenticateApiKey(key, hash).then((caller) => {
-    if (!caller) knownKeys.delete(hash);
-    else if (!knownKeys.has(hash)) {
-      if (knownKeys.size >= KNOWN_KEYS_MAX) knownKeys.clear();
-      knownKeys.set(hash, caller);
-    }
-    return caller;
-  });
-}
-
-/** For a key this process knows: its caller at once, its lookup started as the confirmation. Null otherwise. */
-function hinted(bearer: { key: string; hash: string }): Identified | null {
-  const known = knownKeys.get(bearer.hash);
-  if (!known) return null;
-  const confirmation = lookUp(bearer);
-  // Settled later by whoever answers the request; a failed lookup must not become an unhandled rejection meanwhile.
-  confirmation.catch(() => {});
-  return { caller: known, confirmation };
-}
-
-/**
- * The caller an Authorization header names, at once, when that is a key this process already knows (or authentication
- * is off): its lookup is started (in the caller's synchronous section: see Database.together) and is the
- * confirmation. Null when only `identify` can tell.
- */
-export function identifyKnown(header: string | null | undefined, setting: AuthSetting): Identified | null {
-  if (setting === 'off') return { caller: ANONYMOUS };
-  const bearer = header ? bearerKey(header) : null;
-  return bearer && hinted(bearer);
-}
-
 /** The caller an Authorization header names; throws the 401 when a key is required and missing, malformed or refused. */
-export async function identify(header: string | null | undefined, policy: AuthPolicy, setting: AuthSetting): Promise<Identified> {
-  if (setting === 'off') return { caller: ANONYMOUS };
+export async function identify(header: string | null | undefined, policy: AuthPolicy, setting: AuthSetting): Promise<Caller> {
+  if (setting === 'off') return ANONYMOUS;
   if (header == null || header.trim() === '') {
     if (await policy.required()) {
       throw unauthenticated('This service needs an API key: send it as the header `Authorization: Bearer <key>`.', false);
     }
-    return { caller: ANONYMOUS };
+    return ANONYMOUS;
   }
   const bearer = bearerKey(header);
   if (!bearer) throw unauthenticated('The Authorization header must be `Bearer <key>`, with the API key after one space.', true);
-  const known = hinted(bearer);
-  if (known) return known;
-  const caller = await lookUp(bearer);
+  const caller = await authenticateApiKey(bearer.key, bearer.hash);
   if (!caller) throw unauthenticated(KEY_REFUSED, true);
-  return { caller };
+  return caller;
 }
 
 export function useAuthentication(policy: AuthPolicy, setting: AuthSetting, logger: Logger): Plugin {
   return {
     async onRequestParse({ request }) {
-      const { caller, confirmation } = await identify(request.headers.get('authorization'), policy, setting);
+      const caller = await identify(request.headers.get('authorization'), policy, setting);
       callers.set(request, caller);
-      if (confirmation) pendingLookups.set(request, confirmation);
       if (caller.keyId) logger.debug({ apiKey: caller.keyId }, 'Authenticated');
-    },
-  };
-}
-
-/**
- * For requests that went ahead on a known key (see the module comment): a mutation or subscription waits for the
- * key's lookup before it starts; a read runs beside it and its answer waits; a refused key gets the 401 instead of
- * anything the operation produced. After the execution plugin, whose execute function it wraps.
- */
-export function useLookupBeforeAnswer(): Plugin {
-  const refused = () => ({ errors: [unauthenticated(KEY_REFUSED, true)] });
-  return {
-    onExecute({ args, executeFn, setExecuteFn }) {
-      const lookup = pendingLookups.get((args.contextValue as RequestContext).request);
-      if (!lookup) return;
-      if (findOperation(args.document, args.operationName)?.operation === 'query') {
-        setExecuteFn(async (executionArgs) => {
-          const execution = Promise.resolve(executeFn(executionArgs));
-          execution.catch(() => {});
-          // The lookup decides first: a refused key learns nothing from the execution, not even its errors.
-          return (await lookup) ? execution : refused();
-        });
-      } else {
-        setExecuteFn(async (executionArgs) => ((await lookup) ? executeFn(executionArgs) : refused()));
-      }
-    },
-    onSubscribe({ args, subscribeFn, setSubscribeFn }) {
-      const lookup = pendingLookups.get((args.contextValue as RequestContext).request);
-      if (!lookup) return;
-      setSubscribeFn(async (subscribeArgs) => ((await lookup) ? subscribeFn(subscribeArgs) : refused()));
-    },
-    // Answers that did not come from an execution (a parse or validation error): a refused key gets its 401 there too.
-    async onResultProcess({ request, result, setResult }) {
-      const lookup = pendingLookups.get(request);
-      if (!lookup) return;
-      // A lookup that failed (the database) decided nothing here: an execution waited for it and failed with it, and a
-      // request that did not execute keeps its own answer (an error).
-      if ((await lookup.catch(() => undefined)) !== null) return;
-      // A stream that should not exist (subscriptions wait for the lookup above) is ended, not left registered.
-      if (Symbol.asyncIterator in result) void result[Symbol.asyncIterator]().return?.();
-      setResult(refused());
     },
   };
 }

@@ -32,7 +32,10 @@ import {
   execute,
   getVariableValues,
   isInputObjectType,
+  type OperationDefinitionNode,
+  BREAK,
   valueFromAST,
+  visit,
 } from 'graphql';
 import { MapperKind, mapSchema } from '@graphql-tools/utils';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
@@ -77,6 +80,25 @@ function withOpaqueFilters(schema: GraphQLSchema): GraphQLSchema {
   return copy;
 }
 
+/** Whether an argument's value is a list or object literal with a variable somewhere inside it. */
+function variableInsideLiteral(operation: OperationDefinitionNode): boolean {
+  let found = false;
+  visit(operation, {
+    Argument(node) {
+      if (node.value.kind === Kind.OBJECT || node.value.kind === Kind.LIST) {
+        visit(node.value, {
+          Variable() {
+            found = true;
+            return BREAK;
+          },
+        });
+      }
+      return found ? BREAK : undefined;
+    },
+  });
+  return found;
+}
+
 interface Compiled {
   query: CompiledQuery;
   /** The operation's variables, for graphql-js's coercion of the opaque ones. */
@@ -97,6 +119,9 @@ function compile(args: ExecutionArgs): Compiled | null {
   if (fields.length === 0 || !fields.every((s) => s.kind === Kind.FIELD && allowed.has(s.name.value) && !s.directives?.length)) {
     return null;
   }
+  // graphql-jit hands a literal's parseLiteral no variables: a variable inside an input object literal
+  // (`where: { userId: { equals: $v } }`) would be read as absent. graphql-js runs those.
+  if (variableInsideLiteral(operation)) return null;
   const coercedFirst: string[] = [];
   const variableDefinitions = operation.variableDefinitions ?? [];
   for (const definition of variableDefinitions) {
@@ -145,13 +170,8 @@ function variablesFor(args: ExecutionArgs, entry: Compiled): Record<string, unkn
   return variables;
 }
 
-/** Whether the operation is a read that runs compiled (what src/http/direct-read.ts may answer without Yoga). */
-export function isCompiledRead(args: ExecutionArgs): boolean {
-  return compiledFor(args) !== null && findOperation(args.document, args.operationName)?.operation === 'query';
-}
-
 /** Runs the operation: compiled when it is one of those above, else graphql-js's `execute`. */
-export function executeOperation(args: ExecutionArgs): ExecutionResult | Promise<ExecutionResult> {
+function executeOperation(args: ExecutionArgs): ExecutionResult | Promise<ExecutionResult> {
   const entry = compiledFor(args);
   if (!entry) return execute(args);
   const variables = variablesFor(args, entry);

@@ -4,8 +4,8 @@
  * - tokens (while parsing), depth, aliases and directives (while validating): graphql-armor's rules, with errors that
  *   carry a code and the limit;
  * - cost (after validation, when the variables are known): the most objects the answer can hold, see `operationCost`;
- * - introspection can be switched off; "Did you mean ...?" hints can be removed from every error;
- * - CSRF: a request a browser could send cross-site without a CORS preflight is refused.
+ * - "Did you mean ...?" hints can be removed from every error (graphql-armor's own plugin removes them from validation
+ *   errors only, not from the variables' coercion errors, nor the enum-value form).
  */
 import { maxAliasesPlugin } from '@escape.tech/graphql-armor-max-aliases';
 import { maxDepthPlugin } from '@escape.tech/graphql-armor-max-depth';
@@ -23,6 +23,8 @@ import {
   type ValidationContext,
   type ValidationRule,
   getNamedType,
+  getNullableType,
+  isListType,
   isCompositeType,
   isInterfaceType,
   isObjectType,
@@ -107,7 +109,9 @@ export function armorPlugins(limits: QueryLimits): Plugin[] {
  * The cost of an operation: the most objects its answer can hold. Each selected field of object type counts 1 (scalars
  * count 0: how many there are per object is bounded by the schema and by the alias limit); the sub-selection of a field
  * with a `first` argument (a page) counts `first` times — the value from the literal, the variables, or the default
- * page size. graphql-armor's cost rule cannot see variables (`first: $n` counts 1), so this one replaces it.
+ * page size. A list without `first` counts its sub-selection at the list's server-side maximum, declared on the field
+ * (`extensions: { listMax }`: a number, or the name of a limit such as `maxStatGroups`), else DEFAULT_LIST_MAX times.
+ * graphql-armor's cost rule cannot see variables (`first: $n` counts 1), so this one replaces it.
  *
  * A full page of `metrics(first: 1000)` with every field costs 1 + 1000 x (edges, node, pageInfo) = 3,001: it fits the
  * default budget of 5,000, a second one in the same operation does not. Introspection fields are not counted.
@@ -117,6 +121,7 @@ export function operationCost(
   document: DocumentNode,
   operation: OperationDefinitionNode,
   variables: Readonly<Record<string, unknown>> | null | undefined,
+  listLimits: ListLimits,
 ): number {
   const fragments = fragmentsOf(document);
   // A fragment's cost does not depend on where it is spread: computed once, so fan-out cannot make this exponential.
@@ -142,6 +147,8 @@ export function operationCost(
           const { present, value } = rawArgument(selection, 'first', operation, variables);
           const fallback = field.args.find((a) => a.name === 'first')?.defaultValue;
           children *= pageSize(present ? value : fallback);
+        } else if (isListType(getNullableType(field.type))) {
+          children *= listMax(field.extensions?.listMax, listLimits);
         }
         total += 1 + children;
       } else if (selection.kind === Kind.INLINE_FRAGMENT) {
@@ -165,8 +172,22 @@ export function operationCost(
   return costOf(operation.selectionSet, schema.getRootType(operation.operation) ?? undefined);
 }
 
+/** The server-side limits a list field may name as its maximum length (`extensions: { listMax: 'maxStatGroups' }`). */
+export interface ListLimits {
+  maxStatGroups: number;
+}
+
+/** What a list without `first` and without a declared maximum counts as. */
+export const DEFAULT_LIST_MAX = 100;
+
+function listMax(declared: unknown, limits: ListLimits): number {
+  if (typeof declared === 'number') return declared;
+  if (typeof declared === 'string' && Object.hasOwn(limits, declared)) return limits[declared as keyof ListLimits];
+  return DEFAULT_LIST_MAX;
+}
+
 /** The cost check: the error for an operation past `maxCost` with these variables, else null (see security.ts). */
-export function costLimit(maxCost: number) {
+export function costLimit(maxCost: number, listLimits: ListLimits) {
   return (args: {
     schema: GraphQLSchema;
     document: DocumentNode;
@@ -175,7 +196,7 @@ export function costLimit(maxCost: number) {
   }): GraphQLError | null => {
     const operation = findOperation(args.document, args.operationName);
     if (!operation) return null;
-    const cost = operationCost(args.schema, args.document, operation, args.variableValues);
+    const cost = operationCost(args.schema, args.document, operation, args.variableValues, listLimits);
     if (cost <= maxCost) return null;
     return limitError(
       `The operation could return ${cost} objects; at most ${maxCost} are allowed. A page of \`first: n\` counts n times ` +
@@ -184,27 +205,6 @@ export function costLimit(maxCost: number) {
       maxCost,
       cost,
     );
-  };
-}
-
-const noIntrospection: ValidationRule = (context) => ({
-  Field(node) {
-    if (node.name.value === '__schema' || node.name.value === '__type') {
-      context.reportError(
-        new GraphQLError('Introspection is disabled on this service (`__schema` and `__type`).', {
-          nodes: node,
-          extensions: { code: 'INTROSPECTION_DISABLED', http: { status: 400, spec: true } },
-        }),
-      );
-    }
-  },
-});
-
-export function useDisableIntrospection(): Plugin {
-  return {
-    onValidate({ addValidationRule }) {
-      addValidationRule(noIntrospection);
-    },
   };
 }
 
@@ -238,25 +238,3 @@ export function useBlockFieldSuggestions(): Plugin {
 
 /** A header a browser cannot add cross-site without a CORS preflight. */
 export const CSRF_HEADER = 'x-graphql-yoga-csrf';
-const SIMPLE_CONTENT_TYPES = ['application/x-www-form-urlencoded', 'multipart/form-data', 'text/plain'];
-
-/**
- * Refuses requests a browser may send cross-site without a CORS preflight (GET, or a form's content type) unless they
- * carry a header only a preflighted request can have: `x-graphql-yoga-csrf` (any value) or `Authorization`.
- * Yoga's own plugin does the same; this one says which header to send and gives a code.
- */
-export function useCsrfPrevention(): Plugin {
-  return {
-    onRequestParse({ request }) {
-      const contentType = request.headers.get('content-type')?.toLowerCase();
-      const simple = !contentType || SIMPLE_CONTENT_TYPES.some((t) => contentType.startsWith(t));
-      if (!simple || request.headers.has(CSRF_HEADER) || request.headers.has('authorization')) return;
-      throw httpError(
-        'This request could come from another site without the browser asking first (a GET, or a form content type). ' +
-          `Send a JSON body with \`Content-Type: application/json\`, or add the header \`${CSRF_HEADER}: 1\`.`,
-        'CSRF_PREVENTED',
-        403,
-      );
-    },
-  };
-}

@@ -1,7 +1,7 @@
 /**
- * The security plugins in the order they act on a request:
+ * The security plugins in the order they act on a request (README, Security):
  *
- *   onRequestParse  CSRF check, then the API key (401)            — before the body is parsed
+ *   onRequestParse  CSRF check (Yoga's), then the API key (401)    — before the body is read; then Yoga's body limit
  *   onParse         token limit                                    — while parsing
  *   onValidate      depth, aliases, directives, introspection      — validation errors (400)
  *   onExecute       scopes (403), cost (400), ingest rate (429)    — before any resolver, so before any SQL
@@ -12,7 +12,9 @@ import type { Plugin } from 'graphql-yoga';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { AuthPolicy, scopeCheck, useAuthentication } from './auth.js';
-import { armorPlugins, costLimit, useBlockFieldSuggestions, useCsrfPrevention, useDisableIntrospection } from './limits.js';
+import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
+import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
+import { CSRF_HEADER, armorPlugins, costLimit, useBlockFieldSuggestions } from './limits.js';
 import { useIngestRateLimit } from './rate-limit.js';
 
 export type SecurityConfig = Pick<
@@ -27,6 +29,7 @@ export type SecurityConfig = Pick<
   | 'maxDirectives'
   | 'maxCost'
   | 'maxBatchSize'
+  | 'maxStatGroups'
   | 'ingestRequestsPerSecond'
   | 'ingestRecordsPerSecond'
 >;
@@ -34,12 +37,6 @@ export type SecurityConfig = Pick<
 export interface Security {
   policy: AuthPolicy;
   plugins: Plugin[];
-  /**
-   * The checks made before execution that depend on the caller or the variables (scopes, cost): run by Yoga through
-   * useExecutionCheck, and by the direct read path (src/http/direct-read.ts), which runs reads without Yoga. Reads are
-   * not rate-limited.
-   */
-  executionChecks: ExecutionCheck[];
 }
 
 /** A check before execution: the error that refuses the operation, or null. */
@@ -61,12 +58,14 @@ function useExecutionCheck(check: ExecutionCheck): Plugin {
 
 export function createSecurity(config: SecurityConfig, logger: Logger): Security {
   const policy = new AuthPolicy({ setting: config.auth, production: config.nodeEnv === 'production' });
-  const executionChecks: ExecutionCheck[] = [scopeCheck, costLimit(config.maxCost)];
+  const executionChecks: ExecutionCheck[] = [scopeCheck, costLimit(config.maxCost, { maxStatGroups: config.maxStatGroups })];
   const plugins: Plugin[] = [
-    useCsrfPrevention(),
+    // A request a browser may send cross-site without a CORS preflight must carry a header only a preflighted
+    // request can have; an API key in Authorization counts.
+    useCSRFPrevention({ requestHeaders: [CSRF_HEADER, 'authorization'] }) as Plugin,
     useAuthentication(policy, config.auth, logger),
     ...armorPlugins(config),
-    ...(config.introspection ? [] : [useDisableIntrospection()]),
+    ...(config.introspection ? [] : [useDisableIntrospection() as Plugin]),
     ...(config.fieldSuggestions ? [] : [useBlockFieldSuggestions()]),
     ...executionChecks.map(useExecutionCheck),
     useIngestRateLimit({
@@ -75,5 +74,5 @@ export function createSecurity(config: SecurityConfig, logger: Logger): Security
       maxBatchSize: config.maxBatchSize,
     }),
   ];
-  return { policy, plugins, executionChecks };
+  return { policy, plugins };
 }

@@ -3,7 +3,6 @@
  *
  *   graphql_requests_total{operation_name, operation_type, outcome}   GraphQL requests, outcome success | error
  *   graphql_request_duration_seconds{operation_name, operation_type}  from the request's arrival to its response
- *   graphql_large_bodies_total{parsed_by}                             JSON bodies over 64 KiB: listener (in parts) | yoga (as one string)
  *   ingest_records_total{result}                                      ingestMetrics records: accepted | duplicate | rejected
  *   ingest_batch_writes_total{path}                                   batches written: copy | lookup_copy | insert
  *   db_pool_connections{state}, db_pool_waiting_clients,              the PostgreSQL pool (absent on the embedded database)
@@ -27,26 +26,6 @@ const requests = new Counter({
   registers: [registry],
 });
 
-const directReads = new Counter({
-  name: 'graphql_direct_reads_total',
-  help: 'GraphQL requests among graphql_requests_total answered by the direct read path (a read Yoga answered cleanly once, repeated).',
-  registers: [registry],
-});
-
-const largeBodies = new Counter({
-  name: 'graphql_large_bodies_total',
-  help:
-    'JSON request bodies over 64 KiB (ingestion batches) that reached parsing, by who parsed them: listener (in parts, ' +
-    'never as one string) or yoga (the listener gave up on it: not valid JSON, or JSON it leaves to JSON.parse whole).',
-  labelNames: ['parsed_by'] as const,
-  registers: [registry],
-});
-for (const parsedBy of ['listener', 'yoga']) largeBodies.inc({ parsed_by: parsedBy }, 0);
-
-/** Counts a large body by who parsed it (src/http/json-body.ts). */
-export function observeLargeBody(parsedBy: 'listener' | 'yoga'): void {
-  largeBodies.inc({ parsed_by: parsedBy });
-}
 
 const duration = new Histogram({
   name: 'graphql_request_duration_seconds',
@@ -160,24 +139,14 @@ interface RequestTiming {
   failed: boolean;
 }
 
-/** Counts and times one GraphQL request (started: its performance.now() on arrival); `direct`: by the direct read path. */
-export function observeRequest(
+/** Counts and times one GraphQL request (started: its performance.now() on arrival). */
+function observeRequest(
   request: { started: number; name?: string | undefined; type?: OperationTypeNode | 'unknown' | undefined },
   failed: boolean,
-  direct = false,
 ): void {
   const labels = { operation_name: request.type ? operationLabel(request.name) : '(none)', operation_type: request.type ?? 'unknown' };
   duration.observe(labels, (performance.now() - request.started) / 1000);
   requests.inc({ ...labels, outcome: failed ? 'error' : 'success' });
-  if (direct) directReads.inc();
-}
-
-/** Arrival times of requests whose body the listener read before Yoga saw them (src/http/json-body.ts). */
-const arrivals = new WeakMap<object, number>();
-
-/** Notes when a request arrived, for a request Yoga only sees once its body has been read. */
-export function noteArrival(req: object): void {
-  arrivals.set(req, performance.now());
 }
 
 export interface MetricsPluginOptions {
@@ -202,13 +171,12 @@ export function useMetrics(options: MetricsPluginOptions = {}): Plugin {
     timing.type = operation?.operation ?? 'unknown';
   };
   return {
-    async onRequest({ request, url, endResponse, fetchAPI, serverContext }) {
+    async onRequest({ request, url, endResponse, fetchAPI }) {
       if (url.pathname === endpoint && request.method === 'GET') {
         endResponse(new fetchAPI.Response(await registry.metrics(), { status: 200, headers: { 'content-type': registry.contentType } }));
         return;
       }
-      const req = (serverContext as { req?: object } | undefined)?.req;
-      timings.set(request, { started: (req && arrivals.get(req)) ?? performance.now(), graphql: false, failed: false });
+      timings.set(request, { started: performance.now(), graphql: false, failed: false });
     },
     onParams({ request }) {
       const timing = timings.get(request);

@@ -73,7 +73,7 @@ const IngestMetricsResult = builder.objectRef<IngestResult>('IngestMetricsResult
     duplicates: t.exposeInt('duplicates', {
       description: 'Valid records already stored (or repeated within this batch): not stored again.',
     }),
-    rejected: t.field({ type: [RejectedRecordType], resolve: (r) => r.rejected }),
+    rejected: t.field({ type: [RejectedRecordType], /* its length follows the request's own records: counted once */ extensions: { listMax: 1 }, resolve: (r) => r.rejected }),
   }),
 });
 
@@ -83,6 +83,7 @@ builder.mutationField('ingestMetrics', (t) =>
     description:
       'Stores a batch of metric records. Valid records are stored even when others are rejected, unless `atomic` is true. ' +
       'Retrying a batch is safe: records already stored are counted as duplicates, never stored twice.',
+    extensions: { requiredScope: 'ingest' },
     args: {
       records: t.arg({ type: [UserMetricInput], required: true }),
       atomic: t.arg.boolean({
@@ -218,7 +219,8 @@ interface Connection {
 }
 const UserMetricConnection = builder.objectRef<Connection>('UserMetricConnection').implement({
   fields: (t) => ({
-    edges: t.expose('edges', { type: [UserMetricEdge] }),
+    // The page's `first` counts its edges (src/http/limits.ts).
+    edges: t.expose('edges', { type: [UserMetricEdge], extensions: { listMax: 1 } }),
     pageInfo: t.expose('pageInfo', { type: PageInfo }),
     totalCount: t.int({ description: 'Records matching `where` (counted only when asked for).', resolve: (c) => c.totalCount() }),
   }),

@@ -67,6 +67,9 @@ function selectedFigures(info: GraphQLResolveInfo): Set<StatsFigure> {
   return figures;
 }
 
+/** Most sentiment values one set of figures lists: the bound the cost limit counts them at. */
+const SENTIMENTS_MAX = 100;
+
 const MetricDimensionEnum = builder.enumType('MetricDimension', {
   description: 'A field to group records by.',
   values: ['USER_ID', 'SESSION_ID', 'VOICE_SENTIMENT', 'MICROPHONE_USED', 'SPEAKER_USED'] as const satisfies readonly MetricDimension[],
@@ -133,8 +136,11 @@ const MetricFiguresInterface = builder.interfaceRef<MetricFigures>('MetricFigure
     speakerUsageRate: t.exposeFloat('speakerUsageRate', { description: 'Share of records with speakerUsed, 0..1.' }),
     sentiments: t.field({
       type: [SentimentCountType],
-      description: 'Every voiceSentiment present (null included), by count descending, then value; the counts add up to `count`.',
-      resolve: (f) => f.sentiments,
+      description:
+        `Every voiceSentiment present (null included), by count descending, then value; the counts add up to \`count\`. ` +
+        `At most ${SENTIMENTS_MAX} values, the most frequent, are listed.`,
+      extensions: { listMax: SENTIMENTS_MAX },
+      resolve: (f) => (f.sentiments.length > SENTIMENTS_MAX ? f.sentiments.slice(0, SENTIMENTS_MAX) : f.sentiments),
     }),
   }),
 });

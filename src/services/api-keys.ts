@@ -9,7 +9,7 @@
  */
 import crypto from 'node:crypto';
 import { database } from '../db.js';
-import { InputError } from './errors.js';
+import { InputError, checkStorableText } from './errors.js';
 
 export const SCOPES = ['ingest', 'read', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];
@@ -69,7 +69,7 @@ function checkName(name: string): string {
   if (trimmed.length === 0) throw new InputError('name must not be blank', 'name');
   if ([...trimmed].length > NAME_MAX_LENGTH) throw new InputError(`name must be at most ${NAME_MAX_LENGTH} characters`, 'name');
   if (/[\u0000-\u001f\u007f]/.test(trimmed)) throw new InputError('name must not contain control characters', 'name');
-  return trimmed;
+  return checkStorableText(trimmed, 'name');
 }
 
 function checkScopes(scopes: readonly string[]): Scope[] {
@@ -144,6 +144,7 @@ export interface RevokeResult {
 
 /** Revokes a key by its public id; null when there is no such key. Revoking twice keeps the first time. */
 export async function revokeApiKey(id: string): Promise<RevokeResult | null> {
+  checkStorableText(id, 'id');
   const prisma = database().prisma;
   const [updated] = await prisma.$queryRaw<ApiKeyRow[]>`
     UPDATE api_keys SET revoked_at = now() WHERE id = ${id} AND revoked_at IS NULL

@@ -6,6 +6,7 @@ import { type SqlSession, database } from '../db.js';
 import { CopyText } from '../pg-copy.js';
 import { liveUpdatesListening, publishStored } from './events.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
+import { clipEcho } from './errors.js';
 
 /** Longest an ingest answer waits for its records to be published to live subscribers. */
 const PUBLISH_WAIT_MS = 1000;
@@ -115,7 +116,7 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
     const record = records[index] as MetricRecordInput;
     const problems = validateRecord(record, nowSeconds);
     if (problems.length > 0) {
-      for (const problem of problems) rejected.push({ index, eventId: record.eventId ?? null, ...problem });
+      for (const problem of problems) rejected.push({ index, eventId: record.eventId == null ? null : clipEcho(record.eventId), ...problem });
       continue;
     }
     const keyHex = recordKeyHex(record);

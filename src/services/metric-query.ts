@@ -64,6 +64,35 @@ function cursorValue(row: MetricRow, field: OrderField): string | number {
   return row.createdAtExact;
 }
 
+/** The largest value of each integer column a cursor can carry (the casts in afterCondition). */
+const INT4_MAX = 2_147_483_647;
+const ID_MAX = INT4_MAX;
+
+function isStoredInt(value: unknown, max: number): boolean {
+  return Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= max;
+}
+
+/** created_at as this service writes it into a cursor: a real UTC time with microseconds, years 1970 to 9999. */
+const CREATED_AT_TEXT = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})Z$/;
+
+function isCreatedAtText(value: unknown): boolean {
+  if (typeof value !== 'string') return false;
+  const match = CREATED_AT_TEXT.exec(value);
+  if (!match) return false;
+  const [year, month, day, hour, minute, second] = match.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  const time = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
+  // Date.UTC rolls 2020-02-30 over to March: a date that does not round-trip does not exist.
+  return year >= 1970 && time.getUTCFullYear() === year && time.getUTCMonth() === month - 1 && time.getUTCDate() === day &&
+    time.getUTCHours() === hour && time.getUTCMinutes() === minute && time.getUTCSeconds() === second;
+}
+
+/** What each order field's cursor value must be: a value its column can hold, so that a forged one never reaches SQL. */
+const CURSOR_VALUE_CHECKS: Record<OrderField, (value: unknown) => boolean> = {
+  TIMESTAMP: (value) => Number.isSafeInteger(value),
+  TALKED_TIME: (value) => isStoredInt(value, INT4_MAX),
+  CREATED_AT: isCreatedAtText,
+};
+
 function encodeCursor(order: readonly MetricOrder[], row: MetricRow): string {
   const payload = { o: orderSignature(order), v: [...order.map((o) => cursorValue(row, o.field)), row.id] };
   return Buffer.from(JSON.stringify(payload)).toString('base64url');
@@ -86,8 +115,8 @@ function decodeCursor(cursor: string, order: readonly MetricOrder[]): unknown[] 
   const valid =
     Array.isArray(values) &&
     values.length === order.length + 1 &&
-    order.every((o, i) => (o.field === 'CREATED_AT' ? typeof values[i] === 'string' && !Number.isNaN(Date.parse(values[i] as string)) : Number.isSafeInteger(values[i]))) &&
-    Number.isSafeInteger(values[order.length]);
+    order.every((o, i) => CURSOR_VALUE_CHECKS[o.field](values[i])) &&
+    isStoredInt(values[order.length], ID_MAX);
   if (!valid) throw new PageArgumentError('after is not a cursor this service issued', 'after');
   return values;
 }

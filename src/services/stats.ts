@@ -10,7 +10,7 @@
  */
 import { database } from '../db.js';
 import { Prisma } from '../generated/prisma/client.js';
-import { InputError } from './errors.js';
+import { InputError, checkStorableText } from './errors.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';
 import { type RollupPlan, SLOT_SECONDS, misalignedSlots, planRollups, rangeHoldsAny } from './rollups.js';
 import { runSql } from './sql.js';
@@ -608,8 +608,8 @@ export async function userSummary(
   where: MetricFilter | null | undefined,
   wanted: ReadonlySet<StatsFigure> = EXACT_FIGURES,
 ): Promise<UserSummary | null> {
-  // No stored id contains NUL or broken Unicode (ingestion refuses them), and PostgreSQL would reject them as a parameter.
-  if (userId.includes('\0') || !userId.isWellFormed()) return null;
+  // PostgreSQL would reject NUL or broken Unicode as a parameter (and ingestion never stores them).
+  checkStorableText(userId, 'userId');
   const sql = buildStatsSql({
     where,
     groupBy: ['USER_ID'],
