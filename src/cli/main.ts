@@ -27,6 +27,7 @@ const COMMANDS: Record<string, Command> = {
   import: { module: './import.js', summary: 'load records from a CSV or NDJSON file' },
   export: { module: './export.js', summary: 'write records as CSV or NDJSON' },
   seed: { module: './seed.js', summary: 'load realistic demo data' },
+  rollups: { module: './rollups.js', summary: 'rebuild the 15-minute rollups of a time range' },
   studio: { module: './studio.js', summary: 'Prisma Studio on the database (needs the dev dependencies: not in the image)' },
   'schema:export': { module: './export-schema.js', summary: 'write schema.graphql from the code' },
   'db:diff': { module: './migration-diff.js', summary: 'author a migration (needs the dev dependencies: not in the image)' },

@@ -104,7 +104,7 @@ export class AuthPolicy {
       mode: 'until-first-key',
       level: 'warn',
       message: 'Authentication is off until the first API key is created (AUTH=auto, not production): anyone can read and write. ' +
-        'Create a key with `npm run keys -- create` to require keys',
+        'Create a key with `npm run keys -- create --scope admin --name <name>` to require keys',
     };
   }
 }
