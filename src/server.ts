@@ -22,10 +22,13 @@ import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guard
 import { callerOf } from './http/auth.js';
 import type { Caller } from './services/api-keys.js';
 import { useFastExecute } from './http/execute.js';
+import { renderGraphiQLPage, useCompressedGraphiQL } from './http/graphiql.js';
+import { useInputErrorCodes } from './http/input-errors.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
 import { transport } from './http/transport.js';
 import { useFrameworkErrorsInOurWords } from './http/wording.js';
 import { useMetrics } from './observability/metrics.js';
+import { useDashboard } from './dashboard/plugin.js';
 
 export interface ServerOptions {
   config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups' | 'dbStatementTimeoutMs'> & SecurityConfig;
@@ -174,7 +177,8 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
     // GraphiQL's assets are served by the service itself, not fetched from a CDN: it works offline and behind firewalls.
     // Loaded on the first GraphiQL page only: the bundle costs ~40 MB of memory, which a production service (GraphiQL
     // off) does not carry.
-    renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
+    // The page names the bundle's parts as files, cached and compressed by useCompressedGraphiQL (src/http/graphiql.ts).
+    renderGraphiQL: (options) => renderGraphiQLPage(options, '/graphql'),
     logging: yogaLogger(logger),
     // Yoga's own body limit (413 by Content-Length up front, or counted while a chunked body streams in): it runs
     // after the CSRF and key checks, so a refused caller's body is never read.
@@ -184,8 +188,12 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
     plugins: [
       // GET /metrics (Prometheus) and request timing per operation: first, so it times everything after it.
       useMetrics(),
+      // GraphiQL's page and files compressed and cached; before the key checks: GraphiQL itself needs no key.
+      useCompressedGraphiQL({ endpoint: '/graphql' }),
       // The request id for the context, and for the errors maskError masked (and their log entries).
       useRequestIds(),
+      // GET /dashboard: static files that draw what /graphql answers (src/dashboard/); no data, so no key.
+      useDashboard(),
       useReadinessCheck({
         endpoint: '/ready',
         check: async () => {
@@ -208,6 +216,8 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
       // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
       useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),
+      // Variables of the wrong type get BAD_USER_INPUT, as README promises every fixable error a code.
+      useInputErrorCodes(),
       ...plugins,
       // graphql-jit for ingestMetrics and the read fields, graphql-js for the rest: src/http/execute.ts.
       useFastExecute(),

@@ -14,8 +14,11 @@ import { after, before, test } from 'node:test';
 import { FaultProxy } from './support/fault-proxy.js';
 import { type Outcome, INGEST_MUTATION, acknowledged, errorCodes, get, makeBatch, postJson } from './support/http-client.js';
 import { PgServer, ownPostgresUnavailable } from './support/pg-server.js';
+import { seededRandom } from './support/random.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 
+/** Retry jitter from a fixed seed (SET_CHECK_SEED to change it): the same waits on every run. */
+const jitter = seededRandom(Number(process.env.SET_CHECK_SEED ?? 20261202));
 const envInt = (name: string, fallback: number) => {
   const raw = process.env[name];
   return raw && /^\d+$/.test(raw) ? Number(raw) : fallback;
@@ -115,13 +118,13 @@ test('every acknowledged record is stored exactly once through resets, blackhole
         if (ack.duplicates > 0) acksWithDuplicates++;
         return;
       }
-      let wait = 100 + Math.random() * 200;
+      let wait = 100 + jitter() * 200;
       if (outcome.kind === 'response') {
         const codes = errorCodes(outcome);
         if (outcome.status === 503 && codes.every((code) => code === 'UNAVAILABLE')) {
           answered503++;
           assert.ok(outcome.headers['retry-after'], '503 answers carry Retry-After');
-          wait = Number(outcome.headers['retry-after']) * 1000 * (0.5 + Math.random());
+          wait = Number(outcome.headers['retry-after']) * 1000 * (0.5 + jitter());
         } else if (outcome.status === 504 && codes.every((code) => code === 'QUERY_TIMEOUT')) {
           answered504++;
         } else {

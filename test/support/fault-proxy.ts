@@ -9,6 +9,7 @@
  *   packet); what was held is delivered when it ends, as TCP retransmission would.
  */
 import net from 'node:net';
+import { seededRandom } from './random.js';
 
 export interface FaultProxyStats {
   /** Connections accepted from the service. */
@@ -79,6 +80,9 @@ export class FaultProxy {
     for (const link of this.open) link.kick();
   }
 
+  /** Faults drawn from a fixed seed (FAULT_SEED to change it): the same faults on every run. */
+  private readonly random = seededRandom(Number(process.env.FAULT_SEED ?? 20261202));
+
   get openConnections(): number {
     return this.open.size;
   }
@@ -91,7 +95,7 @@ export class FaultProxy {
   /** @internal */
   delay(): number {
     const { min, max } = this.latency;
-    return max <= 0 ? 0 : min + Math.random() * (max - min);
+    return max <= 0 ? 0 : min + this.random() * (max - min);
   }
 
   /** @internal */
@@ -101,7 +105,7 @@ export class FaultProxy {
 
   /** @internal */
   shouldReset(): boolean {
-    return this.resetProbability > 0 && Math.random() < this.resetProbability;
+    return this.resetProbability > 0 && this.random() < this.resetProbability;
   }
 
   /** @internal */
