@@ -8,12 +8,16 @@
  *   <endpoint>/graphiql/<digest>.woff2 ...
  * Each file is named by the digest of its content, so it is cached for a year (`immutable`) and never goes stale; the
  * page itself is revalidated by ETag (304). Every body is compressed once, with brotli and gzip, and served as the
- * request's Accept-Encoding allows. Brotli at its best quality takes seconds for the bundle: it runs on libuv's thread
- * pool, and until it is ready the gzip copy is served.
+ * request's Accept-Encoding allows. Brotli at its best quality takes seconds for the bundle, so the build makes the
+ * files' compressed copies once (`npm run build`: dist/graphiql/, see writeCompressedGraphiQL) and the compiled service
+ * reads them; without them (tsx, tests) brotli runs on libuv's thread pool, and until it is ready gzip is served.
  *
  * Nothing is built until the first GraphiQL page is asked for: with GraphiQL off, the service never loads the bundle.
  */
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import type { GraphiQLOptions, Plugin } from 'graphql-yoga';
@@ -22,6 +26,10 @@ const brotli = promisify(zlib.brotliCompress);
 const gzip = promisify(zlib.gzip);
 
 type Encoding = 'br' | 'gzip';
+
+/** Where the build keeps the files' compressed copies: dist/graphiql/, for the compiled module only. */
+const COMPRESSED_DIR = import.meta.url.endsWith('.js') ? fileURLToPath(new URL('../graphiql/', import.meta.url)) : undefined;
+const EXTENSIONS: Record<Encoding, string> = { br: 'br', gzip: 'gz' };
 
 /** One file's body, identity and compressed, and how it is served. */
 class Asset {
@@ -33,11 +41,18 @@ class Asset {
     readonly body: Buffer,
     readonly contentType: string,
     readonly cacheControl: string,
+    /** dist/graphiql/<digest>.br|.gz, when the build has made them. */
+    private readonly storedAs?: (encoding: Encoding) => string,
   ) {
     this.etag = `"${digest(body)}"`;
     // Small bodies are compressed at once, big ones in the background; brotli at quality 11 with a 16 MB window
     // finds what the bundle and the workers share (about 0.2 MB of it).
     for (const encoding of ['gzip', 'br'] as const) {
+      const stored = this.storedAs?.(encoding);
+      if (stored && fs.existsSync(stored)) {
+        this.compressed.set(encoding, fs.readFileSync(stored));
+        continue;
+      }
       const job =
         encoding === 'gzip'
           ? gzip(body, { level: 9 })
@@ -57,6 +72,22 @@ class Asset {
         }),
       );
     }
+  }
+
+  /** Writes the compressed copies where the compiled service looks for them (unless they are there); see the build. */
+  async store(): Promise<number> {
+    let written = 0;
+    for (const encoding of ['gzip', 'br'] as const) {
+      const file = this.storedAs?.(encoding);
+      if (!file || fs.existsSync(file)) continue;
+      const body = this.compressed.get(encoding) ?? (await this.pending.get(encoding));
+      if (!body) continue;
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.writeFileSync(`${file}.tmp`, body);
+      fs.renameSync(`${file}.tmp`, file);
+      written++;
+    }
+    return written;
   }
 
   /** The best body the client accepts: brotli when it is ready, else gzip (waited for if need be), else identity. */
@@ -129,7 +160,8 @@ function loadBundle(base: string): Promise<Bundle> {
     const files = new Map<string, Asset>();
     const add = (body: Buffer, ext: string, contentType: string) => {
       const name = `${digest(body)}.${ext}`;
-      if (!files.has(name)) files.set(name, new Asset(body, contentType, IMMUTABLE));
+      const storedAs = COMPRESSED_DIR ? (encoding: Encoding) => path.join(COMPRESSED_DIR, `${name}.${EXTENSIONS[encoding]}`) : undefined;
+      if (!files.has(name)) files.set(name, new Asset(body, contentType, IMMUTABLE, storedAs));
       return `${base}/${name}`;
     };
     const css = parts.css.replace(/url\(\s*["']?data:font\/(woff2|woff|ttf);base64,([A-Za-z0-9+/=]+)["']?\s*\)/g, (_, ext: string, data: string) => {
@@ -160,6 +192,19 @@ ${parts.js};
     };
   });
   return bundle;
+}
+
+/**
+ * Makes the compressed copies of GraphiQL's files in dist/graphiql/ (scripts/build.mjs runs it after compiling), so
+ * that the compiled service serves brotli from its first request. Files there already are kept. Returns how many
+ * it wrote; nothing outside the compiled module.
+ */
+export async function writeCompressedGraphiQL(endpoint: string): Promise<number> {
+  if (!COMPRESSED_DIR) return 0;
+  const { files } = await loadBundle(`${endpoint}/graphiql`);
+  let written = 0;
+  for (const file of files.values()) written += await file.store();
+  return written;
 }
 
 /** JSON inside a <script>: `</script>` or `<!--` in a default query must not end or change the script. */
