@@ -261,6 +261,8 @@ export function useCompressedGraphiQL({ endpoint }: { endpoint: string }): Plugi
     },
     onResponse({ request, response, setResponse }) {
       if (request.method !== 'GET' || pages.size === 0 || !response.headers.get('content-type')?.startsWith('text/html')) return;
+      const { pathname } = new URL(request.url);
+      if (pathname !== endpoint && pathname !== `${endpoint}/`) return;
       return response
         .clone()
         .text()
