@@ -44,6 +44,8 @@ const { values: opts } = parseArgs({
     users: { type: 'string', default: '1000' },
     'per-user': { type: 'string', default: '1000' },
     days: { type: 'string', default: '30' },
+    'ten-million': { type: 'boolean', default: false },
+    'ingest-recent': { type: 'boolean', default: false },
     requests: { type: 'string', default: '200' },
     only: { type: 'string' },
     cases: { type: 'string' },
@@ -66,13 +68,17 @@ if (opts.help) {
   --rounds N          rounds of interleaved measurements (default 5)
   --records N         records ingested per method and round (default 100000)
   --batch N           records per ingestMetrics request (default 1000)
+  --ingest-recent     ingest records of the last hour in time order, as a live stream sends them (default: spread
+                      over 30 days, every batch touching ~1,000 rollup slots: the rollups' worst case)
   --clients N         concurrent clients of the concurrent ingestion run (default 4)
   --users N --per-user N --days N
                       the query table: N users x N records over N days (default 1000 x 1000 over 30: 1,000,000 rows)
+  --ten-million       the query table at 10,000 users x 1,000 records (10,000,000 rows; ~3 GB, minutes to load)
   --requests N        requests per query method and round (default 200)
   --only ingest|queries
                       run one half
-  --cases a,b         run only these query cases (page, statsPerDay, statsPerSentiment)
+  --cases a,b         run only these query cases (page, statsPerDay, statsPerSentiment, allPerDay, allPerDayFast,
+                      allPerSentiment, allPerHour)
   --source            run src/main.ts through tsx instead of the built dist/main.js
   --no-build          do not run \`npm run build\` first
   --profile           CPU-profile the service (node --cpu-prof) into bench-results/profiles/
@@ -82,6 +88,7 @@ if (opts.help) {
   --service-log FILE  append the service's output (its warnings; --node-flags=--trace-gc lines) to FILE
   --out FILE          where to write the JSON results (default bench-results/latest.json)
 Environment: BENCH_DATABASE_URL, the PostgreSQL server's admin URL (default postgres://postgres@127.0.0.1:5432/postgres).
+BENCH_DATABASE_PREFIX: the name of the bench's database before its random part (default metrics_bench_).
 `);
   process.exit(0);
 }
@@ -101,7 +108,7 @@ const settings = {
   records: int('records', opts.records),
   batch: int('batch', opts.batch),
   clients: int('clients', opts.clients),
-  users: int('users', opts.users),
+  users: opts['ten-million'] ? 10_000 : int('users', opts.users),
   perUser: int('per-user', opts['per-user']),
   days: int('days', opts.days),
   requests: int('requests', opts.requests),
@@ -187,7 +194,7 @@ async function createReferenceTable(sql: BenchSql): Promise<void> {
 
 async function setupPostgres(): Promise<Setup> {
   const adminUrl = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const name = `metrics_bench_${crypto.randomBytes(4).toString('hex')}`;
+  const name = `${process.env.BENCH_DATABASE_PREFIX ?? 'metrics_bench_'}${crypto.randomBytes(4).toString('hex')}`;
   const admin = new pg.Client({ connectionString: adminUrl, connectionTimeoutMillis: 5000 });
   try {
     await admin.connect();
@@ -341,6 +348,7 @@ interface IngestMethod {
 async function benchIngest(setup: Setup) {
   const nowSeconds = Math.floor(Date.now() / 1000);
   const records = makeRecords(settings.records, { seed: 1, users: 1000, days: 30, endSeconds: nowSeconds - 3600 });
+  if (opts['ingest-recent']) records.forEach((r, i) => (r.timestamp = nowSeconds - 3600 + Math.floor((i * 3600) / records.length)));
   const bodies = ingestBodies(records, settings.batch);
   const copyChunks: string[] = [];
   for (let i = 0; i < records.length; i += settings.batch) copyChunks.push(copyText(records.slice(i, i + settings.batch)));
@@ -348,7 +356,7 @@ async function benchIngest(setup: Setup) {
 
   const { serviceSql, referenceSql } = setup;
   const truncateService = async () => {
-    await serviceSql.query('TRUNCATE user_metrics RESTART IDENTITY');
+    await truncateMetrics(serviceSql);
     await serviceSql.checkpoint();
   };
   const truncateReference = async () => {
@@ -431,12 +439,18 @@ async function benchIngest(setup: Setup) {
 
 // Queries -----------------------------------------------------------------------------------------------------------------
 
+/** Empties user_metrics, and its rollups where the service has them (they outlive raw rows: a TRUNCATE keeps them). */
+async function truncateMetrics(sql: BenchSql): Promise<void> {
+  const [rollups] = await sql.query<{ present: boolean }>(`SELECT to_regclass('metric_rollups') IS NOT NULL AS present`);
+  await sql.query(`TRUNCATE user_metrics${rollups?.present ? ', metric_rollups, metric_rollup_sketches' : ''} RESTART IDENTITY`);
+}
+
 async function loadQueryTable(setup: Setup): Promise<{ rows: number; seconds: number; endSeconds: number }> {
   const endSeconds = Math.floor(Date.now() / 1000) - 3600;
   const total = settings.users * settings.perUser;
   const started = process.hrtime.bigint();
   await setup.loadWithServiceStopped(async (sql) => {
-    await sql.query('TRUNCATE user_metrics RESTART IDENTITY');
+    await truncateMetrics(sql);
     // Load without the secondary indexes, then build them: the same end state, in a fraction of the time.
     const indexes = await sql.query<{ indexname: string; indexdef: string }>(
       `SELECT indexname, indexdef FROM pg_indexes
@@ -453,6 +467,13 @@ async function loadQueryTable(setup: Setup): Promise<{ rows: number; seconds: nu
     await sql.query(`SET maintenance_work_mem = '256MB'`).catch(() => {});
     for (const index of indexes) await sql.query(index.indexdef);
     await sql.query('VACUUM ANALYZE user_metrics');
+    // The sketches are built after the fact (the service builds a range's stale ones after a question that used them):
+    // built here at once, as an operator would after a bulk load, so that the measured rounds see the steady state.
+    await sql.query(
+      `DO $$ BEGIN IF to_regclass('metric_rollups') IS NOT NULL THEN
+        PERFORM metric_rollup_sketches_refresh(NULL, NULL); ANALYZE metric_rollups, metric_rollup_sketches;
+      END IF; END $$`,
+    );
     const [count] = await sql.query<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics');
     if (count?.n !== total) throw new Error(`the query table has ${count?.n} rows, expected ${total}`);
   });
@@ -483,7 +504,7 @@ async function benchQueries(setup: Setup, endSeconds: number) {
     // Warm-up, and a check that both paths return the same rows. A service's first thousand or so requests of a kind run
     // slower than the rest while V8 compiles their paths (the first ~3,000 cost ~1.6 x the steady state's CPU); the
     // figures are the steady state a running service delivers, so each side gets the same warm-up first.
-    for (let i = 0; i < QUERY_WARM_UP; i++) {
+    for (let i = 0; i < (c.warmUp ?? QUERY_WARM_UP); i++) {
       const params = c.params(rand);
       const raw = await c.raw(params);
       if (c.graphql) {
@@ -500,7 +521,8 @@ async function benchQueries(setup: Setup, endSeconds: number) {
       const apiTimes: number[] = [];
       // The service's CPU over the round: only its GraphQL requests (the raw side does not touch it).
       const cpuBefore = cpuTimeOf(setup.service.pid);
-      for (let i = 0; i < settings.requests; i++) {
+      const requests = c.requests ?? settings.requests;
+      for (let i = 0; i < requests; i++) {
         const params = c.params(rand);
         // Alternate which path goes first, so neither always finds the other's pages in cache.
         const runRaw = async () => {
@@ -532,7 +554,7 @@ async function benchQueries(setup: Setup, endSeconds: number) {
         `  round ${round + 1}: raw p50 ${raw.p50.at(-1)?.toFixed(2)} ms p95 ${raw.p95.at(-1)?.toFixed(2)} ms` +
           (graphql
             ? `; GraphQL p50 ${graphql.p50.at(-1)?.toFixed(2)} ms p95 ${graphql.p95.at(-1)?.toFixed(2)} ms` +
-              ` (service CPU ${((cpuTimeOf(setup.service.pid) - cpuBefore) / settings.requests).toFixed(2)} ms per request)`
+              ` (service CPU ${((cpuTimeOf(setup.service.pid) - cpuBefore) / requests).toFixed(2)} ms per request)`
             : ''),
       );
     }
@@ -636,6 +658,9 @@ async function main() {
         rows.push([`${q.graphql.label} p95`, `${formatNumber(apiP95.median, 2)} ms`, range(apiP95, 2), `${(apiP95.median / rawP95.median).toFixed(2)} x raw`, '']);
         entry.graphql = { p50: apiP50, p95: apiP95, ratioP50: apiP50.median / rawP50.median, ratioP95: apiP95.median / rawP95.median };
         targets.push(target(`${q.case.label}: GraphQL p50 / raw p50`, apiP50.median / rawP50.median, '<=', q.case.targetRatio));
+        // Issue 15's targets are for 10M rows (--ten-million); at 1M they hold with room to spare.
+        if (q.case.key === 'allPerDay') targets.push(target(`${q.case.key}: GraphQL p50 (ms)`, apiP50.median, '<=', 100));
+        if (q.case.key === 'allPerDayFast') targets.push(target(`${q.case.key}: GraphQL p50 (ms)`, apiP50.median, '<=', 200));
       } else {
         targets.push(target(`${q.case.label}: GraphQL p50 / raw p50 (no GraphQL field yet)`, NaN, '<=', q.case.targetRatio));
       }

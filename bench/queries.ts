@@ -2,7 +2,7 @@
  * The read benchmarks: each the same question asked through GraphQL over HTTP and as SQL run directly with `pg`.
  * The SQL is the statement the service runs for that GraphQL request, so the ratio is the service's own overhead.
  */
-import type { StatsArgs } from '../src/services/stats.js';
+import type { StatsArgs, StatsFigure } from '../src/services/stats.js';
 import type { BenchSql } from './databases.js';
 import { userName } from './data.js';
 import type { HttpClient } from './service.js';
@@ -18,6 +18,9 @@ export interface QueryCase {
   graphql?: (params: QueryParams) => Promise<unknown[]>;
   /** Throws unless both paths answered the same. */
   check(raw: unknown[], api: unknown[]): void;
+  /** Requests per method and round, and before measuring, when not the run's (questions over every user take seconds raw). */
+  requests?: number;
+  warmUp?: number;
 }
 
 interface QueryParams {
@@ -123,6 +126,103 @@ async function statsSql(args: StatsArgs): Promise<{ text: string; values: unknow
   return { text: sql.text, values: sql.values };
 }
 
+// Questions about every user (issue 15) --------------------------------------------------------------------------------
+
+/** Figures that add up (the rollups hold them), and the issue's first question's figures in their fast form. */
+const ADDING_FIELDS = 'count talkedTime { sum avg min max } microphoneUsageRate speakerUsageRate sentiments { value count }';
+const FAST_FIELDS = `${ADDING_FIELDS} distinctUsersApprox talkedTime { p95Approx }`;
+const ADDING_FIGURES: StatsFigure[] = ['count', 'talkedSum', 'talkedAvg', 'talkedMin', 'talkedMax', 'microphoneRate', 'speakerRate', 'sentiments'];
+/** The raw GROUP BY beside the fast form: the same question with exact distinct users and p95, as the issue measured it. */
+const EXACT_FAST_FIGURES: StatsFigure[] = [...ADDING_FIGURES, 'distinctUsers', 'talkedP95'];
+
+interface ApiFastGroup extends ApiGroup {
+  distinctUsersApprox: number;
+  talkedTime: { sum: number; p95Approx: number };
+}
+
+/** As checkGroups, and the fast figures within their documented bounds of the raw statement's exact ones. */
+function checkFastGroups(raw: unknown[], api: unknown[]): void {
+  checkGroups(raw, api);
+  const exact = raw as Array<{ distinct_users: number | string; talked_p95: number }>;
+  (api as ApiFastGroup[]).forEach((group, i) => {
+    const users = Number(exact[i]?.distinct_users);
+    const p95 = Number(exact[i]?.talked_p95);
+    if (Math.abs(group.distinctUsersApprox - users) > 0.02 * users || Math.abs(group.talkedTime.p95Approx - p95) > 0.01 * p95) {
+      throw new Error(`group ${i}: distinctUsersApprox ${group.distinctUsersApprox} for ${users}, p95Approx ${group.talkedTime.p95Approx} for ${p95}`);
+    }
+  });
+}
+
+interface CrossUserQuestion {
+  key: string;
+  label: string;
+  fields: string;
+  figures: StatsFigure[];
+  args(ctx: Context): Pick<StatsArgs, 'where' | 'groupBy' | 'bucket'>;
+  check(raw: unknown[], api: unknown[]): void;
+}
+
+const lastDays = (ctx: Context, days: number) => ({ timestamp: { gte: ctx.endSeconds - days * 86_400, lt: ctx.endSeconds + 1 } });
+
+const CROSS_USER_QUESTIONS: CrossUserQuestion[] = [
+  {
+    key: 'allPerDay',
+    label: 'all users, per day, 30 days, Europe/Berlin, figures that add up',
+    fields: ADDING_FIELDS,
+    figures: ADDING_FIGURES,
+    args: (ctx) => ({ where: lastDays(ctx, 30), bucket: { unit: 'DAY', timeZone: 'Europe/Berlin' } }),
+    check: checkGroups,
+  },
+  {
+    key: 'allPerDayFast',
+    label: 'all users, per day, 30 days, Europe/Berlin, + distinctUsersApprox, p95Approx (raw: exact distinct, p95)',
+    fields: FAST_FIELDS,
+    figures: EXACT_FAST_FIGURES,
+    args: (ctx) => ({ where: lastDays(ctx, 30), bucket: { unit: 'DAY', timeZone: 'Europe/Berlin' } }),
+    check: checkFastGroups,
+  },
+  {
+    key: 'allPerSentiment',
+    label: 'all users, per sentiment, last 7 days, figures that add up',
+    fields: ADDING_FIELDS,
+    figures: ADDING_FIGURES,
+    args: (ctx) => ({ where: lastDays(ctx, 7), groupBy: ['VOICE_SENTIMENT'] }),
+    check: checkGroups,
+  },
+  {
+    key: 'allPerHour',
+    label: 'all users, per hour, last 7 days, count and talkedTime { sum }',
+    fields: 'count talkedTime { sum }',
+    figures: ['count', 'talkedSum'],
+    args: (ctx) => ({ where: lastDays(ctx, 7), bucket: { unit: 'HOUR', timeZone: 'UTC' } }),
+    check: checkGroups,
+  },
+];
+
+/** A question about every user: GraphQL (rollups, where they answer it) beside the raw GROUP BY over user_metrics. */
+async function crossUserCase(ctx: Context, question: CrossUserQuestion, withGraphql: boolean): Promise<QueryCase> {
+  const args = question.args(ctx);
+  const sql = await statsSql({ ...args, figures: new Set(question.figures) });
+  const query = /* GraphQL */ `
+    query AllUsers($where: MetricFilter, $groupBy: [MetricDimension!], $bucket: TimeBucketInput) {
+      metricStats(where: $where, groupBy: $groupBy, bucket: $bucket) { bucketStart voiceSentiment ${question.fields} }
+    }`;
+  return {
+    key: question.key,
+    label: question.label,
+    targetRatio: 1,
+    sqlText: sql.text,
+    params: () => ({ userId: '', from: 0, to: 0 }),
+    raw: () => ctx.sql.query(sql.text, sql.values),
+    graphql: withGraphql
+      ? async () => (await gql<{ metricStats: unknown[] }>(ctx.client, query, { where: args.where, groupBy: args.groupBy, bucket: args.bucket })).metricStats
+      : undefined,
+    check: question.check,
+    requests: 5,
+    warmUp: 2,
+  };
+}
+
 const GROUP_FIELDS = 'count distinctUsers distinctSessions talkedTime { sum avg min max p50 p95 } microphoneUsageRate speakerUsageRate sentiments { value count }';
 
 interface RawGroup {
@@ -199,5 +299,8 @@ async function perSentimentCase(ctx: Context, withGraphql: boolean): Promise<Que
 
 export async function queryCases(ctx: Context): Promise<QueryCase[]> {
   const stats = await hasQueryField(ctx.client, 'metricStats', '{ count }');
-  return [pageCase(ctx), await perDayCase(ctx, stats), await perSentimentCase(ctx, stats)];
+  // A service built before the rollups has no approximate fields: its cross-user cases are raw SQL only.
+  const rollups = stats && (await hasQueryField(ctx.client, 'metricStats', '{ distinctUsersApprox }'));
+  const crossUser = await Promise.all(CROSS_USER_QUESTIONS.map((q) => crossUserCase(ctx, q, rollups)));
+  return [pageCase(ctx), await perDayCase(ctx, stats), await perSentimentCase(ctx, stats), ...crossUser];
 }

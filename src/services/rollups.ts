@@ -1,8 +1,9 @@
 /**
  * Rollups: what the records of each 15-minute slot add up to (`metric_rollups`, per sentiment and microphone/speaker
- * usage) and mergeable sketches of each slot (`metric_rollup_sketches`: a bitmap of hashed user ids, a log-bucketed
- * histogram of talked_time). A statement-level trigger keeps both from the rows each INSERT or COPY stored
- * (prisma/migrations/*_rollups); here is when a metricStats question can be answered from them, and their rebuild.
+ * usage), kept by a statement-level trigger from the rows each INSERT or COPY stored (prisma/migrations/*_rollups),
+ * and mergeable sketches of each slot (`metric_rollup_sketches`: a bitmap of hashed user ids, a log-bucketed histogram
+ * of talked_time), built after the fact and used while they cover their slot. Here: when a metricStats question can
+ * be answered from them, the sketches' refresh, and the rebuild.
  *
  * A question is answered from rollups only when the answer is the same as from raw rows: its filter names only the
  * kept dimensions and `timestamp`, it groups by kept dimensions and buckets of an hour or more, and it asks for figures
@@ -173,6 +174,33 @@ export function rangeHoldsAny(plan: RollupPlan, slots: readonly number[]): boole
 
 /** The slot a unix time falls in (its start). */
 export const slotOf = (seconds: number) => Math.floor(seconds / SLOT_SECONDS) * SLOT_SECONDS;
+
+/**
+ * Builds the missing or stale sketches of the slots in [from, to) (null: unbounded) from their raw rows: one
+ * statement (metric_rollup_sketches_refresh). Answers how many were built.
+ */
+export async function refreshSketches(from: number | null, to: number | null): Promise<number> {
+  const [row] = await database().queryDirect<{ built: number | string }>(
+    'SELECT metric_rollup_sketches_refresh($1::int8, $2::int8) AS built',
+    [from === null ? null : slotOf(from), to === null ? null : Math.ceil(to / SLOT_SECONDS) * SLOT_SECONDS],
+  );
+  return Number(row?.built ?? 0);
+}
+
+let refreshing: Promise<unknown> | undefined;
+
+/**
+ * After a question answered with sketches: builds the stale ones of its range in the background, one refresh at a
+ * time per process, so that the next question finds them. A failed refresh only leaves slots to their raw rows.
+ */
+export function refreshSketchesSoon(plan: RollupPlan): void {
+  if (refreshing) return;
+  refreshing = refreshSketches(plan.from, plan.to)
+    .catch(() => undefined)
+    .finally(() => {
+      refreshing = undefined;
+    });
+}
 
 /**
  * Recomputes the rollups of the slots in [from, to) from the raw rows (`from` rounded down and `to` up to slot

@@ -12,7 +12,7 @@ import { database } from '../db.js';
 import { Prisma } from '../generated/prisma/client.js';
 import { InputError, checkStorableText } from './errors.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';
-import { type RollupPlan, SLOT_SECONDS, misalignedSlots, planRollups, rangeHoldsAny } from './rollups.js';
+import { type RollupPlan, SLOT_SECONDS, misalignedSlots, planRollups, rangeHoldsAny, refreshSketchesSoon } from './rollups.js';
 import { runSql } from './sql.js';
 
 export type MetricDimension = 'USER_ID' | 'SESSION_ID' | 'VOICE_SENTIMENT' | 'MICROPHONE_USED' | 'SPEAKER_USED';
@@ -456,10 +456,27 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
         FROM (SELECT ${slotOfRow} AS slot_start, user_id, talked_time FROM user_metrics WHERE ${plan.edgeCondition}) AS e
         GROUP BY slot_start`
       : Prisma.empty;
-    ctes.push(Prisma.sql`sketch_parts AS (
-      SELECT slot_start, user_bits, talked_histogram
-      FROM (SELECT slot_start, slot_start AS "timestamp", user_bits, talked_histogram FROM metric_rollup_sketches) AS s
+    // A slot's sketch answers while it covers the slot's records (its count is the rollup's), else the slot's rows do.
+    ctes.push(Prisma.sql`slot_counts AS (
+      SELECT slot_start, sum(count) AS n
+      FROM (SELECT slot_start, slot_start AS "timestamp", count FROM metric_rollups) AS r
       WHERE ${plan.rollupCondition}
+      GROUP BY slot_start
+    ),
+    sketch_parts AS (
+      SELECT c.slot_start, s.user_bits, s.talked_histogram
+      FROM slot_counts c JOIN metric_rollup_sketches s ON s.slot_start = c.slot_start AND s.count = c.n
+      UNION ALL
+      SELECT stale.slot_start, metric_user_bits(array_agg(metric_user_position(m.user_id))),
+             metric_talked_histogram(array_agg(metric_talked_bucket(m.talked_time)))
+      -- As an array: the planner then expects a few stale slots (as there are), not every slot's rows (which made
+      -- PostgreSQL JIT-compile the statement for seconds).
+      FROM unnest((
+        SELECT coalesce(array_agg(c.slot_start), '{}') FROM slot_counts c LEFT JOIN metric_rollup_sketches s ON s.slot_start = c.slot_start
+        WHERE s.count IS DISTINCT FROM c.n
+      )) AS stale(slot_start)
+      JOIN user_metrics m ON m."timestamp" >= stale.slot_start AND m."timestamp" < stale.slot_start + ${Prisma.raw(String(SLOT_SECONDS))}
+      GROUP BY stale.slot_start
       ${edgeSketches}
     )`);
   }
@@ -500,12 +517,14 @@ export function planStatsSql(
   options: StatsSqlOptions,
   source: StatsSource = 'auto',
   misaligned: readonly number[] = [],
-): { sql: Prisma.Sql; rollups: boolean } {
+): { sql: Prisma.Sql; rollups: boolean; sketches: RollupPlan | null } {
   const raw = buildStatsSql(options);
-  if (source === 'raw' || (options.extraConditions?.length ?? 0) > 0) return { sql: raw, rollups: false };
+  if (source === 'raw' || (options.extraConditions?.length ?? 0) > 0) return { sql: raw, rollups: false, sketches: null };
   const plan = planRollups(options.where, options.groupBy ?? [], options.bucket?.unit ?? null);
-  if (!plan || !rollupsHold(wantedFigures(options.figures), plan) || rangeHoldsAny(plan, misaligned)) return { sql: raw, rollups: false };
-  return { sql: buildRollupStatsSql(options, plan), rollups: true };
+  const wanted = wantedFigures(options.figures);
+  if (!plan || !rollupsHold(wanted, plan) || rangeHoldsAny(plan, misaligned)) return { sql: raw, rollups: false, sketches: null };
+  const sketches = [...wanted].some((figure) => SKETCH_FIGURES.has(figure)) ? plan : null;
+  return { sql: buildRollupStatsSql(options, plan), rollups: true, sketches };
 }
 
 let zoneNames: Promise<Map<string, string>> | undefined;
@@ -582,8 +601,9 @@ export interface StatsLimits {
 export async function metricStats(args: StatsArgs, limits: StatsLimits, source: StatsSource = 'auto'): Promise<MetricGroup[]> {
   const bucket = args.bucket ? { unit: args.bucket.unit, timeZone: await resolveTimeZone(args.bucket.timeZone) } : null;
   const misaligned = bucket && source === 'auto' ? await misalignedSlots(bucket.timeZone) : [];
-  const { sql } = planStatsSql({ ...args, bucket, maxGroups: limits.maxGroups }, source, misaligned);
+  const { sql, sketches } = planStatsSql({ ...args, bucket, maxGroups: limits.maxGroups }, source, misaligned);
   const rows = await runSql<StatsRow>(sql);
+  if (sketches) refreshSketchesSoon(sketches);
   if (rows.length > limits.maxGroups) {
     throw new TooManyGroupsError(
       `metricStats would return more than ${limits.maxGroups} groups, the limit set by MAX_STAT_GROUPS. ` +

@@ -1,10 +1,13 @@
 -- Rollups of user_metrics per 15-minute slot (UTC-aligned: slot_start is a multiple of 900), so that metricStats can
 -- answer from them (README: "Rollups"). Every quarter-hour boundary is an hour/day/week/month boundary of any
 -- tz-database zone since 2000 (offsets such as +05:30 and +05:45 included), so slots bucket exactly in every zone.
--- They are kept by a statement-level trigger on INSERT from the rows the statement actually stored (its transition
--- table): every write path (ingestion's COPY and INSERT ... ON CONFLICT DO NOTHING, the importer) at once, duplicates
--- and rejected records never counted, and in the statement's transaction, so a failed COPY adds nothing. Deleting raw
--- rows (retention) leaves rollups as they are: they outlive the raw data.
+-- metric_rollups is kept by a statement-level trigger on INSERT from the rows the statement actually stored (its
+-- transition table): every write path (ingestion's COPY and INSERT ... ON CONFLICT DO NOTHING, the importer) at once,
+-- duplicates and rejected records never counted, and in the statement's transaction, so a failed COPY adds nothing.
+-- The sketches (metric_rollup_sketches) are not built on ingestion, where a batch spread over many slots would pay
+-- for a 65,536-bit bitmap per slot: a sketch records how many records it covers, a reader uses it only while that
+-- equals the slot's rollup count (else the slot's raw rows), and metric_rollup_sketches_refresh builds the stale ones.
+-- Deleting raw rows (retention) leaves rollups as they are: they outlive the raw data.
 
 -- CreateTable
 CREATE TABLE "metric_rollups" (
@@ -23,9 +26,14 @@ CREATE TABLE "metric_rollups" (
     CONSTRAINT "metric_rollups_pkey" PRIMARY KEY ("slot_start","has_sentiment","voice_sentiment","microphone_used","speaker_used")
 );
 
+-- Room on each page for a row's next version: the trigger updates rows in place (HOT), without a new index entry per
+-- update (measured: a batch spread over a month ~30% cheaper to roll up than at the default fillfactor).
+ALTER TABLE "metric_rollups" SET (fillfactor = 50);
+
 -- CreateTable
 CREATE TABLE "metric_rollup_sketches" (
     "slot_start" BIGINT NOT NULL,
+    "count" BIGINT NOT NULL,
     "user_bits" VARBIT NOT NULL,
     "talked_histogram" INTEGER[],
 
@@ -79,11 +87,6 @@ AS $$
   LEFT JOIN (SELECT b, count(*)::integer AS n FROM unnest(buckets) AS b GROUP BY b) AS h ON h.b = i
 $$;
 
--- Two histograms added up, element by element.
-CREATE FUNCTION metric_histogram_add(a integer[], b integer[]) RETURNS integer[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY AS u(x, y, i) $$;
-
 -- The trigger: the statement's new rows added to their slots. Rows go in in key order, so that concurrent batches
 -- lock the rollup rows they share in the same order and never deadlock; ON CONFLICT DO UPDATE adds under the row's
 -- lock, so no increment of a concurrent batch is lost.
@@ -105,16 +108,6 @@ BEGIN
     talked_max = greatest(r.talked_max, excluded.talked_max),
     first_timestamp = least(r.first_timestamp, excluded.first_timestamp),
     last_timestamp = greatest(r.last_timestamp, excluded.last_timestamp);
-
-  INSERT INTO metric_rollup_sketches AS s (slot_start, user_bits, talked_histogram)
-  SELECT slot_start, metric_user_bits(array_agg(metric_user_position(user_id))),
-         metric_talked_histogram(array_agg(metric_talked_bucket(talked_time)))
-  FROM (SELECT "timestamp" - "timestamp" % 900 AS slot_start, user_id, talked_time FROM new_rows) AS n
-  GROUP BY slot_start
-  ORDER BY slot_start
-  ON CONFLICT (slot_start) DO UPDATE SET
-    user_bits = s.user_bits | excluded.user_bits,
-    talked_histogram = metric_histogram_add(s.talked_histogram, excluded.talked_histogram);
   RETURN NULL;
 END
 $$;
@@ -123,6 +116,34 @@ CREATE TRIGGER metric_rollups_add
 AFTER INSERT ON user_metrics
 REFERENCING NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION metric_rollups_add();
+
+-- Builds the sketches of the slots in [from_slot, to_slot) (null: unbounded) that are missing or stale (their count is
+-- not the slot's rollup count) from the slot's raw rows, when those are all there (their count is the rollup's: not
+-- after retention deleted some). Read in one snapshot, so each sketch's count and bits agree. Answers the slots built.
+CREATE FUNCTION metric_rollup_sketches_refresh(from_slot bigint, to_slot bigint) RETURNS bigint
+LANGUAGE sql
+AS $$
+  WITH rolled AS (
+    SELECT slot_start, sum(count)::bigint AS n FROM metric_rollups
+    WHERE (from_slot IS NULL OR slot_start >= from_slot) AND (to_slot IS NULL OR slot_start < to_slot)
+    GROUP BY slot_start
+  ), stale AS (
+    SELECT r.slot_start, r.n FROM rolled AS r LEFT JOIN metric_rollup_sketches AS s USING (slot_start)
+    WHERE s.count IS DISTINCT FROM r.n
+  ), built AS (
+    SELECT stale.slot_start, count(*) AS n, metric_user_bits(array_agg(metric_user_position(m.user_id))) AS user_bits,
+           metric_talked_histogram(array_agg(metric_talked_bucket(m.talked_time))) AS talked_histogram
+    FROM stale JOIN user_metrics AS m ON m."timestamp" >= stale.slot_start AND m."timestamp" < stale.slot_start + 900
+    GROUP BY stale.slot_start, stale.n
+    HAVING count(*) = stale.n
+  ), stored AS (
+    INSERT INTO metric_rollup_sketches AS s (slot_start, count, user_bits, talked_histogram)
+    SELECT slot_start, n, user_bits, talked_histogram FROM built ORDER BY slot_start
+    ON CONFLICT (slot_start) DO UPDATE SET count = excluded.count, user_bits = excluded.user_bits, talked_histogram = excluded.talked_histogram
+    RETURNING 1
+  )
+  SELECT count(*) FROM stored
+$$;
 
 -- Recomputes the slots in [from_slot, to_slot) (null: unbounded) from the raw rows (npm run rollups -- rebuild, and
 -- the backfill below). Inserts wait meanwhile (SHARE lock), so that none is counted twice or lost. Slots without raw
@@ -146,8 +167,8 @@ BEGIN
   FROM user_metrics
   WHERE (from_slot IS NULL OR "timestamp" >= from_slot) AND (to_slot IS NULL OR "timestamp" < to_slot)
   GROUP BY 1, 2, 3, 4, 5;
-  INSERT INTO metric_rollup_sketches (slot_start, user_bits, talked_histogram)
-  SELECT slot_start, metric_user_bits(array_agg(metric_user_position(user_id))),
+  INSERT INTO metric_rollup_sketches (slot_start, count, user_bits, talked_histogram)
+  SELECT slot_start, count(*), metric_user_bits(array_agg(metric_user_position(user_id))),
          metric_talked_histogram(array_agg(metric_talked_bucket(talked_time)))
   FROM (
     SELECT "timestamp" - "timestamp" % 900 AS slot_start, user_id, talked_time FROM user_metrics
