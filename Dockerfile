@@ -24,8 +24,9 @@ COPY prisma/schema.prisma ./prisma/schema.prisma
 RUN --mount=type=cache,target=/root/.npm \
     npm ci
 
-# `npm run build` (scripts/build.mjs) regenerates the client into src/generated and compiles src/ (generated client
-# included) to dist/. dist/cli/main.js is the one entry point of the tools: executable, linked as `metrics-service`.
+# `npm run build` (scripts/build.mjs) regenerates the client into src/generated, compiles src/ (generated client
+# included) to dist/, and makes GraphiQL's minified, compressed files once (dist/graphiql/, ~15 s). dist/cli/main.js
+# is the one entry point of the tools: executable, linked as `metrics-service`.
 COPY tsconfig.json tsconfig.build.json ./
 COPY scripts/build.mjs ./scripts/build.mjs
 COPY src/ ./src/
