@@ -36,6 +36,7 @@ CREATE TABLE "metric_rollup_sketches" (
     "count" BIGINT NOT NULL,
     "user_bits" VARBIT NOT NULL,
     "talked_histogram" INTEGER[],
+    "talked_coarse" INTEGER[],
 
     CONSTRAINT "metric_rollup_sketches_pkey" PRIMARY KEY ("slot_start")
 );
@@ -85,6 +86,15 @@ AS $$
   SELECT array_agg(coalesce(h.n, 0) ORDER BY i)
   FROM generate_series(1, (SELECT max(b) FROM unnest(buckets) AS b)) AS i
   LEFT JOIN (SELECT b, count(*)::integer AS n FROM unnest(buckets) AS b GROUP BY b) AS h ON h.b = i
+$$;
+
+-- The histogram in buckets of 16 (element i is the sum of elements 16(i-1)+1 .. 16i): a reader finds the coarse bucket
+-- of a rank first and unnests only that part of each slot's histogram.
+CREATE FUNCTION metric_histogram_coarse(h integer[]) RETURNS integer[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+  SELECT array_agg(n ORDER BY c)
+  FROM (SELECT (i - 1) / 16 AS c, sum(x)::integer AS n FROM unnest(h) WITH ORDINALITY AS u(x, i) GROUP BY 1) AS coarse
 $$;
 
 -- The trigger: the statement's new rows added to their slots. Rows go in in key order, so that concurrent batches
@@ -137,9 +147,10 @@ AS $$
     GROUP BY stale.slot_start, stale.n
     HAVING count(*) = stale.n
   ), stored AS (
-    INSERT INTO metric_rollup_sketches AS s (slot_start, count, user_bits, talked_histogram)
-    SELECT slot_start, n, user_bits, talked_histogram FROM built ORDER BY slot_start
-    ON CONFLICT (slot_start) DO UPDATE SET count = excluded.count, user_bits = excluded.user_bits, talked_histogram = excluded.talked_histogram
+    INSERT INTO metric_rollup_sketches AS s (slot_start, count, user_bits, talked_histogram, talked_coarse)
+    SELECT slot_start, n, user_bits, talked_histogram, metric_histogram_coarse(talked_histogram) FROM built ORDER BY slot_start
+    ON CONFLICT (slot_start) DO UPDATE SET count = excluded.count, user_bits = excluded.user_bits,
+      talked_histogram = excluded.talked_histogram, talked_coarse = excluded.talked_coarse
     RETURNING 1
   )
   SELECT count(*) FROM stored
@@ -167,14 +178,17 @@ BEGIN
   FROM user_metrics
   WHERE (from_slot IS NULL OR "timestamp" >= from_slot) AND (to_slot IS NULL OR "timestamp" < to_slot)
   GROUP BY 1, 2, 3, 4, 5;
-  INSERT INTO metric_rollup_sketches (slot_start, count, user_bits, talked_histogram)
-  SELECT slot_start, count(*), metric_user_bits(array_agg(metric_user_position(user_id))),
-         metric_talked_histogram(array_agg(metric_talked_bucket(talked_time)))
+  INSERT INTO metric_rollup_sketches (slot_start, count, user_bits, talked_histogram, talked_coarse)
+  SELECT slot_start, n, user_bits, talked_histogram, metric_histogram_coarse(talked_histogram)
   FROM (
-    SELECT "timestamp" - "timestamp" % 900 AS slot_start, user_id, talked_time FROM user_metrics
-    WHERE (from_slot IS NULL OR "timestamp" >= from_slot) AND (to_slot IS NULL OR "timestamp" < to_slot)
-  ) AS n
-  GROUP BY slot_start;
+    SELECT slot_start, count(*) AS n, metric_user_bits(array_agg(metric_user_position(user_id))) AS user_bits,
+           metric_talked_histogram(array_agg(metric_talked_bucket(talked_time))) AS talked_histogram
+    FROM (
+      SELECT "timestamp" - "timestamp" % 900 AS slot_start, user_id, talked_time FROM user_metrics
+      WHERE (from_slot IS NULL OR "timestamp" >= from_slot) AND (to_slot IS NULL OR "timestamp" < to_slot)
+    ) AS n
+    GROUP BY slot_start
+  ) AS built;
   SELECT count(*) INTO rebuilt FROM metric_rollups_rebuilt;
   DROP TABLE metric_rollups_rebuilt;
   RETURN rebuilt;
