@@ -46,6 +46,7 @@ const { values: opts } = parseArgs({
     days: { type: 'string', default: '30' },
     'ten-million': { type: 'boolean', default: false },
     'ingest-recent': { type: 'boolean', default: false },
+    'without-rollups': { type: 'boolean', default: false },
     requests: { type: 'string', default: '200' },
     only: { type: 'string' },
     cases: { type: 'string' },
@@ -68,6 +69,7 @@ if (opts.help) {
   --rounds N          rounds of interleaved measurements (default 5)
   --records N         records ingested per method and round (default 100000)
   --batch N           records per ingestMetrics request (default 1000)
+  --without-rollups   ingest with the rollups' trigger disabled (the same service without them, for an A/B run)
   --ingest-recent     ingest records of the last hour in time order, as a live stream sends them (default: spread
                       over 30 days, every batch touching ~1,000 rollup slots: the rollups' worst case)
   --clients N         concurrent clients of the concurrent ingestion run (default 4)
@@ -365,6 +367,14 @@ async function benchIngest(setup: Setup) {
   };
   const countRows = async (sql: BenchSql, tableName: string) => (await sql.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${tableName}`))[0]?.n;
 
+  const rollupTrigger = async (enabled: boolean) => {
+    const [trigger] = await serviceSql.query<{ present: boolean }>(
+      `SELECT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'metric_rollups_add') AS present`,
+    );
+    if (trigger?.present) await serviceSql.query(`ALTER TABLE user_metrics ${enabled ? 'ENABLE' : 'DISABLE'} TRIGGER metric_rollups_add`);
+  };
+  if (opts['without-rollups']) await rollupTrigger(false);
+
   // Warm-up, as long as one measured run: the service's JIT and connections, the database's caches and the table's and
   // indexes' first pages. Different records, then emptied. (With a shorter one the first round was ~30% slower.)
   const warm = makeRecords(settings.records, { seed: 2, users: 1000, days: 30, endSeconds: nowSeconds - 3600 });
@@ -434,6 +444,7 @@ async function benchIngest(setup: Setup) {
   log(`service memory during ingestion: peak RSS ${formatNumber(mem.peakRss / 2 ** 20)} MiB (VmHWM ${formatNumber(mem.hwm / 2 ** 20)} MiB)`);
   await truncateService();
   await truncateReference();
+  if (opts['without-rollups']) await rollupTrigger(true);
   return { methods, memory: mem, requestBytes: bodies.reduce((n, b) => n + b.length, 0) };
 }
 
