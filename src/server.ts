@@ -25,6 +25,7 @@ import { useFastExecute } from './http/execute.js';
 import { renderGraphiQLPage, useCompressedGraphiQL } from './http/graphiql.js';
 import { useInputErrorCodes } from './http/input-errors.js';
 import { type SecurityConfig, createSecurity } from './http/security.js';
+import { jsonBodyLimitsFor, useJsonBodyParser } from './http/json-body.js';
 import { transport } from './http/transport.js';
 import { useFrameworkErrorsInOurWords } from './http/wording.js';
 import { useMetrics } from './observability/metrics.js';
@@ -213,6 +214,8 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
       useFrameworkErrorsInOurWords({ maxBodyBytes: config.maxBodyBytes }),
       // Content type, CSRF, the API key, query limits, scopes, cost, rate limits: src/http/security.ts.
       ...security.plugins,
+      // JSON bodies read a chunk at a time, their shape bounded before one JSON.parse: src/http/json-body.ts.
+      useJsonBodyParser(jsonBodyLimitsFor(config.maxBatchSize)),
       // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
       useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),

@@ -80,13 +80,20 @@ interface Verdict {
 }
 
 async function send(target: { url: string }, request: Sent): Promise<Verdict> {
-  const response = await fetch(`${target.url}${request.path ?? '/graphql'}`, {
-    method: request.method ?? 'POST',
-    headers: request.headers ?? { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json' },
-    body: request.body,
-    signal: AbortSignal.timeout(20_000),
-  });
-  return { status: response.status, text: await response.text() };
+  try {
+    const response = await fetch(`${target.url}${request.path ?? '/graphql'}`, {
+      method: request.method ?? 'POST',
+      headers: request.headers ?? { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json' },
+      body: request.body,
+      signal: AbortSignal.timeout(20_000),
+    });
+    return { status: response.status, text: await response.text() };
+  } catch (error) {
+    // fetch's own refusals (a header it cannot send) reach the caller as they are; a network failure names the request.
+    if (error instanceof TypeError && !(error as { cause?: unknown }).cause) throw error;
+    const body = typeof request.body === 'string' ? request.body.slice(0, 300) : '(binary)';
+    throw new Error(`no answer to ${request.method ?? 'POST'} ${request.path ?? '/graphql'} ${body}: ${String((error as { cause?: unknown }).cause ?? error)}`);
+  }
 }
 
 /** Fails (with the request and the answer) on a 5xx, an unexpected error or a leaked internal. */

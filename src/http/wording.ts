@@ -1,21 +1,16 @@
 /**
- * The framework's own refusals (Yoga's CSRF prevention, body limit and JSON parser, envelop's introspection rule) in
+ * The framework's own refusals (Yoga's CSRF prevention, body limit and query-string parser, envelop's introspection rule) in
  * this service's words and codes, and every error message bounded: the rules stay theirs, the answers read like ours.
  */
 import { GraphQLError } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import { ECHO_MAX, clipEcho } from '../services/errors.js';
+import { jsonSyntaxReason } from './json-body.js';
 import { CSRF_HEADER } from './limits.js';
 
 /** Longest error message an answer carries; longer ones quote client text (graphql-js' coercion errors do). */
 const MESSAGE_MAX = 2 * ECHO_MAX;
 
-/** JSON.parse's words without any excerpt of the text (V8 and whatwg-node append one: `, "<text>" is not valid JSON`). */
-function jsonParseReason(message: unknown): string | undefined {
-  if (typeof message !== 'string') return undefined;
-  const excerpt = message.indexOf(', "');
-  return clipEcho(excerpt >= 0 ? message.slice(0, excerpt) : message, 120);
-}
 
 function withHttp(error: GraphQLError, message: string, extensions: Record<string, unknown>): GraphQLError {
   return new GraphQLError(message, { nodes: error.nodes, path: error.path, extensions: { ...extensions, http: error.extensions.http } });
@@ -40,7 +35,7 @@ export function useFrameworkErrorsInOurWords(options: { maxBodyBytes: number }):
     }
     if (code === 'BAD_REQUEST' && error.message === 'POST body sent invalid JSON.') {
       const original = error.extensions.originalError as { message?: unknown } | undefined;
-      const reason = jsonParseReason(original?.message);
+      const reason = typeof original?.message === 'string' ? jsonSyntaxReason(original.message) : undefined;
       return withHttp(error, `The request body is not valid JSON${reason ? `: ${reason}` : ''}.`, { code: 'BAD_REQUEST' });
     }
     if (/^GraphQL introspection has been disabled/.test(error.message)) {
