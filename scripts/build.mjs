@@ -75,6 +75,8 @@ export function build() {
         'if (n > 0) console.error(`Wrote ${n} GraphiQL file(s) into dist/graphiql/`);',
     ]);
   if (code !== 0) return code;
+  // The dashboard's page, script and styles are served from beside the compiled plugin (src/dashboard/plugin.ts).
+  fs.cpSync(path.join(root, 'src/dashboard/static'), path.join(root, 'dist/dashboard/static'), { recursive: true });
   if (digest !== undefined) fs.writeFileSync(STAMP, `${digest}\n`);
   process.stderr.write(`Built dist/ in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   return 0;
