@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import { FaultProxy } from './support/fault-proxy.js';
 import { type Outcome, INGEST_MUTATION, acknowledged, errorCodes, get, makeBatch, postJson } from './support/http-client.js';
 import { PgServer, ownPostgresUnavailable } from './support/pg-server.js';
-import { seededRandom } from './support/random.js';
+import { seededRandom } from './support/fixtures.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 
 /** Retry jitter from a fixed seed (SET_CHECK_SEED to change it): the same waits on every run. */

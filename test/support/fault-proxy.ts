@@ -9,7 +9,7 @@
  *   packet); what was held is delivered when it ends, as TCP retransmission would.
  */
 import net from 'node:net';
-import { seededRandom } from './random.js';
+import { seededRandom } from './fixtures.js';
 
 export interface FaultProxyStats {
   /** Connections accepted from the service. */
