@@ -43,8 +43,7 @@ const DRAIN_MS = 5_000;
 
 /**
  * Each request's id, for the fetch Request Yoga works with (the listener sets it on the response first). Not an
- * AsyncLocalStorage: on Node 20 one `run` turns on promise hooks for every promise of the process for good, which cost
- * the direct read path ~0.1 x of the raw page time (bench/README.md).
+ * AsyncLocalStorage: on Node 20 one `run` turns on promise hooks for every promise of the process for good.
  */
 const requestIds = new WeakMap<Request, string>();
 
