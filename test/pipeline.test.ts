@@ -308,6 +308,20 @@ describe('9. a body over the limit gets its 413', () => {
     assert.deepEqual(statuses, Array(20).fill(413));
   });
 
+  test('the same with fetch, which reads its answer only once its body is sent: 20 answers with status 413', async () => {
+    const body = Buffer.alloc(LIMIT * 2, 0x20);
+    body.write('{"query":"{ __typename }","variables":{"a":"');
+    const statuses = await Promise.all(
+      Array.from({ length: 20 }, () =>
+        fetch(`${service.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...ingestKey.headers }, body }).then(
+          async (response) => (await response.arrayBuffer(), response.status),
+          (error: Error) => `${error.message}: ${String(error.cause)}`,
+        ),
+      ),
+    );
+    assert.deepEqual(statuses, Array(20).fill(413));
+  });
+
   test('a chunked body over the limit: 413', async () => {
     const answer = await new Promise<number | string>((resolve) => {
       const request = http.request(`${service.url}/graphql`, {
