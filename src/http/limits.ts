@@ -21,7 +21,6 @@ import {
   type OperationDefinitionNode,
   type SelectionSetNode,
   type ValidationContext,
-  type ValidationRule,
   getNamedType,
   getNullableType,
   isListType,
@@ -31,7 +30,7 @@ import {
 } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { PAGE_LIMITS } from '../services/metric-query.js';
-import { findOperation, fragmentsOf, httpError, rawArgument } from './operation.js';
+import { findOperation, fragmentsOf, rawArgument } from './operation.js';
 
 export interface QueryLimits {
   maxDepth: number;

@@ -3,7 +3,7 @@
  * the answer did not need (a 401 or a 413 sent before the body arrived).
  */
 import crypto from 'node:crypto';
-import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import type { IncomingMessage, RequestListener } from 'node:http';
 
 /** A client-supplied request id is kept when it is short and plain; otherwise a new one is made. */
 export function requestIdFrom(header: string | string[] | undefined): string {
@@ -24,7 +24,7 @@ export interface DrainBound {
  * connection while the client is still sending, and the client would see a network error instead of the answer
  * (a 413 it could act on by splitting its batch).
  */
-function drainUnreadBody(req: IncomingMessage, res: ServerResponse, bound: DrainBound): void {
+function drainUnreadBody(req: IncomingMessage, bound: DrainBound): void {
   if (req.complete || req.destroyed) return;
   let discarded = 0;
   const close = () => {
@@ -42,7 +42,6 @@ function drainUnreadBody(req: IncomingMessage, res: ServerResponse, bound: Drain
   req.once('close', () => clearTimeout(timer));
   // A stream the answer's reader left paused would never end.
   req.resume();
-  void res;
 }
 
 /**
@@ -69,7 +68,7 @@ export function transport(yogaListener: RequestListener, bound: DrainBound): Req
     res.setHeader('x-request-id', requestIdFrom(req.headers['x-request-id']));
     const contentType = req.headers['content-type'];
     if (contentType !== undefined) req.headers['content-type'] = canonicalMediaType(contentType);
-    res.once('finish', () => drainUnreadBody(req, res, bound));
+    res.once('finish', () => drainUnreadBody(req, bound));
     yogaListener(req, res);
   };
 }
