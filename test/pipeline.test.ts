@@ -350,6 +350,43 @@ describe('9. a body over the limit gets its 413', () => {
   });
 });
 
+describe('cold and warm answers are the same', () => {
+  // The old direct path's parity corpus, kept: each request sent three times (its query text new to the service, then
+  // parsed and validated from Yoga's cache) gets the same status, content type and body, request ids aside.
+  const read = '{ metrics(first: 2) { totalCount edges { node { eventId } } pageInfo { endCursor } } }';
+  const corpus: Array<[string, () => { body: string; headers: Record<string, string> }]> = [
+    ...['application/json', 'application/graphql-response+json', '*/*', 'application/graphql-response+json, application/json', 'text/html'].map(
+      (accept): [string, () => { body: string; headers: Record<string, string> }] => [
+        `Accept: ${accept}`,
+        () => ({ body: JSON.stringify({ query: read }), headers: { ...readKey.headers, accept } }),
+      ],
+    ),
+    ['no key', () => ({ body: JSON.stringify({ query: read }), headers: {} })],
+    ['a key without the scope', () => ({ body: JSON.stringify({ query: read }), headers: ingestKey.headers })],
+    ['past the cost limit', () => ({ body: JSON.stringify({ query: `{ a: metrics(first: 1000) { edges { node { id } } } b: metrics(first: 1000) { edges { node { id } } } }` }), headers: readKey.headers })],
+    ['a field that does not exist', () => ({ body: JSON.stringify({ query: '{ metricz { id } }' }), headers: readKey.headers })],
+    ['a variable of the wrong type', () => ({ body: JSON.stringify({ query: 'query($n: Int) { metrics(first: $n) { totalCount } }', variables: { n: 'ten' } }), headers: readKey.headers })],
+    ['a page argument out of range', () => ({ body: JSON.stringify({ query: '{ metrics(first: 5000) { totalCount } }' }), headers: readKey.headers })],
+    ['an operation name that is not there', () => ({ body: JSON.stringify({ query: 'query A { __typename }', operationName: 'B' }), headers: readKey.headers })],
+    ['extra members in the body', () => ({ body: JSON.stringify({ query: read, extensions: {}, variables: null }), headers: readKey.headers })],
+    ['a cursor page', () => ({ body: JSON.stringify({ query: 'query($a: String) { metrics(first: 2, after: $a) { edges { node { eventId } } } }', variables: { a: Buffer.from(JSON.stringify({ o: 'TIMESTAMP:DESC', v: [2_000_000_000, 1_000] })).toString('base64url') } }), headers: readKey.headers })],
+  ];
+  const normalized = (answer: RawAnswer) => ({
+    status: answer.status,
+    type: answer.headers['content-type'],
+    body: answer.body.replace(/"requestId":"[^"]*"/g, '"requestId":"…"'),
+  });
+  for (const [name, make] of corpus) {
+    test(name, async () => {
+      const { body, headers } = make();
+      const answers = [];
+      for (let i = 0; i < 3; i++) answers.push(normalized(await post(body, { accept: 'application/json', ...headers })));
+      assert.deepEqual(answers[1], answers[0]);
+      assert.deepEqual(answers[2], answers[0]);
+    });
+  }
+});
+
 describe('one pipeline', () => {
   test('a plugin added to the server sees every request: cold, warm, small and large, GET and POST', async () => {
     const { createServer } = await import('../src/server.js');
