@@ -116,7 +116,7 @@ let workdir: string;
 let database: TestDatabase;
 let service: ServiceProcess;
 let env: Record<string, string>;
-const background: Array<{ child: ChildProcess; output: () => string; block: Block }> = [];
+const background: Array<{ child: ChildProcess; output: () => string; errors: () => string; block: Block }> = [];
 
 function command(text: string): string {
   return text.replace(/\blocalhost:4000\b/g, service.url.replace(/^http:\/\//, ''));
@@ -140,10 +140,13 @@ function bash(text: string, timeoutMs = 120_000): Promise<Run> {
 
 function startBackground(block: Block): void {
   const child = spawn('bash', ['-c', command(block.text)], { cwd: workdir, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  // stdout only: what a reader sees of the stream. curl's progress meter (stderr, when its output is not a terminal)
+  // interleaved with it would land in the middle of an event line, as it did once in CI.
   let output = '';
+  let errors = '';
   child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-  background.push({ child, output: () => output, block });
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (errors += chunk));
+  background.push({ child, output: () => output, errors: () => errors, block });
 }
 
 before(async () => {
@@ -203,7 +206,7 @@ test("README's shell examples print what README shows", { timeout: 600_000 }, as
       startBackground(block);
       // Subscribed when the stream has opened (Yoga's first keep-alive), or after a second.
       const deadline = Date.now() + 5000;
-      while (Date.now() < deadline && background.at(-1)!.output() === '') await new Promise((resolve) => setTimeout(resolve, 50));
+      while (Date.now() < deadline && background.at(-1)!.output() === '' && background.at(-1)!.errors() === '') await new Promise((resolve) => setTimeout(resolve, 50));
       await new Promise((resolve) => setTimeout(resolve, 300));
     } else if (block.kind === 'output' || block.kind === 'stderr') {
       if (skipping) continue;
@@ -216,7 +219,7 @@ test("README's shell examples print what README shows", { timeout: 600_000 }, as
       const wanted = events(block.text).length;
       const deadline = Date.now() + 2000;
       while (Date.now() < deadline && events(listener.output()).length < wanted) await new Promise((resolve) => setTimeout(resolve, 50));
-      compare(block, listener.output(), `output of README.md:${listener.block.line}`);
+      compare(block, listener.output(), `output of README.md:${listener.block.line} (its stderr: ${listener.errors().slice(-500)})`);
       compared++;
     }
   }
