@@ -50,8 +50,8 @@ RUN --mount=type=cache,target=/root/.npm \
  && mkdir -p /app/.data \
  && chown node:node /app/.data
 
-# Code and migrations stay owned by root (read-only to the service). dist/cli/migrate.js finds the migrations
-# at ../prisma/migrations, i.e. /app/prisma/migrations.
+# Code and migrations stay owned by root (read-only to the service). dist/db/migrations.js finds the migrations
+# at ../../prisma/migrations, i.e. /app/prisma/migrations.
 COPY --from=build /app/dist ./dist
 COPY prisma/ ./prisma/
 # The tools: `metrics-service keys create ...` on PATH, and the npm scripts README names (`npm run keys -- list`),

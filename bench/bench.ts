@@ -251,8 +251,8 @@ async function setupPostgres(): Promise<Setup> {
 }
 
 async function setupEmbedded(): Promise<Setup> {
-  const { migrate } = await import('../src/migrations.js');
-  const { openDatabase } = await import('../src/db.js');
+  const { migrate } = await import('../src/db/migrations.js');
+  const { openDatabase } = await import('../src/db/client.js');
   const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'metrics-bench-'));
   const dataDir = path.join(folder, 'service');
   const referenceDir = path.join(folder, 'reference');

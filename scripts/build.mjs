@@ -66,11 +66,11 @@ export function build() {
     run([path.join(root, 'scripts/prisma.mjs'), 'generate']) ||
     run([path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json']) ||
     // GraphiQL's workers minified (esbuild) and its files compressed once, for the compiled service
-    // (src/http/graphiql.ts): ~15 s the first time, then only when @graphql-yoga/render-graphiql changes.
+    // (src/plugins/graphiql.ts): ~15 s the first time, then only when @graphql-yoga/render-graphiql changes.
     run([
       '--input-type=module',
       '-e',
-      "const { writeCompressedGraphiQL } = await import('./dist/http/graphiql.js'); const { transformSync } = await import('esbuild'); " +
+      "const { writeCompressedGraphiQL } = await import('./dist/plugins/graphiql.js'); const { transformSync } = await import('esbuild'); " +
         "const n = await writeCompressedGraphiQL('/graphql', (code) => transformSync(code, { minify: true }).code); " +
         'if (n > 0) console.error(`Wrote ${n} GraphiQL file(s) into dist/graphiql/`);',
     ]);

@@ -5,10 +5,10 @@
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import type { Config } from './config.js';
-import { connectDatabase, disconnectDatabase } from './db.js';
-import { type EmbeddedWireServer, startEmbeddedWireServer } from './embedded-wire.js';
+import { connectDatabase, disconnectDatabase } from './db/client.js';
+import { type EmbeddedWireServer, startEmbeddedWireServer } from './db/embedded-wire.js';
 import type { Logger } from './logger.js';
-import { ensureSchema } from './migrations.js';
+import { ensureSchema } from './db/migrations.js';
 import { createServer } from './server.js';
 import { redactRedisUrl, startMetricEvents, stopMetricEvents } from './services/events.js';
 

@@ -1,7 +1,7 @@
 /**
  * The HTTP service: Yoga with the schema, health and readiness, and every rule a request passes, as Yoga plugins in
  * the order they act (README, Security). The Node listener in front of it only sets the request id and drains what a
- * refused request still sends (src/http/transport.ts): every request, whatever its size or how often it is repeated,
+ * refused request still sends (src/http/listener.ts): every request, whatever its size or how often it is repeated,
  * goes through the same pipeline.
  * Creating it never listens: main.ts listens, tests listen on a port of their own.
  */
@@ -12,22 +12,22 @@ import { mapAsyncIterator } from '@graphql-tools/utils';
 import { type Plugin, type YogaLogger, createYoga, isAsyncIterable, useReadinessCheck } from 'graphql-yoga';
 import type { Config } from './config.js';
 import type { RequestContext } from './context.js';
-import { database } from './db.js';
+import { database } from './db/client.js';
 import type { Logger } from './logger.js';
-import { migrationStatus } from './migrations.js';
+import { migrationStatus } from './db/migrations.js';
 import { schema } from './schema/index.js';
 import { InputError } from './services/errors.js';
-import { type DatabaseFault, classifyDatabaseError } from './db-errors.js';
-import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './input-guards.js';
-import { callerOf } from './http/auth.js';
+import { type DatabaseFault, classifyDatabaseError } from './db/errors.js';
+import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './plugins/input-guards.js';
+import { callerOf } from './plugins/auth.js';
 import type { Caller } from './services/api-keys.js';
-import { useFastExecute } from './http/execute.js';
-import { renderGraphiQLPage, useCompressedGraphiQL } from './http/graphiql.js';
-import { useInputErrorCodes } from './http/input-errors.js';
-import { type SecurityConfig, createSecurity } from './http/security.js';
+import { useFastExecute } from './plugins/execute.js';
+import { renderGraphiQLPage, useCompressedGraphiQL } from './plugins/graphiql.js';
+import { useInputErrorCodes } from './plugins/input-errors.js';
+import { type SecurityConfig, createSecurity } from './plugins/security.js';
 import { jsonBodyLimitsFor, useJsonBodyParser } from './http/json-body.js';
-import { transport } from './http/transport.js';
-import { useFrameworkErrorsInOurWords } from './http/wording.js';
+import { transport } from './http/listener.js';
+import { useFrameworkErrorsInOurWords } from './plugins/wording.js';
 import { useMetrics } from './observability/metrics.js';
 import { useDashboard } from './dashboard/plugin.js';
 
@@ -177,7 +177,7 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
     // GraphiQL's assets are served by the service itself, not fetched from a CDN: it works offline and behind firewalls.
     // Loaded on the first GraphiQL page only: the bundle costs ~40 MB of memory, which a production service (GraphiQL
     // off) does not carry.
-    // The page names the bundle's parts as files, cached and compressed by useCompressedGraphiQL (src/http/graphiql.ts).
+    // The page names the bundle's parts as files, cached and compressed by useCompressedGraphiQL (src/plugins/graphiql.ts).
     renderGraphiQL: (options) => renderGraphiQLPage(options, '/graphql'),
     logging: yogaLogger(logger),
     // Yoga's own body limit (413 by Content-Length up front, or counted while a chunked body streams in): it runs
@@ -211,17 +211,17 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
       }),
       // Framework errors (CSRF, body limit, invalid JSON, introspection) in our words and codes; every message bounded.
       useFrameworkErrorsInOurWords({ maxBodyBytes: config.maxBodyBytes }),
-      // Content type, CSRF, the API key, query limits, scopes, cost, rate limits: src/http/security.ts.
+      // Content type, CSRF, the API key, query limits, scopes, cost, rate limits: src/plugins/security.ts.
       ...security.plugins,
       // JSON bodies read a chunk at a time, their shape bounded before one JSON.parse: src/http/json-body.ts.
       useJsonBodyParser(jsonBodyLimitsFor(config.maxBatchSize)),
-      // Inputs graphql-js would crash on, refused as client errors: src/input-guards.ts.
+      // Inputs graphql-js would crash on, refused as client errors: src/plugins/input-guards.ts.
       useVariablesDepthLimit(),
       useEmptySubscriptionGuard(),
       // Variables of the wrong type get BAD_USER_INPUT, as README promises every fixable error a code.
       useInputErrorCodes(),
       ...plugins,
-      // graphql-jit for ingestMetrics and the read fields, graphql-js for the rest: src/http/execute.ts.
+      // graphql-jit for ingestMetrics and the read fields, graphql-js for the rest: src/plugins/execute.ts.
       useFastExecute(),
     ] satisfies Plugin[],
   });

@@ -544,8 +544,8 @@ test('the runtime stage: production dependencies only, dist/ and the migrations 
   const distInImage = path.posix.resolve(runtimeWorkdir, distCopy.dest);
   assert.equal(distInImage, path.posix.resolve(runtimeWorkdir, OUT_DIR), `dist must land at WORKDIR/${OUT_DIR}, where CMD looks`);
 
-  // src/migrations.ts looks for ../prisma/migrations relative to the compiled module, i.e. next to dist/.
-  assert.match(read('src/migrations.ts'), /'\.\.\/prisma\/migrations'/, 'src/migrations.ts no longer resolves ../prisma/migrations: update this test and the Dockerfile');
+  // src/db/migrations.ts looks for ../../prisma/migrations relative to the compiled module (dist/db/), i.e. next to dist/.
+  assert.match(read('src/db/migrations.ts'), /'\.\.\/\.\.\/prisma\/migrations'/, 'src/db/migrations.ts no longer resolves ../../prisma/migrations: update this test and the Dockerfile');
   assert.ok(copiedInPlace(runtime, 'prisma/migrations', Infinity), 'the runtime stage must copy prisma/migrations to WORKDIR/prisma/migrations');
   assert.equal(path.posix.resolve(distInImage, '..', 'prisma/migrations'), path.posix.resolve(runtimeWorkdir, 'prisma/migrations'));
   const migrations = fs.readdirSync(path.join(ROOT, 'prisma/migrations')).filter((d) => exists(`prisma/migrations/${d}/migration.sql`));

@@ -1,5 +1,5 @@
 /**
- * The embedded database served over the PostgreSQL protocol (EMBEDDED_DB_PORT; src/embedded-wire.ts): many clients
+ * The embedded database served over the PostgreSQL protocol (EMBEDDED_DB_PORT; src/db/embedded-wire.ts): many clients
  * at once on PGlite's single session, as Prisma Studio (postgres.js), psql and pgAdmin use it, while the service
  * keeps working. Only meaningful on the embedded database.
  */
@@ -10,8 +10,8 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import postgres from 'postgres';
-import { database } from '../src/db.js';
-import { type EmbeddedWireServer, startEmbeddedWireServer } from '../src/embedded-wire.js';
+import { database } from '../src/db/client.js';
+import { type EmbeddedWireServer, startEmbeddedWireServer } from '../src/db/embedded-wire.js';
 import { INGEST, type TestService, nowSeconds, record, startTestService, usingPostgres } from './support/harness.js';
 
 const skip = usingPostgres ? 'serves the embedded database only; TEST_DATABASE_URL points the service at PostgreSQL' : false;

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
-import { openDatabase } from '../src/db.js';
+import { openDatabase } from '../src/db/client.js';
 import {
   type Outcome,
   INGEST_MUTATION,

@@ -1,5 +1,5 @@
 /**
- * GraphiQL served compressed and cached (src/http/graphiql.ts): a small page that names its parts as files, each
+ * GraphiQL served compressed and cached (src/plugins/graphiql.ts): a small page that names its parts as files, each
  * compressed as Accept-Encoding allows, the page revalidated by ETag, the files cached as immutable.
  */
 import assert from 'node:assert/strict';

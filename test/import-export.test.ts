@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { type Database, openDatabase } from '../src/db.js';
+import { type Database, openDatabase } from '../src/db/client.js';
 import { type TestDatabase, createTestDatabase, usingPostgres } from './support/harness.js';
 
 const T = Math.floor(Date.now() / 1000) - 3 * 86_400;

@@ -60,7 +60,7 @@ test('db:diff --check reports a model change the migrations lack (exit 1, ALTER 
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   fs.cpSync(path.join(ROOT, 'prisma'), path.join(dir, 'prisma'), { recursive: true });
   fs.cpSync(path.join(ROOT, 'src/cli'), path.join(dir, 'src/cli'), { recursive: true });
-  fs.copyFileSync(path.join(ROOT, 'src/migrations.ts'), path.join(dir, 'src/migrations.ts'));
+  fs.cpSync(path.join(ROOT, 'src/db'), path.join(dir, 'src/db'), { recursive: true });
   fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(dir, 'package.json'));
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'), 'dir');
 

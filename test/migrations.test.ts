@@ -11,9 +11,9 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { startApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
-import { type Database, openDatabase } from '../src/db.js';
+import { type Database, openDatabase } from '../src/db/client.js';
 import { createLogger } from '../src/logger.js';
-import { MIGRATIONS_DIR, MigrationError, migrate, migrationStatus } from '../src/migrations.js';
+import { MIGRATIONS_DIR, MigrationError, migrate, migrationStatus } from '../src/db/migrations.js';
 import { type TestDatabase, createTestDatabase, usingPostgres } from './support/harness.js';
 import { describeRun, runTsx } from './support/process.js';
 

@@ -1,12 +1,12 @@
 /**
- * COPY in one write (src/pg-copy.ts) against a real PostgreSQL: the statement, the data and CopyDone are sent before
+ * COPY in one write (src/db/copy.ts) against a real PostgreSQL: the statement, the data and CopyDone are sent before
  * PostgreSQL has answered anything, so what matters is what happens when it refuses them: the error reaches the
  * caller, nothing is stored, and the same connection goes on working.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
-import { CopyText, copyInOneWrite } from '../src/pg-copy.js';
+import { CopyText, copyInOneWrite } from '../src/db/copy.js';
 import { type TestDatabase, createTestDatabase, usingPostgres } from './support/harness.js';
 
 describe('COPY in one write', { skip: usingPostgres ? false : 'PostgreSQL only: the service copies this way only on a PostgreSQL server' }, () => {

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { picker, sleep } from './support/fixtures.js';
-import { database } from '../src/db.js';
+import { database } from '../src/db/client.js';
 import { INGEST, type TestService, nowSeconds, startTestService } from './support/harness.js';
 
 const SEED = Number(process.env.TEST_SEED ?? 20261127);

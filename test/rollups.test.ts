@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { database } from '../src/db.js';
+import { database } from '../src/db/client.js';
 import { misalignedSlots, rebuildRollups, refreshSketches } from '../src/services/rollups.js';
 import { type MetricDimension, type StatsArgs, type StatsFigure, metricStats, planStatsSql, resolveTimeZone } from '../src/services/stats.js';
 import { picker } from './support/fixtures.js';

@@ -7,12 +7,12 @@ import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { type GraphQLInputType, coerceInputValue, isInputType } from 'graphql';
 import { loadConfig } from '../config.js';
-import { disconnectDatabase } from '../db.js';
+import { disconnectDatabase } from '../db/client.js';
 import { schema } from '../schema/index.js';
 import type { MetricFilter } from '../services/metric-filter.js';
 import { exportMetrics } from '../services/metric-export.js';
-import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool, write } from '../bulk/cli-support.js';
-import { connectForTool, describeDatabase } from '../bulk/connect.js';
+import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool, write } from './support.js';
+import { connectForTool, describeDatabase } from './connect.js';
 import { Progress, formatCount } from '../bulk/progress.js';
 import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
 

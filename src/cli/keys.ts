@@ -10,8 +10,8 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config.js';
-import { connectDatabase, database, disconnectDatabase } from '../db.js';
-import { MigrationError, ensureSchema } from '../migrations.js';
+import { connectDatabase, database, disconnectDatabase } from '../db/client.js';
+import { MigrationError, ensureSchema } from '../db/migrations.js';
 import { type ApiKeyInfo, SCOPES, createApiKey, listApiKeys, revokeApiKey } from '../services/api-keys.js';
 import { InputError } from '../services/errors.js';
 

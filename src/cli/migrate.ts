@@ -3,8 +3,8 @@
  * (DATABASE_URL, or the embedded database in DATA_DIR). Exit codes: 0 up to date, 1 pending or failed, 2 bad usage.
  */
 import { loadConfig } from '../config.js';
-import { openDatabase } from '../db.js';
-import { migrate, migrationStatus, readMigrations } from '../migrations.js';
+import { openDatabase } from '../db/client.js';
+import { migrate, migrationStatus, readMigrations } from '../db/migrations.js';
 
 const USAGE = 'usage: migrate deploy | status';
 

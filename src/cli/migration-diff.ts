@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { readMigrations, type LocalMigration } from '../migrations.js';
+import { readMigrations, type LocalMigration } from '../db/migrations.js';
 import {
   startSchemaEngine,
   tempDatabaseFactory,

@@ -4,9 +4,9 @@
  * user_metrics adds every stored row (README: "Rollups").
  */
 import { loadConfig } from '../config.js';
-import { disconnectDatabase } from '../db.js';
-import { UsageError, parseCommandLine, runTool } from '../bulk/cli-support.js';
-import { connectForTool, describeDatabase } from '../bulk/connect.js';
+import { disconnectDatabase } from '../db/client.js';
+import { UsageError, parseCommandLine, runTool } from './support.js';
+import { connectForTool, describeDatabase } from './connect.js';
 import { SLOT_SECONDS, rebuildRollups } from '../services/rollups.js';
 
 const USAGE = `usage: npm run rollups -- rebuild [--from <time>] [--to <time>]

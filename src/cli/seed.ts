@@ -5,10 +5,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { loadConfig } from '../config.js';
-import { disconnectDatabase } from '../db.js';
+import { disconnectDatabase } from '../db/client.js';
 import { type BulkMethod, openBulkWriter } from '../services/bulk-import.js';
-import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool, write } from '../bulk/cli-support.js';
-import { connectForTool, describeDatabase } from '../bulk/connect.js';
+import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool, write } from './support.js';
+import { connectForTool, describeDatabase } from './connect.js';
 import { createRandom, demoDay, demoDayCount, makeUsers } from '../bulk/demo-data.js';
 import { BatchLoader } from '../bulk/loader.js';
 import { Progress, formatCount } from '../bulk/progress.js';

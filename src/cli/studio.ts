@@ -16,9 +16,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config.js';
-import { openDatabase } from '../db.js';
-import { startEmbeddedWireServer } from '../embedded-wire.js';
-import { migrate } from '../migrations.js';
+import { openDatabase } from '../db/client.js';
+import { startEmbeddedWireServer } from '../db/embedded-wire.js';
+import { migrate } from '../db/migrations.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const config = loadConfig();

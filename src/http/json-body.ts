@@ -139,7 +139,7 @@ export async function parseJsonBody(request: Request, limits: JsonBodyLimits): P
   return body;
 }
 
-/** Whether Yoga reads the request as a JSON body (its media type is canonical by then: src/http/transport.ts). */
+/** Whether Yoga reads the request as a JSON body (its media type is canonical by then: src/http/listener.ts). */
 function isJsonPost(request: Request): boolean {
   if (request.method !== 'POST') return false;
   const type = request.headers.get('content-type')?.split(';')[0];

@@ -14,7 +14,7 @@
 import { type OperationTypeNode, getOperationAST } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { database } from '../db.js';
+import { database } from '../db/client.js';
 
 export const registry = new Registry();
 collectDefaultMetrics({ register: registry });

@@ -2,7 +2,7 @@
  * API key management over GraphQL, for holders of an `admin` key: the same operations as `npm run keys`, usable while
  * the service runs (the embedded database cannot be opened by a second process then).
  */
-import { builder } from '../builder.js';
+import { builder } from './builder.js';
 import { type ApiKeyInfo, NAME_MAX_LENGTH, SCOPES, createApiKey, listApiKeys, revokeApiKey } from '../services/api-keys.js';
 
 const ADMIN = { requiredScope: 'admin' } as const;

@@ -1,4 +1,4 @@
-import { builder } from '../builder.js';
+import { builder } from './builder.js';
 import './metric.js';
 import './api-key.js';
 import './stats.js';

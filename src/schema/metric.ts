@@ -1,6 +1,6 @@
 /** The metric: its object type, its inputs, and the fields that store and read it. */
 import { GraphQLError } from 'graphql';
-import { builder } from '../builder.js';
+import { builder } from './builder.js';
 import { type IngestResult, type RejectedRecord, type StoredMetric, ingestMetrics } from '../services/ingest.js';
 import type { MetricFilter } from '../services/metric-filter.js';
 import { type MetricOrder, type MetricPage, type MetricRow, PAGE_LIMITS, findMetricById, findMetricPage } from '../services/metric-query.js';
@@ -219,7 +219,7 @@ interface Connection {
 }
 const UserMetricConnection = builder.objectRef<Connection>('UserMetricConnection').implement({
   fields: (t) => ({
-    // The page's `first` counts its edges (src/http/limits.ts).
+    // The page's `first` counts its edges (src/plugins/limits.ts).
     edges: t.expose('edges', { type: [UserMetricEdge], extensions: { listMax: 1 } }),
     pageInfo: t.expose('pageInfo', { type: PageInfo }),
     totalCount: t.int({ description: 'Records matching `where` (counted only when asked for).', resolve: (c) => c.totalCount() }),

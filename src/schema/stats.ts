@@ -1,6 +1,6 @@
 /** Aggregates: `metricStats` (groups and time buckets) and `userSummary`, with their types. */
 import { type FieldNode, type GraphQLResolveInfo, Kind, type SelectionSetNode } from 'graphql';
-import { builder } from '../builder.js';
+import { builder } from './builder.js';
 import {
   DEFAULT_TIME_ZONE,
   type MetricDimension,
@@ -185,7 +185,7 @@ builder.queryFields((t) => ({
       '`bucket` (one group for all records without either). Ordered by bucketStart, then the dimensions in the order given, ' +
       'nulls last. No matching record: an empty list. More groups than the server\'s limit (MAX_STAT_GROUPS, default 1,000): ' +
       'an error, code TOO_MANY_GROUPS.',
-    // The cost limit counts the groups at their most (src/http/limits.ts).
+    // The cost limit counts the groups at their most (src/plugins/limits.ts).
     extensions: { listMax: 'maxStatGroups' },
     args: {
       where: t.arg({ type: MetricFilterInput }),

@@ -1,5 +1,5 @@
 /** Live updates: the `metricIngested` subscription (server-sent events through Yoga; GraphiQL can run it). */
-import { builder } from '../builder.js';
+import { builder } from './builder.js';
 import { subscribeStored } from '../services/events.js';
 import { filterToSql, matchesFilter } from '../services/metric-filter.js';
 import { MetricFilterInput, UserMetric } from './metric.js';

@@ -8,7 +8,7 @@
  * which of their keys a listing means, far too little to help guess the rest.
  */
 import crypto from 'node:crypto';
-import { database } from '../db.js';
+import { database } from '../db/client.js';
 import { InputError, checkStorableText } from './errors.js';
 
 export const SCOPES = ['ingest', 'read', 'admin'] as const;

@@ -16,8 +16,8 @@
  * database), so a caller can prepare the next batch while the database stores the previous one.
  */
 import type pg from 'pg';
-import { CopyText, copyInOneWrite } from '../pg-copy.js';
-import { database } from '../db.js';
+import { CopyText, copyInOneWrite } from '../db/copy.js';
+import { database } from '../db/client.js';
 import { STORED_COLUMNS, copyLine, ingestMetrics, recordKeyHex } from './ingest.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 

@@ -2,8 +2,8 @@
  * Ingestion: validate a batch, give each record its identity, store the new ones atomically (see insertRows).
  */
 import crypto from 'node:crypto';
-import { type SqlSession, database } from '../db.js';
-import { CopyText } from '../pg-copy.js';
+import { type SqlSession, database } from '../db/client.js';
+import { CopyText } from '../db/copy.js';
 import { liveUpdatesListening, publishStored } from './events.js';
 import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
 import { clipEcho } from './errors.js';
@@ -218,7 +218,7 @@ export const STORED_COLUMNS =
  *   speculative-insertion lock and inserts per row; measured in bench/README.md). One statement reserves ids and reads
  *   the database's time (created_at), then one COPY writes the rows with both, so the stored rows are known without
  *   reading them back. No transaction around them: the COPY is one statement, all or nothing, and ids are never
- *   rolled back anyway; two round trips per batch (the COPY's data goes with its statement, src/pg-copy.ts), during
+ *   rolled back anyway; two round trips per batch (the COPY's data goes with its statement, src/db/copy.ts), during
  *   which PostgreSQL never waits inside a transaction for this process's event loop, busy with other batches. The ids
  *   are only needed up front for live subscribers: while nobody listens (no subscription open in this process, no
  *   Redis), the batch is one COPY that leaves id and created_at to the columns' defaults (copyWithDefaults), one round

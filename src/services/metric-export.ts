@@ -2,7 +2,7 @@
  * Reading every record that matches a filter, a batch at a time: keyset pagination on id through the same filterToSql
  * as the API, so memory holds one batch whatever the number of matches. Each batch is one indexed range read.
  */
-import { database } from '../db.js';
+import { database } from '../db/client.js';
 import type { StoredMetric } from './ingest.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';
 

@@ -13,7 +13,7 @@
  * raw rows (`misalignedSlots`). A time range that cuts slots is answered from the whole slots inside it plus the raw
  * rows of the cut slots at its edges.
  */
-import { database } from '../db.js';
+import { database } from '../db/client.js';
 import { Prisma } from '../generated/prisma/client.js';
 import { type MetricFilter, type NumberFilter, filterToSql } from './metric-filter.js';
 

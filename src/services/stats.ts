@@ -8,7 +8,7 @@
  * from mergeable sketches, computed the same way from the per-slot sketches or from the raw rows, so they too are the
  * same whichever answers.
  */
-import { database } from '../db.js';
+import { database } from '../db/client.js';
 import { Prisma } from '../generated/prisma/client.js';
 import { InputError, checkStorableText } from './errors.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';

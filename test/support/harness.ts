@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { type App, startApp } from '../../src/app.js';
 import { type Config, loadConfig } from '../../src/config.js';
-import { database } from '../../src/db.js';
+import { database } from '../../src/db/client.js';
 import { createLogger } from '../../src/logger.js';
 
 export interface TestDatabase {

@@ -9,9 +9,9 @@ import pg from 'pg';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
-import { classifyDatabaseError } from './db-errors.js';
-import { copyInOneWrite } from './pg-copy.js';
-import { PrismaClient } from './generated/prisma/client.js';
+import { classifyDatabaseError } from './errors.js';
+import { copyInOneWrite } from './copy.js';
+import { PrismaClient } from '../generated/prisma/client.js';
 
 /** One connection, held for a unit of work (a migration run; a batch stored with COPY in one transaction). */
 export interface SqlSession {

@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { ConfigError } from '../config.js';
-import { disconnectDatabase } from '../db.js';
+import { disconnectDatabase } from '../db/client.js';
 import { FilterError } from '../services/metric-filter.js';
 import { ToolError } from './connect.js';
 

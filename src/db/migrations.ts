@@ -10,10 +10,10 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Database, SqlSession } from './db.js';
+import type { Database, SqlSession } from './client.js';
 
 /** The folder of committed migrations. */
-export const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../prisma/migrations');
+export const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../prisma/migrations');
 
 /** The advisory lock `prisma migrate` takes, so that our runner and Prisma's never run at once. */
 const PRISMA_MIGRATE_LOCK = 72707369;

@@ -5,7 +5,7 @@
 import { GraphQLError } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import { ECHO_MAX, clipEcho } from '../services/errors.js';
-import { jsonSyntaxReason } from './json-body.js';
+import { jsonSyntaxReason } from '../http/json-body.js';
 import { CSRF_HEADER } from './limits.js';
 
 /** Longest error message an answer carries; longer ones quote client text (graphql-js' coercion errors do). */

@@ -25,7 +25,7 @@
  */
 import net from 'node:net';
 import type { PGlite } from '@electric-sql/pglite';
-import type { Logger } from './logger.js';
+import type { Logger } from '../logger.js';
 
 export interface EmbeddedWireOptions {
   db: PGlite;

@@ -2,8 +2,8 @@
 import SchemaBuilder from '@pothos/core';
 import { GraphQLScalarType } from 'graphql';
 import { DateTimeResolver, SafeIntResolver } from 'graphql-scalars';
-import type { RequestContext } from './context.js';
-import { refusingObjects } from './input-guards.js';
+import type { RequestContext } from '../context.js';
+import { refusingObjects } from '../plugins/input-guards.js';
 
 export const builder = new SchemaBuilder<{
   Context: RequestContext;
