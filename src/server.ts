@@ -175,8 +175,7 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
         }
       : false,
     // GraphiQL's assets are served by the service itself, not fetched from a CDN: it works offline and behind firewalls.
-    // Loaded on the first GraphiQL page only: the bundle costs ~40 MB of memory, which a production service (GraphiQL
-    // off) does not carry.
+    // Loaded on the first GraphiQL page only: a production service (GraphiQL off) does not carry the bundle's memory.
     // The page names the bundle's parts as files, cached and compressed by useCompressedGraphiQL (src/plugins/graphiql.ts).
     renderGraphiQL: (options) => renderGraphiQLPage(options, '/graphql'),
     logging: yogaLogger(logger),

@@ -12,7 +12,7 @@ import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { createLogger } from '../src/logger.js';
 import { SubscriberTooSlowError, createMetricEvents } from '../src/services/events.js';
-import type { StoredMetric } from '../src/services/ingest.js';
+import type { StoredMetric } from '../src/services/record.js';
 import { INGEST, type TestService, nowSeconds, record, startTestService, usingPostgres } from './support/harness.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 

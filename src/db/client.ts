@@ -6,12 +6,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
+import { Gauge } from 'prom-client';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { classifyDatabaseError } from './errors.js';
 import { copyInOneWrite } from './copy.js';
 import { PrismaClient } from '../generated/prisma/client.js';
+import { registry } from '../observability/metrics.js';
 
 /** One connection, held for a unit of work (a migration run; a batch stored with COPY in one transaction). */
 export interface SqlSession {
@@ -38,7 +40,7 @@ export interface Database {
    * Runs one statement on the driver itself, not through Prisma: for the request paths (ingestion's fallback insert,
    * the reads, the API-key lookup), where Prisma's handling of a raw query (argument conversion, its query interpreter,
    * result mapping) cost more than the statement did, and a process that never calls Prisma never loads its query
-   * engine (~35 MB; profiles in bench/README.md). With `name`, PostgreSQL parses and plans it once per connection (a
+   * engine. With `name`, PostgreSQL parses and plans it once per connection (a
    * prepared statement); PGlite ignores the name.
    */
   queryDirect<Row>(text: string, params: unknown[], name?: string, options?: QueryOptions): Promise<Row[]>;
@@ -48,7 +50,7 @@ export interface Database {
 export interface QueryOptions {
   /**
    * timestamptz values as PostgreSQL's text instead of a Date (pg only; PGlite still gives Dates): for statements that
-   * also read the time as exact ISO text and make their Date from that, ~3 x cheaper than pg's date parser.
+   * also read the time as exact ISO text and make their Date from that, cheaper than pg's date parser.
    */
   timestampsAsText?: boolean;
 }
@@ -248,7 +250,46 @@ let active: Database | undefined;
 export async function connectDatabase(options: DatabaseOptions): Promise<Database> {
   if (active) throw new Error('The database is already connected');
   active = await openDatabase(options);
+  if (active.pool) registerPoolGauges();
   return active;
+}
+
+/**
+ * The pool gauges, registered once a PostgreSQL pool exists: on the embedded database they would only ever say 0,
+ * which reads like an exhausted pool. They read whichever database is connected when scraped.
+ */
+function registerPoolGauges(): void {
+  if (registry.getSingleMetric('db_pool_connections')) return;
+  const pool = () => active?.pool;
+  new Gauge({
+    name: 'db_pool_connections',
+    help: 'PostgreSQL pool connections: open (total), idle, and in use (checked out by a query or transaction).',
+    labelNames: ['state'] as const,
+    registers: [registry],
+    collect() {
+      const current = pool();
+      if (!current) return;
+      this.set({ state: 'total' }, current.totalCount);
+      this.set({ state: 'idle' }, current.idleCount);
+      this.set({ state: 'in_use' }, current.totalCount - current.idleCount);
+    },
+  });
+  new Gauge({
+    name: 'db_pool_waiting_clients',
+    help: 'Queries waiting for a free PostgreSQL pool connection (the pool is exhausted while this is above 0).',
+    registers: [registry],
+    collect() {
+      this.set(pool()?.waitingCount ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'db_pool_max_connections',
+    help: 'Most connections the PostgreSQL pool opens (DB_POOL_MAX).',
+    registers: [registry],
+    collect() {
+      this.set(pool()?.options.max ?? 0);
+    },
+  });
 }
 
 /** The connected database (the module's singleton). */

@@ -3,7 +3,7 @@
  *
  * pg-copy-streams sends the COPY statement, waits for PostgreSQL's CopyInResponse, and only then sends the data: two
  * round trips, and between them the connection waits for this process's event loop, which under concurrent ingestion
- * is busy with other batches (measured: PostgreSQL backends waiting on the client was their most frequent state).
+ * is busy with other batches, so PostgreSQL's backends spend their time waiting on the client.
  * Here the statement, the data and the end of the data go out in one write. The protocol allows it: PostgreSQL reads
  * the data once it has started the COPY, and if the statement fails before or during the COPY, it drops the CopyData
  * and CopyDone messages that follow ("any subsequent CopyData, CopyDone, or CopyFail messages issued by the frontend
@@ -49,7 +49,7 @@ class CopyInOneWrite {
 
   submit(connection: PgConnection): void {
     // One write (corked: a single writev). The data goes as a string: the socket copies it into memory it frees at
-    // once, where a Buffer of it would be garbage-collected memory (~0.25 MB a batch) waiting for the next collection.
+    // once, where a Buffer of it would be garbage-collected memory waiting for the next collection.
     const stream = connection.stream;
     stream.cork();
     stream.write(this.head);
@@ -77,9 +77,8 @@ class CopyInOneWrite {
 }
 
 /**
- * COPY text built line by line into strings of at most ~64 KB. V8 puts a string over 128 KB in a "large object" page
- * of its own, mapped for it and unmapped when it is collected: on this virtual machine the page faults made a batch's
- * 140 KB of COPY text cost ~0.85 ms to build and measure, against ~0.13 ms in parts (bench/README.md).
+ * COPY text built line by line into strings of at most ~64 KB: V8 gives a string over 128 KB a page of its own, mapped
+ * and unmapped around it, and those page faults cost more than building the text.
  */
 export class CopyText {
   private readonly parts: string[] = [];
@@ -113,4 +112,37 @@ export function copyInOneWrite(client: pg.ClientBase, statement: string, data: s
     // pg's types describe its own Query; a query object with `submit` is what it documents for custom queries.
     client.query(query as unknown as pg.QueryConfig);
   });
+}
+
+const COPY_ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
+const NEEDS_COPY_ESCAPE = /[\\\t\n\r]/;
+
+/** A value in COPY's text format (`\N` is null). Text must hold no NUL: COPY cannot carry it. */
+export function copyField(value: string | number | boolean | null | undefined): string {
+  if (value === null || value === undefined) return '\\N';
+  if (typeof value === 'string') {
+    return NEEDS_COPY_ESCAPE.test(value) ? value.replace(/[\\\t\n\r]/g, (c) => COPY_ESCAPES[c] as string) : value;
+  }
+  if (typeof value === 'boolean') return value ? 't' : 'f';
+  return `${value}`;
+}
+
+/** bytea in COPY's text format: a doubled backslash, which COPY reads as one, then bytea's hex input. */
+export function copyBytea(hex: string): string {
+  return `\\\\x${hex}`;
+}
+
+/** Characters that must be backslash-escaped inside a quoted element of an array literal. */
+const ARRAY_ESCAPES = /["\\]/g;
+
+/**
+ * One element of a PostgreSQL array literal: text always quoted (so spaces, commas, braces and "NULL" stay text), or
+ * NULL. Text must hold no NUL and no unpaired surrogate.
+ */
+export function arrayElement(value: string | number | boolean | null | undefined): string {
+  if (value === null || value === undefined) return 'NULL';
+  if (typeof value === 'boolean') return value ? 't' : 'f';
+  if (typeof value === 'number') return `${value}`;
+  ARRAY_ESCAPES.lastIndex = 0;
+  return ARRAY_ESCAPES.test(value) ? `"${value.replace(ARRAY_ESCAPES, '\\$&')}"` : `"${value}"`;
 }

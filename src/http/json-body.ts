@@ -6,7 +6,7 @@
  */
 import { GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import { clipEcho } from '../services/errors.js';
+import { jsonSyntaxReason } from '../plugins/wording.js';
 
 export interface JsonBodyLimits {
   /** Most values (objects, lists and their members) one body may hold. */
@@ -33,12 +33,6 @@ const CLOSE_ARRAY = 0x5d;
 
 function badRequest(message: string, extensions: Record<string, unknown> = {}): GraphQLError {
   return new GraphQLError(message, { extensions: { code: 'BAD_REQUEST', ...extensions, http: { status: 400, spec: true } } });
-}
-
-/** JSON.parse's reason, without the excerpt of the text that V8 (and whatwg-node) may append: `, "<text>" ...`. */
-export function jsonSyntaxReason(message: string): string {
-  const excerpt = message.indexOf(', "');
-  return clipEcho(excerpt >= 0 ? message.slice(0, excerpt) : message, 120);
 }
 
 /** Counts values and tracks depth over chunks of JSON text; strings are skipped, escapes included. */

@@ -5,16 +5,16 @@
  *   graphql_request_duration_seconds{operation_name, operation_type}  from the request's arrival to its response
  *   ingest_records_total{result}                                      ingestMetrics records: accepted | duplicate | rejected
  *   ingest_batch_writes_total{path}                                   batches written: copy | lookup_copy | insert
- *   db_pool_connections{state}, db_pool_waiting_clients,              the PostgreSQL pool (absent on the embedded database)
- *   db_pool_max_connections
+ *   db_pool_connections{state}, db_pool_waiting_clients,              the PostgreSQL pool (absent on the embedded database),
+ *   db_pool_max_connections                                           registered by src/db/client.ts
  *   process_*, nodejs_*                                               prom-client's default process metrics
  *
  * One registry per process (module singleton): metrics count the process's work, whatever creates servers in it.
+ * This module imports nothing of the service's: each owner of a figure registers its own metric here.
  */
 import { type OperationTypeNode, getOperationAST } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { database } from '../db/client.js';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export const registry = new Registry();
 collectDefaultMetrics({ register: registry });
@@ -54,55 +54,6 @@ const batchWrites = new Counter({
   registers: [registry],
 });
 for (const path of ['copy', 'lookup_copy', 'insert']) batchWrites.inc({ path }, 0);
-
-/** The PostgreSQL pool, when there is one (the embedded database has none). */
-function pool() {
-  try {
-    return database().pool;
-  } catch {
-    return undefined;
-  }
-}
-
-let poolGauges = false;
-
-/**
- * The pool gauges, registered once the process has a PostgreSQL pool: on the embedded database they would only
- * ever say 0, which reads like an exhausted pool.
- */
-function registerPoolGauges(): void {
-  if (poolGauges || !pool()) return;
-  poolGauges = true;
-  new Gauge({
-    name: 'db_pool_connections',
-    help: 'PostgreSQL pool connections: open (total), idle, and in use (checked out by a query or transaction).',
-    labelNames: ['state'] as const,
-    registers: [registry],
-    collect() {
-      const current = pool();
-      if (!current) return;
-      this.set({ state: 'total' }, current.totalCount);
-      this.set({ state: 'idle' }, current.idleCount);
-      this.set({ state: 'in_use' }, current.totalCount - current.idleCount);
-    },
-  });
-  new Gauge({
-    name: 'db_pool_waiting_clients',
-    help: 'Queries waiting for a free PostgreSQL pool connection (the pool is exhausted while this is above 0).',
-    registers: [registry],
-    collect() {
-      this.set(pool()?.waitingCount ?? 0);
-    },
-  });
-  new Gauge({
-    name: 'db_pool_max_connections',
-    help: 'Most connections the PostgreSQL pool opens (DB_POOL_MAX).',
-    registers: [registry],
-    collect() {
-      this.set(pool()?.options.max ?? 0);
-    },
-  });
-}
 
 /** Counts one ingestMetrics result: called by the resolver with what it returns. */
 export function recordIngestResult(result: {
@@ -160,8 +111,6 @@ export interface MetricsPluginOptions {
  */
 export function useMetrics(options: MetricsPluginOptions = {}): Plugin {
   const endpoint = options.endpoint ?? '/metrics';
-  // The server is created after the database is connected (startApp): the pool, if any, exists now.
-  registerPoolGauges();
   const timings = new WeakMap<Request, RequestTiming>();
   const noteOperation = (request: Request | undefined, document: Parameters<typeof getOperationAST>[0], operationName?: string | null) => {
     const timing = request && timings.get(request);

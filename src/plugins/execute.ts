@@ -1,15 +1,14 @@
 /**
  * How operations are executed. Yoga's default executor (@graphql-tools/executor) copies every variable value into
  * null-prototype objects and then coerces the copies with graphql-js; graphql-js's coercion itself builds a
- * dictionary-mode object, a path entry per field and a spread copy per input object. For an ingestMetrics batch of
- * 1,000 records, that variable handling was the largest item of the request's CPU profile, larger than the SQL insert
- * (bench/README.md). For a page of 100 records, graphql-js's execution of 100 edges (a resolver call, a path entry and
- * a completion step per field, results in null-prototype objects that JSON.stringify serializes on its slow path) was
+ * dictionary-mode object, a path entry per field and a spread copy per input object: for an ingestMetrics batch, the
+ * largest item of the request's CPU. For a page of records, graphql-js's execution (a resolver call, a path entry and a
+ * completion step per field, results in null-prototype objects that JSON.stringify serializes on its slow path) is
  * the largest item the service adds to the SQL.
  *
  * So operations run through graphql-jit, which compiles an operation once (cached per parsed document) into
  * JavaScript, variable coercion and result building included:
- * - ingestMetrics: the same batch coerces ~8x faster. Only when the variables are invalid (graphql-jit then returns
+ * - ingestMetrics: the batch's variables are coerced by compiled code. Only when the variables are invalid (graphql-jit then returns
  *   errors and has run nothing) is the operation run again by graphql-js, whose messages name the record and field at
  *   fault (`records[2].timestamp`), as the API documents.
  * - the read fields (metrics, metric, metricStats, userSummary): compiled against a copy of the schema in which

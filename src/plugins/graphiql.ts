@@ -209,8 +209,8 @@ function workersFile(parts: Workers): string | undefined {
 }
 
 /**
- * render-graphiql ships Monaco's three workers unminified (2.7 MB of the 9); the build minifies them once (esbuild),
- * which saves ~0.1 MB of the compressed script. Used when the build made them for these very sources.
+ * render-graphiql ships Monaco's three workers unminified; the build minifies them once (esbuild), which makes the
+ * compressed script smaller. Used when the build made them for these very sources.
  */
 function minifiedWorkers(parts: Workers): Workers | undefined {
   const file = workersFile(parts);

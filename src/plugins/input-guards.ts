@@ -4,7 +4,7 @@
  *
  * - variables nested thousands of levels deep overflow the stack in graphql-js' input coercion (RangeError);
  * - graphql-scalars interpolates a rejected input into its message, and an object whose `toString` is not a function
- *   makes that interpolation throw a TypeError (an HTTP 500 with the engine's message);
+ *   makes that interpolation throw a TypeError (refused by the scalars themselves: src/schema/builder.ts);
  * - a subscription whose root fields are all left out by @skip/@include crashes graphql-js 16 (validation counts at
  *   most one root field, not at least one).
  */
@@ -19,7 +19,6 @@ import {
   type ValueNode,
   getOperationAST,
 } from 'graphql';
-import { GraphQLScalarType } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 
 type Variables = Readonly<Record<string, unknown>> | null | undefined;
@@ -136,20 +135,6 @@ export function useVariablesDepthLimit(maxDepth = MAX_VARIABLES_DEPTH): Plugin {
       }
     },
   };
-}
-
-/** A graphql-scalars scalar that refuses objects and functions before its own parseValue sees them. */
-export function refusingObjects(scalar: GraphQLScalarType): GraphQLScalarType {
-  const config = scalar.toConfig();
-  return new GraphQLScalarType({
-    ...config,
-    parseValue(value) {
-      if ((typeof value === 'object' && value !== null && !(value instanceof Date)) || typeof value === 'function') {
-        throw new GraphQLError(`${config.name} cannot represent an object or a list.`);
-      }
-      return config.parseValue ? config.parseValue(value) : value;
-    },
-  });
 }
 
 export function useEmptySubscriptionGuard(): Plugin {

@@ -29,7 +29,6 @@ import {
   isObjectType,
 } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import { PAGE_LIMITS } from '../services/metric-query.js';
 import { findOperation, fragmentsOf, rawArgument } from './operation.js';
 
 export interface QueryLimits {
@@ -108,7 +107,7 @@ export function armorPlugins(limits: QueryLimits): Plugin[] {
  * The cost of an operation: the most objects its answer can hold. Each selected field of object type counts 1 (scalars
  * count 0: how many there are per object is bounded by the schema and by the alias limit); the sub-selection of a field
  * with a `first` argument (a page) counts `first` times — the value from the literal, the variables, or the default
- * page size. A list without `first` counts its sub-selection at the list's server-side maximum, declared on the field
+ * page size declared on the field (`extensions: { page }`). A list without `first` counts its sub-selection at the list's server-side maximum, declared on the field
  * (`extensions: { listMax }`: a number, or the name of a limit such as `maxStatGroups`), else DEFAULT_LIST_MAX times.
  * graphql-armor's cost rule cannot see variables (`first: $n` counts 1), so this one replaces it.
  *
@@ -125,10 +124,11 @@ export function operationCost(
   const fragments = fragmentsOf(document);
   // A fragment's cost does not depend on where it is spread: computed once, so fan-out cannot make this exponential.
   const fragmentCosts = new Map<string, number>();
-  const pageSize = (raw: unknown): number => {
-    if (typeof raw !== 'number' || !Number.isFinite(raw) || raw < 0) return PAGE_LIMITS.defaultFirst;
+  const pageSize = (raw: unknown, declared: unknown): number => {
+    const page = pageLimits(declared);
+    if (typeof raw !== 'number' || !Number.isFinite(raw) || raw < 0) return page.defaultFirst;
     // Past the page limit the field refuses the request itself, with a message about `first` that is clearer than cost.
-    return Math.min(Math.floor(raw), PAGE_LIMITS.maxFirst + 1);
+    return Math.min(Math.floor(raw), page.maxFirst + 1);
   };
 
   const costOf = (selectionSet: SelectionSetNode, parentType: GraphQLNamedType | undefined): number => {
@@ -145,7 +145,7 @@ export function operationCost(
         if (field.args.some((a) => a.name === 'first')) {
           const { present, value } = rawArgument(selection, 'first', operation, variables);
           const fallback = field.args.find((a) => a.name === 'first')?.defaultValue;
-          children *= pageSize(present ? value : fallback);
+          children *= pageSize(present ? value : fallback, field.extensions?.page);
         } else if (isListType(getNullableType(field.type))) {
           children *= listMax(field.extensions?.listMax, listLimits);
         }
@@ -178,6 +178,20 @@ export interface ListLimits {
 
 /** What a list without `first` and without a declared maximum counts as. */
 export const DEFAULT_LIST_MAX = 100;
+
+/** A paged field's sizes, declared on it: `extensions: { page: { defaultFirst, maxFirst } }`. */
+interface PageLimits {
+  defaultFirst: number;
+  maxFirst: number;
+}
+
+function pageLimits(declared: unknown): PageLimits {
+  const page = declared as Partial<PageLimits> | undefined;
+  if (typeof page?.defaultFirst === 'number' && typeof page.maxFirst === 'number') {
+    return { defaultFirst: page.defaultFirst, maxFirst: page.maxFirst };
+  }
+  return { defaultFirst: DEFAULT_LIST_MAX, maxFirst: DEFAULT_LIST_MAX };
+}
 
 function listMax(declared: unknown, limits: ListLimits): number {
   if (typeof declared === 'number') return declared;

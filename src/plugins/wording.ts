@@ -5,11 +5,16 @@
 import { GraphQLError } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import { ECHO_MAX, clipEcho } from '../services/errors.js';
-import { jsonSyntaxReason } from '../http/json-body.js';
 import { CSRF_HEADER } from './limits.js';
 
 /** Longest error message an answer carries; longer ones quote client text (graphql-js' coercion errors do). */
 const MESSAGE_MAX = 2 * ECHO_MAX;
+
+/** JSON.parse's reason, without the excerpt of the text that V8 (and whatwg-node) may append: `, "<text>" ...`. */
+export function jsonSyntaxReason(message: string): string {
+  const excerpt = message.indexOf(', "');
+  return clipEcho(excerpt >= 0 ? message.slice(0, excerpt) : message, 120);
+}
 
 
 function withHttp(error: GraphQLError, message: string, extensions: Record<string, unknown>): GraphQLError {

@@ -1,18 +1,17 @@
 /** The metric: its object type, its inputs, and the fields that store and read it. */
 import { GraphQLError } from 'graphql';
 import { builder } from './builder.js';
-import { type IngestResult, type RejectedRecord, type StoredMetric, ingestMetrics } from '../services/ingest.js';
+import { type IngestResult, type RejectedRecord, ingestMetrics } from '../services/ingest.js';
+import { LIMITS, type StoredMetric } from '../services/record.js';
 import type { MetricFilter } from '../services/metric-filter.js';
 import { type MetricOrder, type MetricPage, type MetricRow, PAGE_LIMITS, findMetricById, findMetricPage } from '../services/metric-query.js';
-import { LIMITS } from '../services/validation.js';
 import { recordIngestResult } from '../observability/metrics.js';
 
 export const UserMetric = builder.objectRef<StoredMetric>('UserMetric').implement({
   description: 'One report of how a user\'s session went.',
   fields: (t) => ({
-    // Fields that read a property have no resolver: graphql-jit reads the property in place (a resolver is a call, and
-    // a resolve-info object, per field of every row: ~0.3 MB of garbage on a page of 100; bench/README.md). ID
-    // serializes the number as its text.
+    // Fields that read a property have no resolver: graphql-jit reads the property in place, where a resolver costs a
+    // call and a resolve-info object per field of every row. ID serializes the number as its text.
     id: t.exposeID('id'),
     eventId: t.exposeString('eventId', {
       nullable: true,
@@ -230,6 +229,8 @@ builder.queryFields((t) => ({
   metrics: t.field({
     type: UserMetricConnection,
     description: `Stored records matching \`where\`, a page at a time. Default order: newest timestamp first; ties broken by id.`,
+    // The cost limit counts a page at the size asked for, or at this default (src/plugins/limits.ts).
+    extensions: { page: PAGE_LIMITS },
     args: {
       where: t.arg({ type: MetricFilterInput }),
       orderBy: t.arg({ type: [MetricOrderInput], description: 'Sort keys in order of priority; id breaks ties.' }),

@@ -159,7 +159,7 @@ export async function revokeApiKey(id: string): Promise<RevokeResult | null> {
 /** True once any key was ever created (revoked keys count: revoking the last key must not open the service). */
 export async function anyApiKeyExists(): Promise<boolean> {
   // On the driver, as the per-request lookup: the service's start-up check then does not load Prisma's query engine
-  // (~35 MB of memory) into a process whose requests never use it.
+  // into a process whose requests never use it.
   const [row] = await database().queryDirect<{ present: boolean }>('SELECT EXISTS (SELECT 1 FROM api_keys) AS present', []);
   return row?.present === true;
 }
@@ -169,7 +169,7 @@ const lastUsedWrites = new Set<string>();
 /**
  * The lookup behind every request: one probe of the unique index on secret_hash. It runs on the driver as a prepared
  * statement (`queryDirect`), not through Prisma's `$queryRaw`, whose argument conversion, interpreter and result mapping
- * cost more CPU than the probe itself (bench/README.md).
+ * cost more CPU than the probe itself.
  */
 const AUTHENTICATE_SQL = `
   SELECT id, name, scopes,

@@ -18,8 +18,9 @@
 import type pg from 'pg';
 import { CopyText, copyInOneWrite } from '../db/copy.js';
 import { database } from '../db/client.js';
-import { STORED_COLUMNS, copyLine, ingestMetrics, recordKeyHex } from './ingest.js';
-import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
+import { copyLine, ingestMetrics, recordKeyHex } from './ingest.js';
+import { type MetricRecordInput, STORED_COLUMNS } from './record.js';
+import { type FieldProblem, validateRecord } from './validation.js';
 
 export type BulkMethod = 'copy' | 'insert';
 

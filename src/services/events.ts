@@ -16,7 +16,7 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
 import { InputError } from './errors.js';
-import type { StoredMetric } from './ingest.js';
+import type { StoredMetric } from './record.js';
 
 export interface MetricEventsOptions {
   /** A redis:// URL; without one, delivery is in-process. */

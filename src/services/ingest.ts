@@ -3,10 +3,18 @@
  */
 import crypto from 'node:crypto';
 import { type SqlSession, database } from '../db/client.js';
-import { CopyText } from '../db/copy.js';
-import { liveUpdatesListening, publishStored } from './events.js';
-import { type FieldProblem, type MetricRecordInput, validateRecord } from './validation.js';
+import { CopyText, arrayElement, copyBytea, copyField } from '../db/copy.js';
 import { clipEcho } from './errors.js';
+import { liveUpdatesListening, publishStored } from './events.js';
+import {
+  type MetricRecordInput,
+  RECORD_FIELDS,
+  RECORD_FIELD_NAMES,
+  STORED_COLUMNS,
+  type StoredMetric,
+  storedMetric,
+} from './record.js';
+import { type FieldProblem, validateRecord } from './validation.js';
 
 /** Longest an ingest answer waits for its records to be published to live subscribers. */
 const PUBLISH_WAIT_MS = 1000;
@@ -15,20 +23,6 @@ export interface RejectedRecord extends FieldProblem {
   /** Position of the record in the request's `records`. */
   index: number;
   eventId: string | null;
-}
-
-/** A stored row as the service returns it. */
-export interface StoredMetric {
-  id: number;
-  eventId: string | null;
-  userId: string;
-  sessionId: string;
-  timestamp: number;
-  talkedTime: number;
-  microphoneUsed: boolean;
-  speakerUsed: boolean;
-  voiceSentiment: string | null;
-  createdAt: Date;
 }
 
 export interface IngestResult {
@@ -70,8 +64,7 @@ export function recordKey(record: MetricRecordInput): Buffer {
 
 /** `recordKey` as lower-case hex: what ingestion works with (hex strings sort in the order of the bytes they encode). */
 export function recordKeyHex(record: MetricRecordInput): string {
-  // crypto.hash: one call per record, without a Hash object: ~3x faster than createHash + digest + toString('hex')
-  // for inputs this small (measured).
+  // crypto.hash: one call per record, without a Hash object: cheaper than createHash + digest + toString('hex').
   // "event:" and "content:v1:" are ASCII, so hashing the concatenation hashes the same bytes as two updates would.
   if (record.eventId !== undefined && record.eventId !== null) return crypto.hash('sha256', `event:${record.eventId}`, 'hex');
   return crypto.hash(
@@ -158,21 +151,6 @@ function storedRows(rows: readonly PendingRow[], positions: readonly number[], i
   return positions.map((position, i) => storedMetric((rows[position] as PendingRow).record, ids[i] as number, createdAt));
 }
 
-function storedMetric(record: MetricRecordInput, id: number, createdAt: Date): StoredMetric {
-  return {
-    id,
-    eventId: record.eventId ?? null,
-    userId: record.userId,
-    sessionId: record.sessionId,
-    timestamp: record.timestamp,
-    talkedTime: record.talkedTime,
-    microphoneUsed: record.microphoneUsed,
-    speakerUsed: record.speakerUsed,
-    voiceSentiment: record.voiceSentiment ?? null,
-    createdAt,
-  };
-}
-
 /**
  * The batch's identities as rows `batch (position, record_key)`, from $1, one bytea of 32-byte keys (sent in binary:
  * no hex to encode or decode), and $2, their number.
@@ -207,32 +185,14 @@ async function readBackStored(rows: readonly PendingRow[], positions: readonly n
   return found.map((row) => storedMetric(byKey.get(row.key_hex) as MetricRecordInput, row.id, row.created_at));
 }
 
-/** The columns a batch writes, in the order of the insert's arrays and of `copyLine`. */
-export const STORED_COLUMNS =
-  'record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used, voice_sentiment';
-
 /**
- * How a batch is stored.
- * - PostgreSQL: COPY, PostgreSQL's cheapest way in (its CPU per row is ~30% below the INSERT's below: one pass of
- *   multi-row heap inserts and each index updated once, where INSERT ... ON CONFLICT probes the identity index, takes a
- *   speculative-insertion lock and inserts per row; measured in bench/README.md). One statement reserves ids and reads
- *   the database's time (created_at), then one COPY writes the rows with both, so the stored rows are known without
- *   reading them back. No transaction around them: the COPY is one statement, all or nothing, and ids are never
- *   rolled back anyway; two round trips per batch (the COPY's data goes with its statement, src/db/copy.ts), during
- *   which PostgreSQL never waits inside a transaction for this process's event loop, busy with other batches. The ids
- *   are only needed up front for live subscribers: while nobody listens (no subscription open in this process, no
- *   Redis), the batch is one COPY that leaves id and created_at to the columns' defaults (copyWithDefaults), one round
- *   trip and the same work for PostgreSQL as a plain COPY. COPY cannot skip a row whose identity is stored already:
- *   the unique index refuses it and the COPY stores nothing. So:
- *   - a batch is first copied as it is, with no lookup (fresh records, the usual case, cost no extra index probes);
- *   - when that fails on an identity stored already (a retry), the batch goes again with a lookup first: the same
- *     statement also finds which identities are stored, and only the others are copied. The batches after it look up
- *     first too, until one finds nothing stored already (as a file import does): a client resending many batches
- *     costs one failed COPY, not one per batch;
- *   - a concurrent batch can still store one of the identities between the lookup and the COPY (a retry racing its
- *     first attempt): then the batch is stored with the INSERT, which skips what is stored.
- *   All of them write in identity order, so concurrent batches never deadlock.
- * - The embedded database (and that last fallback): one INSERT ... ON CONFLICT DO NOTHING of the whole batch.
+ * How a batch is stored. On PostgreSQL, COPY: its cheapest way in. COPY cannot skip a row whose identity is stored
+ * already (the unique index refuses it and the COPY stores nothing), so a batch is first copied as it is; when that
+ * fails on a stored identity (a retry), it goes again with a lookup first, and the batches after it look up first
+ * until one finds nothing stored. A batch that races a concurrent one between lookup and COPY, and every batch on the
+ * embedded database, is one INSERT ... ON CONFLICT DO NOTHING. All of them write in identity order, so concurrent
+ * batches never deadlock. Ids are reserved before the COPY only for live subscribers; otherwise the columns'
+ * defaults give them (copyWithDefaults). No transaction around a COPY: it is one statement, all or nothing.
  */
 async function insertRows(rows: PendingRow[]): Promise<Inserted> {
   const db = database();
@@ -364,21 +324,11 @@ function copyIn(session: SqlSession, statement: string, data: readonly string[])
   return session.copyFrom(statement, data);
 }
 
-const COPY_ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
-const NEEDS_COPY_ESCAPE = /[\\\t\n\r]/;
-
-/** A text value in COPY's text format (`\N` is null). Validation has refused NUL characters. */
-function copyValue(value: string | null | undefined): string {
-  if (value === null || value === undefined) return '\\N';
-  return NEEDS_COPY_ESCAPE.test(value) ? value.replace(/[\\\t\n\r]/g, (c) => COPY_ESCAPES[c] as string) : value;
-}
-
 /** A record as a line of COPY's text format (without its line end), in the order of STORED_COLUMNS. */
 export function copyLine(keyHex: string, record: MetricRecordInput): string {
-  // A doubled backslash, which COPY reads as one: the value is then `\x<hex>`, bytea's hex input.
-  return `\\\\x${keyHex}\t${copyValue(record.eventId)}\t${copyValue(record.userId)}\t${copyValue(record.sessionId)}\t${
-    record.timestamp
-  }\t${record.talkedTime}\t${record.microphoneUsed ? 't' : 'f'}\t${record.speakerUsed ? 't' : 'f'}\t${copyValue(record.voiceSentiment)}`;
+  let line = copyBytea(keyHex);
+  for (let i = 0; i < RECORD_FIELD_NAMES.length; i++) line += `\t${copyField(record[RECORD_FIELD_NAMES[i] as keyof MetricRecordInput])}`;
+  return line;
 }
 
 /**
@@ -386,66 +336,39 @@ export function copyLine(keyHex: string, record: MetricRecordInput): string {
  * batch size, prepared once per connection. Rows go in in the order sent (`ORDER BY position`: key order, see above).
  * It answers with one row: "position:id" of each stored row in id order, and the batch's created_at once, instead of a
  * row per record with its 64-character key and a timestamp to parse.
- * It runs on the driver directly (`queryDirect`), not through Prisma: for this one statement Prisma's raw-query path
- * cost more CPU than everything else in the request (bench/README.md).
- * Each column goes as one array literal in a text parameter (cast to its array type by PostgreSQL), built here in one
- * pass over the rows: pg's own encoder walks and escapes each array's elements separately (measured: ~1.2 ms per 1,000
- * records; this ~0.7-1.0 ms).
+ * It runs on the driver directly (`queryDirect`), not through Prisma, whose raw-query path costs more CPU than the
+ * statement. Each column goes as one array literal in a text parameter (cast to its array type by PostgreSQL), built
+ * in one pass over the rows, where pg's own encoder would walk and escape each array separately.
  */
 const INSERT_ROWS_SQL = `
     WITH input AS (
-      SELECT decode(k, 'hex') AS record_key, e, u, s, t, tt, m, sp, v, position
-      FROM unnest($1::text::text[], $2::text::varchar[], $3::text::varchar[], $4::text::varchar[], $5::text::int8[],
-                  $6::text::int4[], $7::text::bool[], $8::text::bool[], $9::text::varchar[])
-           WITH ORDINALITY AS r(k, e, u, s, t, tt, m, sp, v, position)
+      SELECT decode(k, 'hex') AS record_key, ${RECORD_FIELDS.map((_, i) => `f${i}`).join(', ')}, position
+      FROM unnest($1::text::text[], ${RECORD_FIELDS.map((field, i) => `$${i + 2}::text::${field.sqlType}[]`).join(', ')})
+           WITH ORDINALITY AS r(k, ${RECORD_FIELDS.map((_, i) => `f${i}`).join(', ')}, position)
     ), inserted AS (
       INSERT INTO user_metrics (${STORED_COLUMNS})
-      SELECT record_key, e, u, s, t, tt, m, sp, v FROM input ORDER BY position
+      SELECT record_key, ${RECORD_FIELDS.map((_, i) => `f${i}`).join(', ')} FROM input ORDER BY position
       ON CONFLICT (record_key) DO NOTHING
       RETURNING id, record_key
     )
     SELECT string_agg((input.position - 1)::text || ':' || inserted.id::text, ',' ORDER BY inserted.id) AS stored, now() AS created_at
     FROM inserted JOIN input USING (record_key)`;
 
-/** Characters that must be backslash-escaped inside a quoted element of an array literal. */
-const ARRAY_ESCAPES = /["\\]/g;
-
-/** One element of a PostgreSQL array literal: always quoted (so spaces, commas, braces and "NULL" stay text), or NULL. */
-function arrayElement(value: string | null | undefined): string {
-  if (value === null || value === undefined) return 'NULL';
-  ARRAY_ESCAPES.lastIndex = 0;
-  return ARRAY_ESCAPES.test(value) ? `"${value.replace(ARRAY_ESCAPES, '\\$&')}"` : `"${value}"`;
-}
-
 async function insertRowsWithStatement(rows: PendingRow[]): Promise<Inserted> {
   // Validation has refused NUL characters and unpaired surrogates, the two things an array literal cannot carry.
   let keys = '{';
-  let eventIds = '{';
-  let userIds = '{';
-  let sessionIds = '{';
-  let timestamps = '{';
-  let talkedTimes = '{';
-  let microphones = '{';
-  let speakers = '{';
-  let sentiments = '{';
+  const columns = RECORD_FIELD_NAMES.map(() => '{');
   for (let i = 0; i < rows.length; i++) {
     const { keyHex, record } = rows[i] as PendingRow;
     const comma = i === 0 ? '' : ',';
     keys += `${comma}${keyHex}`;
-    eventIds += `${comma}${arrayElement(record.eventId)}`;
-    userIds += `${comma}${arrayElement(record.userId)}`;
-    sessionIds += `${comma}${arrayElement(record.sessionId)}`;
-    // GraphQL (Int, SafeInt) has made these integers; String() of an integer is its plain decimal form.
-    timestamps += `${comma}${record.timestamp}`;
-    talkedTimes += `${comma}${record.talkedTime}`;
-    microphones += record.microphoneUsed ? `${comma}t` : `${comma}f`;
-    speakers += record.speakerUsed ? `${comma}t` : `${comma}f`;
-    sentiments += `${comma}${arrayElement(record.voiceSentiment)}`;
+    for (let f = 0; f < columns.length; f++) {
+      columns[f] += `${comma}${arrayElement(record[RECORD_FIELD_NAMES[f] as keyof MetricRecordInput])}`;
+    }
   }
-  const close = (literal: string) => `${literal}}`;
   const [result] = await database().queryDirect<{ stored: string | null; created_at: Date }>(
     INSERT_ROWS_SQL,
-    [keys, eventIds, userIds, sessionIds, timestamps, talkedTimes, microphones, speakers, sentiments].map(close),
+    [keys, ...columns].map((literal) => `${literal}}`),
     'ingest_metrics_insert',
   );
   const positions: number[] = [];

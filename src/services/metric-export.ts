@@ -3,7 +3,8 @@
  * as the API, so memory holds one batch whatever the number of matches. Each batch is one indexed range read.
  */
 import { database } from '../db/client.js';
-import type { StoredMetric } from './ingest.js';
+import { Prisma } from '../generated/prisma/client.js';
+import { FIELD_SELECT_LIST, type StoredMetric } from './record.js';
 import { type MetricFilter, filterToSql } from './metric-filter.js';
 
 /** A stored record as an export carries it: createdAt as ISO 8601 in UTC with microseconds, as stored. */
@@ -26,9 +27,7 @@ export async function* exportMetrics(filter: MetricFilter | null | undefined, ba
   let after = 0;
   for (;;) {
     const rows = await prisma.$queryRaw<RawRow[]>`
-      SELECT id, event_id AS "eventId", user_id AS "userId", session_id AS "sessionId", "timestamp",
-             talked_time AS "talkedTime", microphone_used AS "microphoneUsed", speaker_used AS "speakerUsed",
-             voice_sentiment AS "voiceSentiment",
+      SELECT id, ${Prisma.raw(FIELD_SELECT_LIST)},
              to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS "createdAt"
       FROM user_metrics
       WHERE ${condition} AND id > ${after}::int4

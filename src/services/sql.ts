@@ -3,10 +3,9 @@
  * on the driver itself: the pg pool or PGlite (`Database.queryDirect`).
  *
  * Not through `$queryRaw`: for the statements a read request runs, Prisma's raw-query path (argument conversion, its
- * query interpreter, per-value result mapping) took more CPU than the driver did (profile in bench/README.md). Rows
- * come as the driver parses them, the same from both: int4, int8 (parsed as numbers, src/db/client.ts), float8 and counts as
- * numbers, numeric as a string, timestamptz as a Date (as text on pg with `timestampsAsText`), json/jsonb parsed, text[]
- * as an array.
+ * query interpreter, per-value result mapping) takes more CPU than the driver does. Rows come as the driver parses
+ * them, the same from both: int4, int8 (parsed as numbers, src/db/client.ts), float8 and counts as numbers, numeric
+ * as a string, timestamptz as a Date (as text on pg with `timestampsAsText`), json/jsonb parsed, text[] as an array.
  */
 import { type QueryOptions, database } from '../db/client.js';
 import type { Prisma } from '../generated/prisma/client.js';

@@ -589,7 +589,7 @@ let zoneNames: Promise<Map<string, string>> | undefined;
 
 /**
  * The tz-database names the database knows, by lower-cased name. Read once per process: pg_timezone_names reads
- * every zone file (~20-30 ms). Directory artifacts of the operating system's zone folder (`posix/...`, `right/...`,
+ * every zone file. Directory artifacts of the operating system's zone folder (`posix/...`, `right/...`,
  * `localtime`, `posixrules`) are left out, so that a PostgreSQL server and the embedded database accept the same names.
  */
 function knownZones(): Promise<Map<string, string>> {
@@ -654,7 +654,7 @@ export interface StatsLimits {
 
 /**
  * A statement over the sketches, with PostgreSQL's JIT off: its many small CTEs over a few thousand rows are estimated
- * dear enough to be compiled, which took longer than running them (~120 ms of ~400 at 1M rows, measured).
+ * dear enough to be compiled, and compiling them takes longer than running them.
  */
 async function withoutJit<Row>(sql: Prisma.Sql): Promise<Row[]> {
   const db = database();

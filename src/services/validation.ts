@@ -2,20 +2,10 @@
  * The rules one metric record must meet to be stored. Shared by the GraphQL API and the bulk importer, so both accept
  * and reject exactly the same records with the same messages.
  */
+import { LIMITS, type MetricRecordInput, RECORD_FIELDS } from './record.js';
 
-/** A record as a client sends it (GraphQL has already checked the types). */
-export interface MetricRecordInput {
-  eventId?: string | null;
-  userId: string;
-  sessionId: string;
-  /** Unix time in seconds. */
-  timestamp: number;
-  /** Seconds. */
-  talkedTime: number;
-  microphoneUsed: boolean;
-  speakerUsed: boolean;
-  voiceSentiment?: string | null;
-}
+// The bulk tools import these from here.
+export { LIMITS, type MetricRecordInput } from './record.js';
 
 export type RejectionCode =
   | 'BLANK'
@@ -31,17 +21,6 @@ export interface FieldProblem {
   code: RejectionCode;
   message: string;
 }
-
-export const LIMITS = {
-  idMaxLength: 255,
-  eventIdMaxLength: 255,
-  voiceSentimentMaxLength: 50,
-  talkedTimeMax: 86_400,
-  /** 2000-01-01T00:00:00Z. */
-  timestampMin: 946_684_800,
-  /** How far past the server's clock a timestamp may be, in seconds. */
-  timestampFutureSkew: 86_400,
-} as const;
 
 /** Length in Unicode code points, as PostgreSQL counts characters (a UTF-16 surrogate pair is one). */
 export function codePointLength(value: string): number {
@@ -91,48 +70,49 @@ function checkText(
   }
 }
 
-/** Every problem of one record (empty when it is valid). `nowSeconds` is the server's clock. */
-export function validateRecord(record: MetricRecordInput, nowSeconds: number): FieldProblem[] {
-  const problems: FieldProblem[] = [];
-  if (record.eventId !== undefined && record.eventId !== null) {
-    checkText(problems, 'eventId', record.eventId, LIMITS.eventIdMaxLength, true);
-  }
-  checkText(problems, 'userId', record.userId, LIMITS.idMaxLength, true);
-  checkText(problems, 'sessionId', record.sessionId, LIMITS.idMaxLength, true);
-
+function checkTimestamp(problems: FieldProblem[], ts: number, nowSeconds: number): void {
   const latest = nowSeconds + LIMITS.timestampFutureSkew;
-  const ts = record.timestamp;
-  if (ts < LIMITS.timestampMin || ts > latest) {
-    const asSeconds = Math.floor(ts / 1000);
-    if (ts > latest && asSeconds >= LIMITS.timestampMin && asSeconds <= latest) {
-      problems.push({
-        field: 'timestamp',
-        code: 'TIMESTAMP_IN_MILLISECONDS',
-        message: `timestamp ${ts} looks like milliseconds; send unix time in seconds (${asSeconds})`,
-      });
-    } else if (ts < LIMITS.timestampMin) {
-      problems.push({
-        field: 'timestamp',
-        code: 'TIMESTAMP_TOO_OLD',
-        message: `timestamp ${ts} is before 2000-01-01T00:00:00Z (${LIMITS.timestampMin}); send unix time in seconds`,
-      });
-    } else {
-      problems.push({
-        field: 'timestamp',
-        code: 'TIMESTAMP_IN_FUTURE',
-        message: `timestamp ${ts} is more than 24 hours ahead of the server's clock (latest allowed now: ${latest})`,
-      });
-    }
-  }
-  if (record.talkedTime < 0 || record.talkedTime > LIMITS.talkedTimeMax) {
+  if (ts >= LIMITS.timestampMin && ts <= latest) return;
+  const asSeconds = Math.floor(ts / 1000);
+  if (ts > latest && asSeconds >= LIMITS.timestampMin && asSeconds <= latest) {
     problems.push({
-      field: 'talkedTime',
-      code: 'OUT_OF_RANGE',
-      message: `talkedTime ${record.talkedTime} is outside 0..${LIMITS.talkedTimeMax} seconds`,
+      field: 'timestamp',
+      code: 'TIMESTAMP_IN_MILLISECONDS',
+      message: `timestamp ${ts} looks like milliseconds; send unix time in seconds (${asSeconds})`,
+    });
+  } else if (ts < LIMITS.timestampMin) {
+    problems.push({
+      field: 'timestamp',
+      code: 'TIMESTAMP_TOO_OLD',
+      message: `timestamp ${ts} is before 2000-01-01T00:00:00Z (${LIMITS.timestampMin}); send unix time in seconds`,
+    });
+  } else {
+    problems.push({
+      field: 'timestamp',
+      code: 'TIMESTAMP_IN_FUTURE',
+      message: `timestamp ${ts} is more than 24 hours ahead of the server's clock (latest allowed now: ${latest})`,
     });
   }
-  if (record.voiceSentiment !== undefined && record.voiceSentiment !== null) {
-    checkText(problems, 'voiceSentiment', record.voiceSentiment, LIMITS.voiceSentimentMaxLength, false);
+}
+
+function checkTalkedTime(problems: FieldProblem[], talkedTime: number): void {
+  if (talkedTime >= 0 && talkedTime <= LIMITS.talkedTimeMax) return;
+  problems.push({
+    field: 'talkedTime',
+    code: 'OUT_OF_RANGE',
+    message: `talkedTime ${talkedTime} is outside 0..${LIMITS.talkedTimeMax} seconds`,
+  });
+}
+
+/** Every problem of one record (empty when it is valid), in the fields' order. `nowSeconds` is the server's clock. */
+export function validateRecord(record: MetricRecordInput, nowSeconds: number): FieldProblem[] {
+  const problems: FieldProblem[] = [];
+  for (const field of RECORD_FIELDS) {
+    if (field.kind === 'text') {
+      const value = record[field.name];
+      if (value !== undefined && value !== null) checkText(problems, field.name, value, field.maxLength, field.blankRefused);
+    } else if (field.name === 'timestamp') checkTimestamp(problems, record.timestamp, nowSeconds);
+    else if (field.name === 'talkedTime') checkTalkedTime(problems, record.talkedTime);
   }
   return problems;
 }
