@@ -4,13 +4,13 @@
  */
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
-import type { Config } from './config.js';
+import { type Config, redactUrl } from './config.js';
 import { connectDatabase, disconnectDatabase } from './db/client.js';
 import { type EmbeddedWireServer, startEmbeddedWireServer } from './db/embedded-wire.js';
 import type { Logger } from './logger.js';
 import { ensureSchema } from './db/migrations.js';
 import { createServer } from './server.js';
-import { redactRedisUrl, startMetricEvents, stopMetricEvents } from './services/events.js';
+import { startMetricEvents, stopMetricEvents } from './services/events.js';
 
 export interface App {
   /** Base URL, e.g. http://127.0.0.1:4000 */
@@ -59,7 +59,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     logger.info(
       { liveUpdates: events.kind },
       events.kind === 'redis'
-        ? `Live updates (metricIngested) go through Redis at ${redactRedisUrl(config.redisUrl ?? '')}, channel prefix ${config.redisChannelPrefix}`
+        ? `Live updates (metricIngested) go through Redis at ${redactUrl(config.redisUrl ?? '')}, channel prefix ${config.redisChannelPrefix}`
         : 'Live updates (metricIngested) are in-process; set REDIS_URL to share them between instances',
     );
 

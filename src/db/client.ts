@@ -13,6 +13,7 @@ import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { classifyDatabaseError } from './errors.js';
 import { copyInOneWrite } from './copy.js';
 import { PrismaClient } from '../generated/prisma/client.js';
+import { redactUrl } from '../config.js';
 import { registry } from '../observability/metrics.js';
 
 /** One connection, held for a unit of work (a migration run; a batch stored with COPY in one transaction). */
@@ -85,15 +86,6 @@ const CLIENT_TIMEOUT_GRACE_MS = 5_000;
 // PostgreSQL returns int8 as text; our int8 values (unix seconds, counts) are within 2^53.
 pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
 
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(unparseable URL)';
-  }
-}
 
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
   return options.url ? openPostgres(options.url, options) : openEmbedded(options.dataDir ?? '.data', options);

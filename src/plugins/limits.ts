@@ -65,42 +65,27 @@ function reject(code: string, limit: number, describe: (found: number | undefine
   };
 }
 
+type ArmorRejection = ReturnType<typeof reject>;
+type ArmorPlugin = (options: { n: number; propagateOnRejection: boolean; onReject: ArmorRejection[] }) => unknown;
+
+/** One armor limit, refused in our words (never propagated: the rejection is reported as our error). */
+function armor(plugin: ArmorPlugin, n: number, code: string, describe: (found: number | undefined) => string): Plugin {
+  return plugin({ n, propagateOnRejection: false, onReject: [reject(code, n, describe)] }) as Plugin;
+}
+
 /** Armor's depth, aliases, directives and tokens limits. */
 export function armorPlugins(limits: QueryLimits): Plugin[] {
   return [
-    maxTokensPlugin({
-      n: limits.maxTokens,
-      propagateOnRejection: false,
-      onReject: [
-        reject('TOKEN_LIMIT_EXCEEDED', limits.maxTokens, () =>
-          `The query text has more than ${limits.maxTokens} tokens, the most this service parses. Send large inputs as variables, not literals.`),
-      ],
-    }),
-    maxDepthPlugin({
-      n: limits.maxDepth,
-      propagateOnRejection: false,
-      onReject: [
-        reject('DEPTH_LIMIT_EXCEEDED', limits.maxDepth, (found) =>
-          `The operation nests selections ${found ?? 'too many'} levels deep; at most ${limits.maxDepth} are allowed.`),
-      ],
-    }),
-    maxAliasesPlugin({
-      n: limits.maxAliases,
-      propagateOnRejection: false,
-      onReject: [
-        reject('ALIAS_LIMIT_EXCEEDED', limits.maxAliases, (found) =>
-          `The operation uses ${found ?? 'too many'} aliases; at most ${limits.maxAliases} are allowed.`),
-      ],
-    }),
-    maxDirectivesPlugin({
-      n: limits.maxDirectives,
-      propagateOnRejection: false,
-      onReject: [
-        reject('DIRECTIVE_LIMIT_EXCEEDED', limits.maxDirectives, (found) =>
-          `The operation uses ${found ?? 'too many'} directives; at most ${limits.maxDirectives} are allowed.`),
-      ],
-    }),
-  ] as Plugin[];
+    armor(maxTokensPlugin, limits.maxTokens, 'TOKEN_LIMIT_EXCEEDED', () =>
+      `The query text has more than ${limits.maxTokens} tokens, the most this service parses. ` +
+      'Send large inputs as variables, not literals.'),
+    armor(maxDepthPlugin, limits.maxDepth, 'DEPTH_LIMIT_EXCEEDED', (found) =>
+      `The operation nests selections ${found ?? 'too many'} levels deep; at most ${limits.maxDepth} are allowed.`),
+    armor(maxAliasesPlugin, limits.maxAliases, 'ALIAS_LIMIT_EXCEEDED', (found) =>
+      `The operation uses ${found ?? 'too many'} aliases; at most ${limits.maxAliases} are allowed.`),
+    armor(maxDirectivesPlugin, limits.maxDirectives, 'DIRECTIVE_LIMIT_EXCEEDED', (found) =>
+      `The operation uses ${found ?? 'too many'} directives; at most ${limits.maxDirectives} are allowed.`),
+  ];
 }
 
 /**

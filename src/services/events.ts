@@ -14,6 +14,7 @@
  * moment it subscribes, and a failed publish is logged.
  */
 import type { Redis } from 'ioredis';
+import { redactUrl } from '../config.js';
 import type { Logger } from '../logger.js';
 import { InputError } from './errors.js';
 import type { StoredMetric } from './record.js';
@@ -227,7 +228,7 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
     publisher.disconnect();
     subscriber.disconnect();
     const reason = lastError && lastError !== error ? `${lastError.message} (${(error as Error).message})` : (error as Error).message;
-    throw new Error(`Cannot use Redis at ${redactRedisUrl(options.redisUrl)} (REDIS_URL) for live updates: ${reason}`);
+    throw new Error(`Cannot use Redis at ${redactUrl(options.redisUrl)} (REDIS_URL) for live updates: ${reason}`);
   }
 
   const quit = async (client: Redis) => {
@@ -268,15 +269,6 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
   };
 }
 
-export function redactRedisUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(unparseable URL)';
-  }
-}
 
 let active: MetricEvents | undefined;
 

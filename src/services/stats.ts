@@ -427,6 +427,11 @@ export function buildStatsSql(options: StatsSqlOptions): Prisma.Sql {
     columns.push(approxPercentile('0.5', '50'), approxPercentile('0.95', '95'));
     joins.push(Prisma.sql`JOIN pct p ON ${k.join('g', 'p')}`);
   }
+  return assembled(ctes, columns, joins, k);
+}
+
+/** The statement from its parts: the CTEs, the figures selected from `groups g` and the joins that bring them. */
+function assembled(ctes: Prisma.Sql[], columns: Prisma.Sql[], joins: Prisma.Sql[], k: { finalOrder: Prisma.Sql }): Prisma.Sql {
   return Prisma.sql`
     WITH ${Prisma.join(ctes, ',\n    ')}
     SELECT ${Prisma.join(columns)}
@@ -556,11 +561,7 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
     columns.push(approxPercentile('0.5', '50'), approxPercentile('0.95', '95'));
     joins.push(Prisma.sql`JOIN pct p ON ${k.join('g', 'p')}`);
   }
-  return Prisma.sql`
-    WITH ${Prisma.join(ctes, ',\n    ')}
-    SELECT ${Prisma.join(columns)}
-    FROM groups g ${joins.length > 0 ? Prisma.join(joins, ' ') : Prisma.empty}
-    ${k.finalOrder}`;
+  return assembled(ctes, columns, joins, k);
 }
 
 /** Where a question is answered from: `auto` (rollups when they give the same answer), or always the raw rows. */
