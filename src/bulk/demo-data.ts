@@ -27,7 +27,8 @@ export function createRandom(seed: string): () => number {
   const next32 = () => {
     h = Math.imul(h ^ (h >>> 16), 2246822507);
     h = Math.imul(h ^ (h >>> 13), 3266489909);
-    return (h ^= h >>> 16) >>> 0;
+    h ^= h >>> 16;
+    return h >>> 0;
   };
   let a = next32();
   let b = next32();
@@ -90,7 +91,10 @@ export const ZONES = [
 ] as const;
 
 /** Relative activity by local hour (0..23): quiet nights, a morning peak, a dip at lunch, a long afternoon. */
-export const DIURNAL = [0.15, 0.08, 0.05, 0.05, 0.06, 0.2, 0.6, 1.6, 3.6, 5.6, 6.4, 6.0, 4.4, 5.2, 6.0, 5.8, 5.0, 3.6, 2.6, 2.2, 1.8, 1.2, 0.7, 0.35];
+export const DIURNAL = [
+  0.15, 0.08, 0.05, 0.05, 0.06, 0.2, 0.6, 1.6, 3.6, 5.6, 6.4, 6.0, 4.4, 5.2, 6.0, 5.8, 5.0, 3.6, 2.6, 2.2, 1.8, 1.2,
+  0.7, 0.35,
+];
 const HOURS = DIURNAL.map((weight, hour) => [hour, weight] as const);
 
 /** Device habits: [microphone rate, speaker rate] (a headset's user hears through it, not a speaker), weighted. */
@@ -131,11 +135,31 @@ export function makeUsers(random: () => number, count: number): DemoUser[] {
 
 const SENTIMENTS = ['positive', 'neutral', 'negative'] as const;
 
+/** `bits` random bits as hex digits, zero-padded. */
+function randomHex(random: () => number, bits: number): string {
+  return Math.floor(random() * 2 ** bits)
+    .toString(16)
+    .padStart(bits / 4, '0');
+}
+
+/** A sentiment drawn with the user's mood as the weights. */
+function pickSentiment(random: () => number, user: DemoUser): (typeof SENTIMENTS)[number] {
+  return pick(
+    random,
+    SENTIMENTS.map((name, i) => [name, user.mood[i] as number] as const),
+  );
+}
+
 /**
  * The records of one local day of every user, in time order per session. `day` counts from 0 (the oldest day).
  * Records outside [end - days, end) are left out (a zone shifts a local day across the window's edges).
  */
-export function* demoDay(options: DemoOptions, users: readonly DemoUser[], random: () => number, day: number): Generator<MetricRecordInput> {
+export function* demoDay(
+  options: DemoOptions,
+  users: readonly DemoUser[],
+  random: () => number,
+  day: number,
+): Generator<MetricRecordInput> {
   const start = options.end - options.days * 86_400;
   const dayStart = Math.floor(start / 86_400) * 86_400 + day * 86_400;
   for (const [u, user] of users.entries()) {
@@ -146,7 +170,7 @@ export function* demoDay(options: DemoOptions, users: readonly DemoUser[], rando
     for (let s = 0; s < sessions; s++) {
       const hour = pick(random, HOURS);
       let t = Math.floor(utcMidnight + hour * 3600 + random() * 3600);
-      const sessionId = `sess-${Math.floor(random() * 2 ** 32).toString(16).padStart(8, '0')}${Math.floor(random() * 2 ** 16).toString(16).padStart(4, '0')}`;
+      const sessionId = `sess-${randomHex(random, 32)}${randomHex(random, 16)}`;
       const usesMicrophone = random() < user.microphoneRate;
       const usesSpeaker = random() < user.speakerRate;
       // Sessions have a few records each: 1 + geometric, mean about 3.
@@ -157,7 +181,7 @@ export function* demoDay(options: DemoOptions, users: readonly DemoUser[], rando
         const silent = random() < 0.04;
         const talkedTime = silent ? 0 : Math.min(86_400, Math.max(1, Math.round(45 * Math.exp(1.1 * normal(random)))));
         const sentimentMissing = silent || random() < 0.08;
-        const sentiment = sentimentMissing ? null : pick(random, SENTIMENTS.map((name, i) => [name, user.mood[i] as number] as const));
+        const sentiment = sentimentMissing ? null : pickSentiment(random, user);
         if (t >= start && t < options.end) {
           yield {
             eventId: `seed-${options.seed}-${u + 1}-${day}-${s}-${r}`,

@@ -15,15 +15,17 @@ export interface LineProblem {
   message: string;
 }
 
-type FieldName = keyof MetricRecordInput;
-type FieldKind = 'text' | 'integer' | 'boolean';
+/** The record's fields whose values are of type T (null aside). */
+type FieldsOf<T> = {
+  [K in keyof MetricRecordInput]-?: NonNullable<MetricRecordInput[K]> extends T ? K : never;
+}[keyof MetricRecordInput];
 
-interface FieldSpec {
-  name: FieldName;
-  column: string;
-  kind: FieldKind;
-  required: boolean;
-}
+/** A field, its file column and its type; the name's type follows the kind, so a value of that kind can be set. */
+type FieldSpec = { column: string; required: boolean } & (
+  | { name: FieldsOf<string>; kind: 'text' }
+  | { name: FieldsOf<number>; kind: 'integer' }
+  | { name: FieldsOf<boolean>; kind: 'boolean' }
+);
 
 /** The record fields in the order of the seed's table, with the column names files use for them. */
 export const FIELDS: readonly FieldSpec[] = [
@@ -77,7 +79,11 @@ function wrongType(spec: FieldSpec, shown: string): LineProblem {
         : spec.required
           ? 'a string'
           : 'a string or null';
-  return { field: spec.name, code: 'WRONG_TYPE', message: `${spec.name} must be ${expected}${spec.name === 'timestamp' ? ' (unix seconds)' : ''}; got ${shown}` };
+  return {
+    field: spec.name,
+    code: 'WRONG_TYPE',
+    message: `${spec.name} must be ${expected}${spec.name === 'timestamp' ? ' (unix seconds)' : ''}; got ${shown}`,
+  };
 }
 
 function show(value: unknown): string {
@@ -85,19 +91,12 @@ function show(value: unknown): string {
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
-export type Conversion = { record: MetricRecordInput; problems?: undefined } | { record?: undefined; problems: LineProblem[] };
-
 /**
- * A JSON value (one NDJSON line, parsed) as a record. Types are JSON's own, as the API takes them: numbers for
- * integers, true/false for booleans, strings or null for text. Keys the importer does not know are ignored.
+ * The record a conversion fills in: optional fields null until a file gives them. One object shape for every record
+ * (and no per-key iteration): this runs for every line of large files.
  */
-export function recordFromJson(value: unknown): Conversion {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    return { problems: [{ field: null, code: 'NOT_AN_OBJECT', message: `the line must be a JSON object; got ${show(value)}` }] };
-  }
-  const source = value as Record<string, unknown>;
-  // One object shape for every record (and no per-key iteration): this runs for every line of large files.
-  const out: MetricRecordInput = {
+function emptyRecord(): MetricRecordInput {
+  return {
     eventId: null,
     userId: '',
     sessionId: '',
@@ -107,30 +106,47 @@ export function recordFromJson(value: unknown): Conversion {
     speakerUsed: false,
     voiceSentiment: null,
   };
-  const target = out as unknown as Record<string, unknown>;
-  let problems: LineProblem[] | undefined;
+}
+
+export type Conversion =
+  | { record: MetricRecordInput; problems?: undefined }
+  | { record?: undefined; problems: LineProblem[] };
+
+/**
+ * A JSON value (one NDJSON line, parsed) as a record. Types are JSON's own, as the API takes them: numbers for
+ * integers, true/false for booleans, strings or null for text. Keys the importer does not know are ignored.
+ */
+export function recordFromJson(value: unknown): Conversion {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return {
+      problems: [{ field: null, code: 'NOT_AN_OBJECT', message: `the line must be a JSON object; got ${show(value)}` }],
+    };
+  }
+  const source = value as Record<string, unknown>;
+  const out = emptyRecord();
+  const problems: LineProblem[] = [];
   for (const spec of FIELDS) {
     const camel = Object.hasOwn(source, spec.name) ? source[spec.name] : undefined;
     const snake = spec.column !== spec.name && Object.hasOwn(source, spec.column) ? source[spec.column] : undefined;
     if (camel !== undefined && snake !== undefined) {
-      (problems ??= []).push({ field: spec.name, code: 'REPEATED', message: `${spec.name} is given twice (as ${spec.name} and ${spec.column})` });
+      const message = `${spec.name} is given twice (as ${spec.name} and ${spec.column})`;
+      problems.push({ field: spec.name, code: 'REPEATED', message });
       continue;
     }
     const raw = camel !== undefined ? camel : snake;
     if (raw === null || raw === undefined) {
-      if (spec.required) (problems ??= []).push(missing(spec));
-      continue;
+      if (spec.required) problems.push(missing(spec));
+    } else if (spec.kind === 'text' && typeof raw === 'string') {
+      out[spec.name] = raw;
+    } else if (spec.kind === 'integer' && typeof raw === 'number' && Number.isSafeInteger(raw)) {
+      out[spec.name] = raw;
+    } else if (spec.kind === 'boolean' && typeof raw === 'boolean') {
+      out[spec.name] = raw;
+    } else {
+      problems.push(wrongType(spec, show(raw)));
     }
-    const ok =
-      spec.kind === 'text'
-        ? typeof raw === 'string'
-        : spec.kind === 'integer'
-          ? typeof raw === 'number' && Number.isSafeInteger(raw)
-          : typeof raw === 'boolean';
-    if (ok) target[spec.name] = raw;
-    else (problems ??= []).push(wrongType(spec, show(raw)));
   }
-  return problems ? { problems } : { record: out };
+  return problems.length > 0 ? { problems } : { record: out };
 }
 
 /** Where each record field sits in a CSV row, from the header. */
@@ -154,7 +170,9 @@ export function csvLayout(header: readonly (string | null)[]): CsvLayout {
   columns.forEach((name, index) => {
     const spec = BY_KEY.get(name);
     if (!spec) {
-      if (!(INFORMATIONAL_COLUMNS as readonly string[]).includes(name)) ignored.push(name === '' ? `(unnamed column ${index + 1})` : name);
+      if (!(INFORMATIONAL_COLUMNS as readonly string[]).includes(name)) {
+        ignored.push(name === '' ? `(unnamed column ${index + 1})` : name);
+      }
       return;
     }
     const at = FIELDS.indexOf(spec);
@@ -163,10 +181,11 @@ export function csvLayout(header: readonly (string | null)[]): CsvLayout {
   });
   const absent = FIELDS.filter((spec, i) => spec.required && positions[i] === -1);
   if (absent.length > 0) {
+    const expected = FIELDS.map((f) => f.column).join(',');
+    const camelCase = FIELDS.map((f) => f.name).join(',');
     throw new CsvHeaderError(
       `the header lacks ${absent.map((s) => s.column).join(', ')}. ` +
-        `Expected columns: ${FIELDS.map((f) => f.column).join(',')} (or the camelCase names ${FIELDS.map((f) => f.name).join(',')}); ` +
-        `got: ${columns.join(',')}`,
+        `Expected columns: ${expected} (or the camelCase names ${camelCase}); got: ${columns.join(',')}`,
     );
   }
   return { columns, positions, ignored };
@@ -180,21 +199,22 @@ export function recordFromCsv(fields: readonly (string | null)[], layout: CsvLay
   if (fields.length !== layout.columns.length) {
     return {
       problems: [
-        { field: null, code: 'WRONG_COLUMN_COUNT', message: `the row has ${fields.length} fields; the header has ${layout.columns.length}` },
+        {
+          field: null,
+          code: 'WRONG_COLUMN_COUNT',
+          message: `the row has ${fields.length} fields; the header has ${layout.columns.length}`,
+        },
       ],
     };
   }
-  const out: Record<string, unknown> = {};
+  const out = emptyRecord();
   const problems: LineProblem[] = [];
   FIELDS.forEach((spec, i) => {
-    const position = layout.positions[i] as number;
+    const position = layout.positions[i] ?? -1;
     const raw = position === -1 ? null : (fields[position] ?? null);
     if (raw === null) {
       if (spec.required) problems.push(missing(spec));
-      else out[spec.name] = null;
-      return;
-    }
-    if (spec.kind === 'text') {
+    } else if (spec.kind === 'text') {
       out[spec.name] = raw;
     } else if (spec.kind === 'integer') {
       const text = raw.trim();
@@ -207,7 +227,7 @@ export function recordFromCsv(fields: readonly (string | null)[], layout: CsvLay
       else out[spec.name] = value;
     }
   });
-  return problems.length > 0 ? { problems } : { record: out as unknown as MetricRecordInput };
+  return problems.length > 0 ? { problems } : { record: out };
 }
 
 /** A record as files carry it out: the record's fields, plus the stored row's id and created_at when it has them. */
@@ -219,38 +239,34 @@ export interface FileRow extends MetricRecordInput {
 
 /** One CSV line under CSV_HEADER (null as an empty field, the empty string as ""). */
 export function csvLine(row: FileRow): string {
-  return (
-    [
-      row.id ?? null,
-      row.eventId ?? null,
-      row.userId,
-      row.sessionId,
-      row.timestamp,
-      row.talkedTime,
-      row.microphoneUsed,
-      row.speakerUsed,
-      row.voiceSentiment ?? null,
-      row.createdAt ?? null,
-    ]
-      .map(csvField)
-      .join(',') + '\n'
-  );
+  const fields = [
+    row.id ?? null,
+    row.eventId ?? null,
+    row.userId,
+    row.sessionId,
+    row.timestamp,
+    row.talkedTime,
+    row.microphoneUsed,
+    row.speakerUsed,
+    row.voiceSentiment ?? null,
+    row.createdAt ?? null,
+  ];
+  return `${fields.map(csvField).join(',')}\n`;
 }
 
 /** One NDJSON line with the API's camelCase names. */
 export function ndjsonLine(row: FileRow): string {
-  return (
-    JSON.stringify({
-      ...(row.id != null ? { id: row.id } : {}),
-      eventId: row.eventId ?? null,
-      userId: row.userId,
-      sessionId: row.sessionId,
-      timestamp: row.timestamp,
-      talkedTime: row.talkedTime,
-      microphoneUsed: row.microphoneUsed,
-      speakerUsed: row.speakerUsed,
-      voiceSentiment: row.voiceSentiment ?? null,
-      ...(row.createdAt != null ? { createdAt: row.createdAt } : {}),
-    }) + '\n'
-  );
+  const object = {
+    ...(row.id != null ? { id: row.id } : {}),
+    eventId: row.eventId ?? null,
+    userId: row.userId,
+    sessionId: row.sessionId,
+    timestamp: row.timestamp,
+    talkedTime: row.talkedTime,
+    microphoneUsed: row.microphoneUsed,
+    speakerUsed: row.speakerUsed,
+    voiceSentiment: row.voiceSentiment ?? null,
+    ...(row.createdAt != null ? { createdAt: row.createdAt } : {}),
+  };
+  return `${JSON.stringify(object)}\n`;
 }

@@ -28,11 +28,13 @@ export async function connectForTool(config: Config, tool: string): Promise<Data
     const message = error instanceof Error ? error.message : String(error);
     if (!config.databaseUrl && /in use by process/.test(message)) {
       throw new ToolError(
-        `${message}\nThe embedded database serves one process at a time, so \`${tool}\` cannot run while the service does. ` +
-          'Stop the service and run it again, or point both at PostgreSQL with DATABASE_URL.',
+        `${message}\nThe embedded database serves one process at a time, so \`${tool}\` cannot run while the ` +
+          'service does. Stop the service and run it again, or point both at PostgreSQL with DATABASE_URL.',
       );
     }
-    throw new ToolError(`Cannot open the database (${config.databaseUrl ? 'DATABASE_URL' : `DATA_DIR=${config.dataDir}`}): ${message}`);
+    throw new ToolError(
+      `Cannot open the database (${config.databaseUrl ? 'DATABASE_URL' : `DATA_DIR=${config.dataDir}`}): ${message}`,
+    );
   }
   try {
     await ensureSchema(db, config.migrateOnStart);
@@ -40,7 +42,9 @@ export async function connectForTool(config: Config, tool: string): Promise<Data
     if (error instanceof MigrationError) throw new ToolError(`${describeDatabase(db)}: ${error.message}`);
     // The first statement is where a PostgreSQL database that does not exist, or refuses us, shows: one line, no stack.
     await disconnectDatabase().catch(() => {});
-    throw new ToolError(`Cannot open ${describeDatabase(db)}: ${error instanceof Error ? error.message : String(error)}`);
+    throw new ToolError(
+      `Cannot open ${describeDatabase(db)}: ${error instanceof Error ? error.message : String(error)}`,
+    );
   }
   return db;
 }

@@ -11,7 +11,8 @@ import { disconnectDatabase } from '../db/client.js';
 import { schema } from '../schema/index.js';
 import type { MetricFilter } from '../services/metric-filter.js';
 import { exportMetrics } from '../services/metric-export.js';
-import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool, write } from './support.js';
+import { PROGRESS_MODES, UsageError, choiceOption, integerOption, parseCommandLine } from './args.js';
+import { close, runTool, write } from './support.js';
 import { connectForTool, describeDatabase } from './connect.js';
 import { Progress, formatCount } from '../bulk/progress.js';
 import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
@@ -19,7 +20,7 @@ import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
 const USAGE = `usage: npm run export -- [options]
 
   --where <json>          which records: the GraphQL MetricFilter as JSON, e.g.
-                          '{"userId":{"in":["user-0001"]},"timestamp":{"gte":1790000000},"voiceSentiment":{"isNull":false}}'
+                          '{"userId":{"in":["user-0001"]},"voiceSentiment":{"isNull":false}}'
   --format csv|ndjson     default: from --out's extension, else csv. CSV has the seed's column names
                           (id,event_id,user_id,...,created_at); NDJSON the API's camelCase names
   --out <file>            default: standard output
@@ -69,7 +70,9 @@ async function main(): Promise<number> {
   }
   const filter = values.where === undefined ? undefined : parseWhere(values.where);
   const extension = values.out ? path.extname(values.out).toLowerCase() : '';
-  const format = choiceOption('format', values.format, ['csv', 'ndjson'] as const) ?? (extension === '.ndjson' || extension === '.jsonl' ? 'ndjson' : 'csv');
+  const format =
+    choiceOption('format', values.format, ['csv', 'ndjson'] as const) ??
+    (extension === '.ndjson' || extension === '.jsonl' ? 'ndjson' : 'csv');
   const batchSize = integerOption('batch-size', values['batch-size'], 5000, 100, 50_000);
   const progressMode = choiceOption('progress', values.progress, PROGRESS_MODES);
 
@@ -104,9 +107,10 @@ async function main(): Promise<number> {
     await disconnectDatabase();
   }
   const seconds = (performance.now() - started) / 1000;
+  const rate = formatCount(rows / Math.max(seconds, 0.001));
   process.stderr.write(
     `Exported ${formatCount(rows)} records from ${describeDatabase(db)} as ${format === 'csv' ? 'CSV' : 'NDJSON'}` +
-      `${values.out ? ` to ${values.out}` : ''} in ${seconds.toFixed(1)} s (${formatCount(rows / Math.max(seconds, 0.001))} records/s)\n`,
+      `${values.out ? ` to ${values.out}` : ''} in ${seconds.toFixed(1)} s (${rate} records/s)\n`,
   );
   return 0;
 }

@@ -10,12 +10,20 @@ import type { Readable, Writable } from 'node:stream';
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db/client.js';
 import { type BulkMethod, openBulkWriter } from '../services/bulk-import.js';
-import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool } from './support.js';
+import { PROGRESS_MODES, UsageError, choiceOption, integerOption, parseCommandLine } from './args.js';
+import { close, runTool } from './support.js';
 import { ToolError, connectForTool, describeDatabase } from './connect.js';
-import { CsvReader, LineSplitter, csvField } from '../bulk/csv.js';
+import { type CsvRecord, CsvReader, LineSplitter, csvField } from '../bulk/csv.js';
 import { BatchLoader } from '../bulk/loader.js';
 import { Progress, formatBytes, formatCount } from '../bulk/progress.js';
-import { type CsvLayout, CsvHeaderError, type LineProblem, csvLayout, recordFromCsv, recordFromJson } from '../bulk/records.js';
+import {
+  type CsvLayout,
+  CsvHeaderError,
+  type LineProblem,
+  csvLayout,
+  recordFromCsv,
+  recordFromJson,
+} from '../bulk/records.js';
 
 const USAGE = `usage: npm run import -- <file> [options]
 
@@ -24,10 +32,12 @@ const USAGE = `usage: npm run import -- <file> [options]
                           speaker_used, voice_sentiment, event_id) or the API's camelCase (userId, ...).
   --format csv|ndjson     the file's format (default: from the extension, else from its first character)
   --rejected <file>       where rejected lines go, one JSON object each with the line number and the reasons
-                          (default: <file>.rejected.ndjson; replaced on every run, none written when nothing is rejected)
+                          (default: <file>.rejected.ndjson; replaced on every run, none written when nothing
+                          is rejected)
   --batch-size <n>        records per database batch, 100..100000 (default 10000)
   --method copy|insert    copy: COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING (PostgreSQL);
-                          insert: the API's multi-row INSERT. Default: copy on PostgreSQL, insert on the embedded database
+                          insert: the API's multi-row INSERT. Default: copy on PostgreSQL, insert on the embedded
+                          database
   --progress bar|lines|none  default: a bar on a terminal, a line every 5 s otherwise
   -h, --help
 
@@ -59,7 +69,9 @@ function parseOptions(argv: string[]): Options | undefined {
     },
   });
   if (values.help) return undefined;
-  if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'Name the file to import.' : 'Import one file at a time.');
+  if (positionals.length !== 1) {
+    throw new UsageError(positionals.length === 0 ? 'Name the file to import.' : 'Import one file at a time.');
+  }
   const file = positionals[0] as string;
   return {
     file,
@@ -80,7 +92,9 @@ function formatFromName(file: string): Format | undefined {
 
 function formatFromContent(firstChunk: string): Format {
   const start = firstChunk.replace(/^\uFEFF/, '').trimStart();
-  if (start.startsWith('[')) throw new ToolError('The input starts with [: a JSON array. Give NDJSON instead, one record object per line.');
+  if (start.startsWith('[')) {
+    throw new ToolError('The input starts with [: a JSON array. Give NDJSON instead, one record object per line.');
+  }
   return start.startsWith('{') ? 'ndjson' : 'csv';
 }
 
@@ -90,7 +104,8 @@ class RejectedLines {
   count = 0;
 
   constructor(private readonly file: string) {
-    // A file left by an earlier run would describe lines this run may have stored: it is this command's output, replace it.
+    // A file left by an earlier run would describe lines this run may have stored: it is this command's output,
+    // replace it.
     fs.rmSync(file, { force: true });
   }
 
@@ -128,14 +143,19 @@ function checkFileStart(file: string, format: Format | undefined): Format | unde
   if (detected !== 'csv') return detected;
   let header: (string | null)[] | undefined;
   const reader = new CsvReader();
+  const keepHeader = (record: CsvRecord) => {
+    header ??= record.fields;
+  };
   new LineSplitter().push(head, (raw, line) => {
-    if (!header) reader.line(raw, line, (record) => (header ??= record.fields), () => {});
+    if (!header) reader.line(raw, line, keepHeader, () => {});
   });
   if (header) {
     try {
       csvLayout(header);
     } catch (error) {
-      if (error instanceof CsvHeaderError) throw new ToolError(`${file}: the first line is not a usable CSV header: ${error.message}`);
+      if (error instanceof CsvHeaderError) {
+        throw new ToolError(`${file}: the first line is not a usable CSV header: ${error.message}`);
+      }
       throw error;
     }
   }
@@ -172,7 +192,11 @@ async function main(): Promise<number> {
   const writer = await openBulkWriter(options.method);
   const rejected = new RejectedLines(options.rejectedPath);
   const loader = new BatchLoader(writer, options.batchSize, (line, problems, source) => {
-    rejected.add(line, problems, typeof source === 'string' ? source : (source as (string | null)[]).map(csvField).join(','));
+    rejected.add(
+      line,
+      problems,
+      typeof source === 'string' ? source : (source as (string | null)[]).map(csvField).join(','),
+    );
   });
   let bytesRead = 0;
   const progress = new Progress({
@@ -184,7 +208,8 @@ async function main(): Promise<number> {
       detail: size ? `${formatBytes(bytesRead)} of ${formatBytes(size)}` : formatBytes(bytesRead),
     }),
   });
-  process.stderr.write(`Importing ${options.file === '-' ? 'standard input' : options.file} into ${describeDatabase(db)} (${writer.method} method)\n`);
+  const source = options.file === '-' ? 'standard input' : options.file;
+  process.stderr.write(`Importing ${source} into ${describeDatabase(db)} (${writer.method} method)\n`);
 
   const started = performance.now();
   let layout: CsvLayout | undefined;
@@ -198,10 +223,14 @@ async function main(): Promise<number> {
       try {
         layout = csvLayout(fields);
       } catch (error) {
-        if (error instanceof CsvHeaderError) throw new ToolError(`${options.file}: line ${line} is not a usable CSV header: ${error.message}`);
+        if (error instanceof CsvHeaderError) {
+          throw new ToolError(`${options.file}: line ${line} is not a usable CSV header: ${error.message}`);
+        }
         throw error;
       }
-      if (layout.ignored.length > 0) process.stderr.write(`Ignoring columns the importer does not know: ${layout.ignored.join(', ')}\n`);
+      if (layout.ignored.length > 0) {
+        process.stderr.write(`Ignoring columns the importer does not know: ${layout.ignored.join(', ')}\n`);
+      }
       return;
     }
     const converted = recordFromCsv(fields, layout);
@@ -215,7 +244,11 @@ async function main(): Promise<number> {
     try {
       value = JSON.parse(text);
     } catch (error) {
-      loader.reject(line, [{ field: null, code: 'INVALID_JSON', message: `the line is not JSON: ${(error as Error).message}` }], raw);
+      loader.reject(
+        line,
+        [{ field: null, code: 'INVALID_JSON', message: `the line is not JSON: ${(error as Error).message}` }],
+        raw,
+      );
       return;
     }
     const converted = recordFromJson(value);
@@ -244,10 +277,12 @@ async function main(): Promise<number> {
   } catch (error) {
     progress.stop();
     const t = loader.totals;
-    if (t.read > 0) process.stderr.write(
-      `The import stopped after ${formatCount(t.read)} records (stored so far: ${formatCount(t.accepted)}). ` +
-        'Running it again is safe: records already stored count as duplicates.\n',
-    );
+    if (t.read > 0) {
+      process.stderr.write(
+        `The import stopped after ${formatCount(t.read)} records (stored so far: ${formatCount(t.accepted)}). ` +
+          'Running it again is safe: records already stored count as duplicates.\n',
+      );
+    }
     throw error;
   } finally {
     progress.stop();
@@ -260,14 +295,16 @@ async function main(): Promise<number> {
   const t = loader.totals;
   if (format === 'csv' && !layout) throw new ToolError(`${options.file} is empty: a CSV file starts with a header row`);
   const width = formatCount(t.read).length;
-  const row = (label: string, n: number, note = '') => `  ${label.padEnd(11)}${formatCount(n).padStart(width)}${note}\n`;
+  const row = (label: string, n: number, note = '') =>
+    `  ${label.padEnd(11)}${formatCount(n).padStart(width)}${note}\n`;
+  const rate = formatCount(t.read / Math.max(seconds, 0.001));
   process.stdout.write(
-    `Imported ${options.file === '-' ? 'standard input' : options.file} (${format === 'csv' ? 'CSV' : 'NDJSON'})\n` +
+    `Imported ${source} (${format === 'csv' ? 'CSV' : 'NDJSON'})\n` +
       row('records', t.read) +
       row('accepted', t.accepted) +
       row('duplicates', t.duplicates, '  (stored already, or repeated in the file)') +
       row('rejected', t.rejected, t.rejected > 0 ? `  -> ${options.rejectedPath}` : '') +
-      `  ${seconds.toFixed(1)} s, ${formatCount(t.read / Math.max(seconds, 0.001))} records/s (${writer.method}, batches of ${formatCount(options.batchSize)})\n`,
+      `  ${seconds.toFixed(1)} s, ${rate} records/s (${writer.method}, batches of ${formatCount(options.batchSize)})\n`,
   );
   return 0;
 }

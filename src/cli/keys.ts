@@ -1,5 +1,6 @@
 /**
- * `npm run keys -- <command>`: API keys of the configured database (DATABASE_URL, or the embedded database in DATA_DIR).
+ * `npm run keys -- <command>`: API keys of the configured database (DATABASE_URL, or the embedded database in
+ * DATA_DIR).
  *
  *   create --scope <ingest|read|admin>[,...] [--scope ...] --name <name>   prints the new key on stdout, once
  *          [--if-none]                    only if the database has no key yet (the first admin key of a new install)
@@ -8,12 +9,14 @@
  *
  * Exit codes: 0 done, 1 failed (no such key, database problem), 2 bad usage.
  */
-import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from '../config.js';
+import { loadConfig } from '../config.js';
 import { connectDatabase, database, disconnectDatabase } from '../db/client.js';
-import { MigrationError, ensureSchema } from '../db/migrations.js';
+import { ensureSchema } from '../db/migrations.js';
 import { type ApiKeyInfo, SCOPES, createApiKey, listApiKeys, revokeApiKey } from '../services/api-keys.js';
 import { InputError } from '../services/errors.js';
+import { ToolError } from './connect.js';
+import { UsageError, parseCommandLine } from './args.js';
+import { runTool } from './support.js';
 
 const USAGE = `usage: npm run -s keys -- <command>   (in the Docker image: metrics-service keys <command>)
   create --scope <${SCOPES.join('|')}>[,...] --name <name>   create a key; it is printed once, on stdout
@@ -22,25 +25,34 @@ const USAGE = `usage: npm run -s keys -- <command>   (in the Docker image: metri
   revoke <id>                                              revoke a key (its id is in \`list\`, e.g. mk_Ab3dE9xQ)
 The database is DATABASE_URL, or the embedded database in DATA_DIR (default ./.data).`;
 
-class UsageError extends Error {}
+const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
 
+/** Opens the database; what can go wrong there (a busy folder, a refused connection, a migration) is one line. */
 async function openConfiguredDatabase(): Promise<string> {
   const config = loadConfig();
   try {
     await connectDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolMax: 1 });
   } catch (error) {
-    if (!config.databaseUrl && error instanceof Error && /in use by process/.test(error.message)) {
-      throw new Error(
-        `${error.message}\nThe running service holds the embedded database. Either stop it, run \`npm run keys\`, and start ` +
-          'it again; or, with an admin key, use the GraphQL mutations createApiKey / revokeApiKey and the apiKeys query.',
+    if (!config.databaseUrl && /in use by process/.test(messageOf(error))) {
+      throw new ToolError(
+        `${messageOf(error)}\nThe running service holds the embedded database. Either stop it, run \`npm run keys\`, ` +
+          'and start it again; or, with an admin key, use the GraphQL mutations createApiKey / revokeApiKey and the ' +
+          'apiKeys query.',
       );
     }
-    throw error;
+    throw new ToolError(messageOf(error));
   }
   const db = database();
   // As the service does at start-up (MIGRATE_ON_START), so a key can be made before the first start.
-  const { applied } = await ensureSchema(db, config.migrateOnStart);
-  if (applied.length > 0) process.stderr.write(`Applied ${applied.length} pending migration(s): ${applied.join(', ')}\n`);
+  let applied: string[];
+  try {
+    ({ applied } = await ensureSchema(db, config.migrateOnStart));
+  } catch (error) {
+    throw new ToolError(messageOf(error));
+  }
+  if (applied.length > 0) {
+    process.stderr.write(`Applied ${applied.length} pending migration(s): ${applied.join(', ')}\n`);
+  }
   return db.kind === 'embedded' ? `the embedded database in ${db.location}` : db.location;
 }
 
@@ -61,7 +73,10 @@ function printTable(keys: ApiKeyInfo[]): void {
     ]),
   ];
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
-  for (const row of rows) process.stdout.write(`${row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`);
+  for (const row of rows) {
+    const line = row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ');
+    process.stdout.write(`${line.trimEnd()}\n`);
+  }
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -71,23 +86,30 @@ async function run(argv: string[]): Promise<number> {
     return command === undefined ? 2 : 0;
   }
   if (command === 'create') {
-    const { values } = parseArgs({
+    const { values } = parseCommandLine({
       args: rest,
       options: { scope: { type: 'string', multiple: true }, name: { type: 'string' }, 'if-none': { type: 'boolean' } },
-      strict: true,
     });
-    const scopes = (values.scope ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+    const scopes = (values.scope ?? [])
+      .flatMap((s) => s.split(','))
+      .map((s) => s.trim())
+      .filter(Boolean);
     if (scopes.length === 0) throw new UsageError(`create needs --scope (${SCOPES.join(', ')})`);
     if (values.name === undefined) throw new UsageError('create needs --name (what the key is for)');
     const where = await openConfiguredDatabase();
     if (values['if-none']) {
       const existing = await listApiKeys();
       if (existing.length > 0) {
-        process.stderr.write(`${where} has ${existing.length} API key(s) already, so none was created (--if-none). See \`keys list\`.\n`);
+        process.stderr.write(
+          `${where} has ${existing.length} API key(s) already, so none was created (--if-none). See \`keys list\`.\n`,
+        );
         return 0;
       }
     }
-    const { key, info } = await createApiKey({ name: values.name, scopes });
+    const { key, info } = await createApiKey({ name: values.name, scopes }).catch((error: unknown) => {
+      // A scope or name the service refuses: the message says which and what is allowed.
+      throw error instanceof InputError ? new UsageError(error.message, false) : error;
+    });
     process.stderr.write(
       `Created API key ${info.id} "${info.name}" with scope(s) ${info.scopes.join(', ')} in ${where}.\n` +
         'The key is printed below, this once: it is stored only as a hash and cannot be shown again.\n' +
@@ -97,17 +119,23 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'list') {
-    const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true });
+    const { values } = parseCommandLine({ args: rest, options: { json: { type: 'boolean' } } });
     await openConfiguredDatabase();
     const keys = await listApiKeys();
-    if (values.json) process.stdout.write(`${JSON.stringify(keys, null, 2)}\n`);
-    else if (keys.length === 0) process.stderr.write('No API keys. Create one with `npm run keys -- create --scope read --name <name>`.\n');
-    else printTable(keys);
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify(keys, null, 2)}\n`);
+    } else if (keys.length === 0) {
+      process.stderr.write('No API keys. Create one with `npm run keys -- create --scope read --name <name>`.\n');
+    } else {
+      printTable(keys);
+    }
     return 0;
   }
   if (command === 'revoke') {
-    const { positionals } = parseArgs({ args: rest, allowPositionals: true, strict: true });
-    if (positionals.length !== 1 || !positionals[0]) throw new UsageError('revoke needs exactly one key id (see `list`)');
+    const { positionals } = parseCommandLine({ args: rest, allowPositionals: true, options: {} });
+    if (positionals.length !== 1 || !positionals[0]) {
+      throw new UsageError('revoke needs exactly one key id (see `list`)');
+    }
     await openConfiguredDatabase();
     const result = await revokeApiKey(positionals[0]);
     if (!result) {
@@ -124,21 +152,12 @@ async function run(argv: string[]): Promise<number> {
   throw new UsageError(`unknown command ${JSON.stringify(command)}`);
 }
 
-let exitCode: number;
-try {
-  exitCode = await run(process.argv.slice(2));
-} catch (error) {
-  if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
-    process.stderr.write(`${error.message}\n\n${USAGE}\n`);
-    exitCode = 2;
-  } else if (error instanceof ConfigError || error instanceof MigrationError || error instanceof InputError) {
-    process.stderr.write(`${error.message}\n`);
-    exitCode = error instanceof InputError ? 2 : 1;
-  } else {
-    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
-    exitCode = 1;
+async function main(): Promise<number> {
+  try {
+    return await run(process.argv.slice(2));
+  } finally {
+    await disconnectDatabase().catch(() => {});
   }
-} finally {
-  await disconnectDatabase().catch(() => {});
 }
-process.exit(exitCode);
+
+runTool(USAGE, main);

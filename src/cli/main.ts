@@ -23,14 +23,24 @@ const COMMANDS: Record<string, Command> = {
   keys: { module: './keys.js', summary: 'create | list | revoke API keys' },
   migrate: { module: './migrate.js', summary: 'deploy | status: apply or list migrations' },
   'db:migrate': { module: './migrate.js', prefix: ['deploy'], summary: 'apply pending migrations (migrate deploy)' },
-  'db:status': { module: './migrate.js', prefix: ['status'], summary: 'list applied and pending migrations (migrate status)' },
+  'db:status': {
+    module: './migrate.js',
+    prefix: ['status'],
+    summary: 'list applied and pending migrations (migrate status)',
+  },
   import: { module: './import.js', summary: 'load records from a CSV or NDJSON file' },
   export: { module: './export.js', summary: 'write records as CSV or NDJSON' },
   seed: { module: './seed.js', summary: 'load realistic demo data' },
   rollups: { module: './rollups.js', summary: 'rebuild the 15-minute rollups of a time range' },
-  studio: { module: './studio.js', summary: 'Prisma Studio on the database (needs the dev dependencies: not in the image)' },
+  studio: {
+    module: './studio.js',
+    summary: 'Prisma Studio on the database (needs the dev dependencies: not in the image)',
+  },
   'schema:export': { module: './export-schema.js', summary: 'write schema.graphql from the code' },
-  'db:diff': { module: './migration-diff.js', summary: 'author a migration (needs the dev dependencies: not in the image)' },
+  'db:diff': {
+    module: './migration-diff.js',
+    summary: 'author a migration (needs the dev dependencies: not in the image)',
+  },
 };
 
 const USAGE = `usage: metrics-service <command> [arguments]   (in a checkout: npm run -s <command> -- [arguments])

@@ -5,7 +5,8 @@
  */
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db/client.js';
-import { UsageError, parseCommandLine, runTool } from './support.js';
+import { UsageError, parseCommandLine } from './args.js';
+import { runTool } from './support.js';
 import { connectForTool, describeDatabase } from './connect.js';
 import { SLOT_SECONDS, rebuildRollups } from '../services/rollups.js';
 
@@ -24,7 +25,9 @@ Inserts wait while a range is rebuilt.`;
 function timeOption(name: string, raw: string | undefined): number | null {
   if (raw === undefined) return null;
   const seconds = /^\d+$/.test(raw) ? Number(raw) : Date.parse(raw) / 1000;
-  if (!Number.isFinite(seconds)) throw new UsageError(`--${name} must be an ISO 8601 time or unix seconds (got ${JSON.stringify(raw)})`);
+  if (!Number.isFinite(seconds)) {
+    throw new UsageError(`--${name} must be an ISO 8601 time or unix seconds (got ${JSON.stringify(raw)})`);
+  }
   return Math.floor(seconds);
 }
 
@@ -45,7 +48,9 @@ async function main(): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1 || positionals[0] !== 'rebuild') {
-    throw new UsageError(positionals.length === 0 ? 'name a command: rebuild' : `unknown command ${JSON.stringify(positionals.join(' '))}`);
+    throw new UsageError(
+      positionals.length === 0 ? 'name a command: rebuild' : `unknown command ${JSON.stringify(positionals.join(' '))}`,
+    );
   }
   const from = timeOption('from', values.from);
   const to = timeOption('to', values.to);
@@ -55,10 +60,9 @@ async function main(): Promise<number> {
   const started = performance.now();
   try {
     const slots = await rebuildRollups(from, to);
-    const range =
-      from === null && to === null
-        ? 'every slot'
-        : `${from === null ? 'the start' : iso(Math.floor(from / SLOT_SECONDS) * SLOT_SECONDS)} .. ${to === null ? 'the end' : iso(Math.ceil(to / SLOT_SECONDS) * SLOT_SECONDS)}`;
+    const start = from === null ? 'the start' : iso(Math.floor(from / SLOT_SECONDS) * SLOT_SECONDS);
+    const end = to === null ? 'the end' : iso(Math.ceil(to / SLOT_SECONDS) * SLOT_SECONDS);
+    const range = from === null && to === null ? 'every slot' : `${start} .. ${end}`;
     process.stdout.write(
       `Rebuilt the rollups of ${range} in ${describeDatabase(db)}: ${slots} slot(s) with raw rows, ` +
         `${((performance.now() - started) / 1000).toFixed(1)} s\n`,

@@ -43,16 +43,17 @@ let modulePromise: Promise<SchemaEngineModule> | undefined;
 export function loadSchemaEngineModule(): Promise<SchemaEngineModule> {
   modulePromise ??= (async () => {
     const gluePath = require.resolve('@prisma/schema-engine-wasm/schema_engine_bg');
-    const runtime = (await import('@prisma/schema-engine-wasm/schema_engine_bg')) as SchemaEngineModule & {
-      __wbg_set_wasm(exports: WebAssembly.Exports): void;
-    };
+    const runtime: SchemaEngineModule = await import('@prisma/schema-engine-wasm/schema_engine_bg');
     const wasmPath = path.join(path.dirname(gluePath), 'schema_engine_bg.wasm');
     const module = new WebAssembly.Module(await fs.promises.readFile(wasmPath));
-    const instance = new WebAssembly.Instance(module, {
-      './schema_engine_bg.js': runtime as unknown as WebAssembly.ModuleImports,
-    });
+    // The .wasm imports the glue's exported functions; a plain object of them is what WebAssembly takes.
+    const instance = new WebAssembly.Instance(module, { './schema_engine_bg.js': { ...runtime } });
     runtime.__wbg_set_wasm(instance.exports);
-    (instance.exports as unknown as { __wbindgen_start(): void }).__wbindgen_start();
+    const start = instance.exports.__wbindgen_start;
+    if (typeof start !== 'function') {
+      throw new Error('@prisma/schema-engine-wasm: the module exports no __wbindgen_start');
+    }
+    start();
     return runtime;
   })();
   return modulePromise;
@@ -82,7 +83,9 @@ function readCharAsText<T extends object>(queryable: T): T {
   inner.performIO = async (query) => {
     const result = await performIO(query);
     if (result.fields.some((field) => field.dataTypeID === CHAR_OID)) {
-      result.fields = result.fields.map((field) => (field.dataTypeID === CHAR_OID ? { ...field, dataTypeID: TEXT_OID } : field));
+      result.fields = result.fields.map((field) =>
+        field.dataTypeID === CHAR_OID ? { ...field, dataTypeID: TEXT_OID } : field,
+      );
     }
     return result;
   };
@@ -160,7 +163,11 @@ export async function startSchemaEngine(
       let message = (error instanceof Error ? error.message : String(error)).split(/\n\s+0: /)[0]!.trim();
       message = message.replace(/External error id#(\d+)/g, (text, id: string) => {
         const cause = bound.errorRegistry.consumeError(Number(id))?.error;
-        return cause instanceof Error ? `${text}: ${cause.message}` : cause === undefined ? text : `${text}: ${String(cause)}`;
+        return cause instanceof Error
+          ? `${text}: ${cause.message}`
+          : cause === undefined
+            ? text
+            : `${text}: ${String(cause)}`;
       });
       return message;
     },

@@ -7,7 +7,8 @@ import path from 'node:path';
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db/client.js';
 import { type BulkMethod, openBulkWriter } from '../services/bulk-import.js';
-import { PROGRESS_MODES, UsageError, choiceOption, close, integerOption, parseCommandLine, runTool, write } from './support.js';
+import { PROGRESS_MODES, UsageError, choiceOption, integerOption, parseCommandLine } from './args.js';
+import { close, runTool, write } from './support.js';
 import { connectForTool, describeDatabase } from './connect.js';
 import { createRandom, demoDay, demoDayCount, makeUsers } from '../bulk/demo-data.js';
 import { BatchLoader } from '../bulk/loader.js';
@@ -64,8 +65,12 @@ function observe(stats: Stats, record: MetricRecordInput): void {
 function parseEnd(raw: string | undefined): number {
   if (raw === undefined) return Math.floor(Date.now() / 3_600_000) * 3600;
   const seconds = /^\d+$/.test(raw) ? Number(raw) : Date.parse(raw) / 1000;
-  if (!Number.isFinite(seconds)) throw new UsageError(`--end must be an ISO 8601 time or unix seconds (got ${JSON.stringify(raw)})`);
-  if (seconds > Date.now() / 1000 + 86_400) throw new UsageError('--end may be at most 24 hours from now (the service refuses later timestamps)');
+  if (!Number.isFinite(seconds)) {
+    throw new UsageError(`--end must be an ISO 8601 time or unix seconds (got ${JSON.stringify(raw)})`);
+  }
+  if (seconds > Date.now() / 1000 + 86_400) {
+    throw new UsageError('--end may be at most 24 hours from now (the service refuses later timestamps)');
+  }
   return Math.floor(seconds);
 }
 
@@ -99,7 +104,9 @@ async function main(): Promise<number> {
   const end = parseEnd(values.end);
   const method: BulkMethod | undefined = choiceOption('method', values.method, ['copy', 'insert'] as const);
   const progressMode = choiceOption('progress', values.progress, PROGRESS_MODES);
-  if (end - days * 86_400 < 946_684_800) throw new UsageError('--days reaches before 2000-01-01, which the service refuses');
+  if (end - days * 86_400 < 946_684_800) {
+    throw new UsageError('--days reaches before 2000-01-01, which the service refuses');
+  }
 
   const options = { users, days, seed, end };
   const random = createRandom(`${seed}:${users}:${days}`);
@@ -172,9 +179,10 @@ async function main(): Promise<number> {
       await disconnectDatabase();
     }
     const t = loader.totals;
+    const again = t.duplicates === t.read && t.read > 0 ? ' (this seed was loaded before)' : '';
     outcome =
-      `loaded into ${describeDatabase(db)}: ${formatCount(t.accepted)} accepted, ${formatCount(t.duplicates)} duplicates` +
-      `${t.duplicates === t.read && t.read > 0 ? ' (this seed was loaded before)' : ''}, ${formatCount(t.rejected)} rejected` +
+      `loaded into ${describeDatabase(db)}: ${formatCount(t.accepted)} accepted, ` +
+      `${formatCount(t.duplicates)} duplicates${again}, ${formatCount(t.rejected)} rejected` +
       (problems.length > 0 ? `\n    ${problems.join('\n    ')}` : '');
   }
 
@@ -186,17 +194,23 @@ async function main(): Promise<number> {
     .sort((a, b) => b[1] - a[1])
     .map(([name, n]) => `${name} ${percent(n, stats.records)}`)
     .join(', ');
-  const busiest = stats.byUtcHour.map((n, hour) => ({ n, hour })).sort((a, b) => b.n - a.n)[0];
-  const quietest = stats.byUtcHour.map((n, hour) => ({ n, hour })).sort((a, b) => a.n - b.n)[0];
+  const hours = stats.byUtcHour.map((n, hour) => ({ n, hour }));
+  const busiest = [...hours].sort((a, b) => b.n - a.n)[0];
+  const quietest = [...hours].sort((a, b) => a.n - b.n)[0];
+  const hour = (h: { n: number; hour: number } | undefined) => `${h?.hour}:00 (${formatCount(h?.n ?? 0)})`;
+  const perSession = (stats.records / Math.max(1, stats.sessions)).toFixed(1);
+  const span = stats.records > 0 ? `, ${iso(stats.first)} .. ${iso(stats.last)}` : '';
   process.stdout.write(
-    `Seed ${JSON.stringify(seed)}: ${formatCount(users)} users over ${days} day(s), ${iso(end - days * 86_400)} .. ${iso(end)}\n` +
+    `Seed ${JSON.stringify(seed)}: ${formatCount(users)} users over ${days} day(s), ` +
+      `${iso(end - days * 86_400)} .. ${iso(end)}\n` +
       `  users with data   ${formatCount(stats.users.size)}\n` +
-      `  sessions          ${formatCount(stats.sessions)} (${(stats.records / Math.max(1, stats.sessions)).toFixed(1)} records each on average)\n` +
-      `  records           ${formatCount(stats.records)}${stats.records > 0 ? `, ${iso(stats.first)} .. ${iso(stats.last)}` : ''}\n` +
+      `  sessions          ${formatCount(stats.sessions)} (${perSession} records each on average)\n` +
+      `  records           ${formatCount(stats.records)}${span}\n` +
       `  talked_time       median ${median} s, 95th percentile ${p95} s\n` +
       `  voice_sentiment   ${sentiments}\n` +
-      `  microphone_used   ${percent(stats.microphone, stats.records)}; speaker_used ${percent(stats.speaker, stats.records)}\n` +
-      `  by UTC hour       busiest ${busiest?.hour}:00 (${formatCount(busiest?.n ?? 0)}), quietest ${quietest?.hour}:00 (${formatCount(quietest?.n ?? 0)})\n` +
+      `  microphone_used   ${percent(stats.microphone, stats.records)}; ` +
+      `speaker_used ${percent(stats.speaker, stats.records)}\n` +
+      `  by UTC hour       busiest ${hour(busiest)}, quietest ${hour(quietest)}\n` +
       `  ${outcome}\n` +
       `  ${seconds.toFixed(1)} s, ${formatCount(stats.records / Math.max(seconds, 0.001))} records/s\n`,
   );

@@ -16,30 +16,53 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config.js';
-import { openDatabase } from '../db/client.js';
+import { type Database, openDatabase } from '../db/client.js';
 import { startEmbeddedWireServer } from '../db/embedded-wire.js';
 import { migrate } from '../db/migrations.js';
+import { UsageError, parseCommandLine } from './args.js';
+import { runTool } from './support.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const config = loadConfig();
-/** --port and --browser are this command's; every other argument goes to `prisma studio` as it is. */
-const OWN_OPTIONS = ['--port', '-p', '--browser', '-b'];
-const own = new Map<string, string | undefined>();
-const passThrough: string[] = [];
-const argv = process.argv.slice(2);
-for (let i = 0; i < argv.length; i++) {
-  const arg = argv[i] ?? '';
-  const [name = '', inline] = arg.split(/=(.*)/s);
-  if (!OWN_OPTIONS.includes(name)) {
-    passThrough.push(arg);
-    continue;
-  }
-  own.set(name.replace(/^-(\w)$/, (_, short: string) => (short === 'p' ? '--port' : '--browser')), inline ?? argv[++i]);
+
+const USAGE = `usage: npm run studio [-- options]
+
+  -p, --port <n>    the port of Studio's page, on 127.0.0.1 only (default 5555)
+  -h, --help
+Other arguments go to \`prisma studio\` as they are; --browser is not passed on: the page is served by a proxy
+of ours, which Studio is told not to open.`;
+
+interface StudioArguments {
+  port: number;
+  /** The arguments that are not this command's, in their order, for `prisma studio`. */
+  passThrough: string[];
 }
-const port = Number(own.get('--port') ?? 5555);
-if (!Number.isInteger(port) || port < 1 || port > 65535) {
-  process.stderr.write(`--port must be a port number (1-65535), got ${JSON.stringify(own.get('--port'))}\n`);
-  process.exit(2);
+
+/** This command's options; undefined for --help. Unknown options are allowed: they are Studio's. */
+function parseArguments(args: string[]): StudioArguments | undefined {
+  const { values, tokens } = parseCommandLine({
+    args,
+    strict: false,
+    allowPositionals: true,
+    tokens: true,
+    options: {
+      port: { type: 'string', short: 'p' },
+      browser: { type: 'string', short: 'b' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help === true) return undefined;
+  const own = new Set<number>();
+  for (const token of tokens) {
+    if (token.kind !== 'option' || !['port', 'browser', 'help'].includes(token.name)) continue;
+    own.add(token.index);
+    if (token.value !== undefined && !token.inlineValue) own.add(token.index + 1);
+  }
+  const raw = values.port;
+  const port = raw === undefined ? 5555 : Number(raw);
+  if (typeof raw === 'boolean' || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new UsageError(`--port must be a port number (1-65535), got ${JSON.stringify(raw)}`, false);
+  }
+  return { port, passThrough: args.filter((_, index) => !own.has(index)) };
 }
 
 /** Set in the page's global scope, where Studio's browser code reads its environment. */
@@ -56,7 +79,7 @@ function freePort(): Promise<number> {
 }
 
 /** Forwards to Studio on `target`, adding PAGE_SETTINGS to HTML pages and answering telemetry posts with 200. */
-function startProxy(target: number): Promise<http.Server> {
+function startProxy(target: number, port: number): Promise<http.Server> {
   const server = http.createServer((request, response) => {
     if (request.method === 'POST' && request.url === '/telemetry') {
       request.resume();
@@ -67,20 +90,27 @@ function startProxy(target: number): Promise<http.Server> {
     const headers = { ...request.headers, host: `127.0.0.1:${target}` };
     if (headers.origin) headers.origin = `http://127.0.0.1:${target}`;
     delete headers['accept-encoding']; // pages are rewritten: have them plain
-    const upstream = http.request({ host: '127.0.0.1', port: target, method: request.method, path: request.url, headers }, (answer) => {
-      if (!(answer.headers['content-type'] ?? '').startsWith('text/html')) {
-        response.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(response);
-        return;
-      }
-      const chunks: Buffer[] = [];
-      answer.on('data', (chunk: Buffer) => chunks.push(chunk));
-      answer.on('end', () => {
-        const html = Buffer.concat(chunks).toString('utf8').replace(/<head[^>]*>/i, (head) => `${head}${PAGE_SETTINGS}`);
-        const { 'content-length': _, ...rest } = answer.headers;
-        response.writeHead(answer.statusCode ?? 200, { ...rest, 'content-length': Buffer.byteLength(html) }).end(html);
-      });
-    });
+    const upstream = http.request(
+      { host: '127.0.0.1', port: target, method: request.method, path: request.url, headers },
+      (answer) => {
+        if (!(answer.headers['content-type'] ?? '').startsWith('text/html')) {
+          response.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(response);
+          return;
+        }
+        const chunks: Buffer[] = [];
+        answer.on('data', (chunk: Buffer) => chunks.push(chunk));
+        answer.on('end', () => {
+          const html = Buffer.concat(chunks)
+            .toString('utf8')
+            .replace(/<head[^>]*>/i, (head) => `${head}${PAGE_SETTINGS}`);
+          const { 'content-length': _, ...rest } = answer.headers;
+          response
+            .writeHead(answer.statusCode ?? 200, { ...rest, 'content-length': Buffer.byteLength(html) })
+            .end(html);
+        });
+      },
+    );
     upstream.on('error', (error) => {
       if (!response.headersSent) response.writeHead(502, { 'content-type': 'text/plain' });
       response.end(`Prisma Studio is not answering: ${error.message}`);
@@ -108,14 +138,18 @@ async function studioAnswers(target: number, deadline: number): Promise<boolean>
   return false;
 }
 
-async function runStudio(url: string): Promise<number> {
+async function runStudio(url: string, { port, passThrough }: StudioArguments): Promise<number> {
   process.stderr.write(`Prisma Studio on ${url.replace(/:[^:@/]*@/, ':***@')}\n`);
   const target = await freePort();
-  const child = spawn(process.execPath, [path.join(root, 'scripts/prisma.mjs'), 'studio', '--port', String(target), '--browser', 'none', ...passThrough], {
-    stdio: ['inherit', 'ignore', 'inherit'], // its "running at" line names the private port
-    cwd: root,
-    env: { ...process.env, DATABASE_URL: url, CHECKPOINT_DISABLE: '1' },
-  });
+  const child = spawn(
+    process.execPath,
+    [path.join(root, 'scripts/prisma.mjs'), 'studio', '--port', String(target), '--browser', 'none', ...passThrough],
+    {
+      stdio: ['inherit', 'ignore', 'inherit'], // its "running at" line names the private port
+      cwd: root,
+      env: { ...process.env, DATABASE_URL: url, CHECKPOINT_DISABLE: '1' },
+    },
+  );
   const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
   const started = await Promise.race([studioAnswers(target, Date.now() + 60_000), exited.then(() => false)]);
   if (!started) {
@@ -125,10 +159,12 @@ async function runStudio(url: string): Promise<number> {
   }
   let proxy: http.Server;
   try {
-    proxy = await startProxy(target);
+    proxy = await startProxy(target, port);
   } catch (error) {
     child.kill();
-    process.stderr.write(`Cannot listen on 127.0.0.1:${port} (${(error as Error).message}): choose another with --port.\n`);
+    process.stderr.write(
+      `Cannot listen on 127.0.0.1:${port} (${(error as Error).message}): choose another with --port.\n`,
+    );
     await exited;
     return 1;
   }
@@ -140,14 +176,20 @@ async function runStudio(url: string): Promise<number> {
 }
 
 async function main(): Promise<number> {
-  if (config.databaseUrl) return runStudio(config.databaseUrl);
-  let db;
+  const args = parseArguments(process.argv.slice(2));
+  if (args === undefined) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const config = loadConfig();
+  if (config.databaseUrl) return runStudio(config.databaseUrl, args);
+  let db: Database;
   try {
     db = await openDatabase({ dataDir: config.dataDir });
   } catch (error) {
     if (config.embeddedDbPort !== undefined) {
       // The service holds the data folder: go through the port it serves.
-      return runStudio(`postgresql://postgres@127.0.0.1:${config.embeddedDbPort}/postgres`);
+      return runStudio(`postgresql://postgres@127.0.0.1:${config.embeddedDbPort}/postgres`, args);
     }
     process.stderr.write(
       `${(error as Error).message}\nTo browse the embedded database while the service runs, start the service with ` +
@@ -157,16 +199,10 @@ async function main(): Promise<number> {
   }
   await migrate(db);
   const server = await startEmbeddedWireServer({ db: db.pglite!, port: config.embeddedDbPort ?? 0 });
-  const code = await runStudio(server.url);
+  const code = await runStudio(server.url, args);
   await server.stop();
   await db.close();
   return code;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
-    process.exit(1);
-  },
-);
+runTool(USAGE, main);
