@@ -1,8 +1,14 @@
 /**
- * CSV as RFC 4180 writes it, read and written a record at a time so files of any size stream through in constant memory.
+ * CSV as RFC 4180 writes it, read and written a record at a time: files of any size stream through in constant memory.
  *
  * Reading keeps one distinction CSV can make that a plain split cannot: an unquoted empty field is `null` (no value),
- * a quoted empty field (`""`) is the empty string. The exporter writes null and "" that way, so a round trip keeps them apart.
+ * a quoted empty field (`""`) is the empty string. The exporter writes null and "" that way, so a round trip keeps them
+ * apart.
+ *
+ * Hand-written rather than csv-parse / csv-stringify: csv-parse tells a quoted empty field from an unquoted one only
+ * through a cast function, called with a fresh context object for every field, and both libraries do several times
+ * the work per field of the code below; the importer and the exporter were measurably slower with them (figures in
+ * bench/README.md, "CSV and progress libraries").
  */
 
 /** Splits text arriving in chunks into lines, counting them from 1. Lines keep a trailing `\r` (CRLF files). */
@@ -22,7 +28,7 @@ export class LineSplitter {
     this.carry = '';
     onLine(first, this.nextLine++);
     start = newline + 1;
-    while ((newline = chunk.indexOf('\n', start)) !== -1) {
+    for (newline = chunk.indexOf('\n', start); newline !== -1; newline = chunk.indexOf('\n', start)) {
       onLine(chunk.slice(start, newline), this.nextLine++);
       start = newline + 1;
     }
@@ -53,9 +59,12 @@ export interface CsvSyntaxError {
 /** The most text one record may span: a record still open past this is reported as an unterminated quote. */
 const MAX_RECORD_CHARS = 1 << 20;
 
-type Parsed = { ok: true; fields: (string | null)[] } | { ok: false; open: true } | { ok: false; open: false; message: string };
+type Parsed =
+  | { ok: true; fields: (string | null)[] }
+  | { ok: false; open: true }
+  | { ok: false; open: false; message: string };
 
-/** Parses one record's text. `open` means a quoted field is still open at the end (the record continues on the next line). */
+/** Parses one record's text. `open`: a quoted field is still open at the end (the record goes on on the next line). */
 function parseRecord(text: string): Parsed {
   if (!text.includes('"')) {
     const parts = text.split(',');
@@ -129,7 +138,8 @@ export class CsvReader {
     if (parsed.open) {
       if (text.length > MAX_RECORD_CHARS) {
         this.pending = undefined;
-        onError({ line: this.pendingLine, message: `a quoted field is not closed within ${MAX_RECORD_CHARS} characters`, text: text.slice(0, 1000) });
+        const message = `a quoted field is not closed within ${MAX_RECORD_CHARS} characters`;
+        onError({ line: this.pendingLine, message, text: text.slice(0, 1000) });
         return;
       }
       this.pending = joined;
@@ -142,7 +152,8 @@ export class CsvReader {
   /** At the end of the input: a record still open is an error. */
   end(onError: (error: CsvSyntaxError) => void): void {
     if (this.pending !== undefined) {
-      onError({ line: this.pendingLine, message: 'the file ends inside a quoted field (a closing " is missing)', text: this.pending.slice(0, 1000) });
+      const message = 'the file ends inside a quoted field (a closing " is missing)';
+      onError({ line: this.pendingLine, message, text: this.pending.slice(0, 1000) });
       this.pending = undefined;
     }
   }

@@ -1,7 +1,8 @@
 /**
- * Progress of a long command on stderr: a bar redrawn in place with rate and ETA on a terminal, a plain line every few
+ * Progress of a long command on stderr: a bar redrawn in place on a terminal (cli-progress), a plain line every few
  * seconds otherwise (CI logs, pipes), nothing when quiet.
  */
+import cliProgress from 'cli-progress';
 
 export interface ProgressSample {
   /** Records handled so far. */
@@ -23,6 +24,7 @@ export interface ProgressOptions {
   mode?: ProgressMode;
   /** How often a plain line is written, in ms; default 5,000. */
   lineIntervalMs?: number;
+  /** Called at every redraw: the command's counters are read, never pushed. */
   sample: () => ProgressSample;
 }
 
@@ -49,8 +51,8 @@ export class Progress {
   private readonly stream: NodeJS.WriteStream;
   private readonly mode: ProgressMode;
   private readonly started = performance.now();
+  private bar: cliProgress.SingleBar | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private drawn = false;
 
   constructor(private readonly options: ProgressOptions) {
     this.stream = options.stream ?? process.stderr;
@@ -58,42 +60,61 @@ export class Progress {
   }
 
   start(): void {
-    if (this.mode === 'none') return;
-    const interval = this.mode === 'bar' ? 200 : (this.options.lineIntervalMs ?? 5000);
-    this.timer = setInterval(() => this.draw(), interval);
-    this.timer.unref();
+    if (this.mode === 'bar') {
+      this.bar = new cliProgress.SingleBar({
+        stream: this.stream,
+        fps: 5,
+        barsize: 20,
+        barCompleteChar: '#',
+        barIncompleteChar: '-',
+        // The line is cut to the terminal's width here; the bar sends no escape codes (cursor hiding, wrapping off)
+        // that an interrupted command would leave behind.
+        linewrap: true,
+        clearOnComplete: true,
+        format: (options, params) => this.barLine(options, params.maxWidth),
+      });
+      this.bar.start(1, 0);
+    } else if (this.mode === 'lines') {
+      const { label, lineIntervalMs = 5000 } = this.options;
+      this.timer = setInterval(() => {
+        const sample = this.options.sample();
+        const percent = sample.fraction === undefined ? '' : `${(sample.fraction * 100).toFixed(1)}%, `;
+        this.stream.write(`${label}: ${percent}${this.figures(sample).join(', ')}\n`);
+      }, lineIntervalMs);
+      this.timer.unref();
+    }
   }
 
   /** Stops drawing and clears the bar, so that what follows starts on a clean line. */
   stop(): void {
+    this.bar?.stop();
+    this.bar = undefined;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    if (this.mode === 'bar' && this.drawn) this.stream.write('\r\x1b[2K');
   }
 
-  private draw(): void {
-    const { rows, fraction, detail } = this.options.sample();
+  private barLine(options: cliProgress.Options, width: number): string {
+    const sample = this.options.sample();
+    const { fraction } = sample;
+    const bar =
+      fraction === undefined
+        ? ''
+        : `[${cliProgress.Format.BarFormat(fraction, options)}] ${(fraction * 100).toFixed(0).padStart(3)}% `;
+    // One column short of the width: a line that fills the last column wraps on some terminals.
+    return `${this.options.label} ${bar}${this.figures(sample).join('  ')}`.slice(0, width - 1);
+  }
+
+  /** Most telling first: a narrow terminal cuts the end of the line. */
+  private figures({ rows, fraction, detail }: ProgressSample): string[] {
     const elapsed = (performance.now() - this.started) / 1000;
     const rate = elapsed > 0 ? rows / elapsed : 0;
     const eta = fraction !== undefined && fraction > 0 ? (elapsed * (1 - fraction)) / fraction : undefined;
-    // Most telling first: a narrow terminal cuts the end of the line.
-    const parts = [
+    return [
       `${formatCount(rows)} records`,
       `${formatCount(rate)}/s`,
       ...(eta !== undefined ? [`ETA ${formatDuration(eta)}`] : []),
       ...(detail ? [detail] : []),
       `elapsed ${formatDuration(elapsed)}`,
     ];
-    if (this.mode === 'bar') {
-      const width = 20;
-      const done = Math.min(width, Math.round((fraction ?? 0) * width));
-      const bar = fraction === undefined ? '' : `[${'#'.repeat(done)}${'-'.repeat(width - done)}] ${(fraction * 100).toFixed(0).padStart(3)}% `;
-      const columns = this.stream.columns ?? 100;
-      this.stream.write(`\r\x1b[2K${`${this.options.label} ${bar}${parts.join('  ')}`.slice(0, columns - 1)}`);
-      this.drawn = true;
-    } else {
-      const percent = fraction === undefined ? '' : `${(fraction * 100).toFixed(1)}%, `;
-      this.stream.write(`${this.options.label}: ${percent}${parts.join(', ')}\n`);
-    }
   }
 }
