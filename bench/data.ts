@@ -28,8 +28,7 @@ export function random(seed: number): () => number {
 }
 
 function uuid(rand: () => number): string {
-  const hex = (n: number) =>
-    Array.from({ length: n }, () => Math.floor(rand() * 16).toString(16)).join('');
+  const hex = (n: number) => Array.from({ length: n }, () => Math.floor(rand() * 16).toString(16)).join('');
   return `${hex(8)}-${hex(4)}-4${hex(3)}-${'89ab'[Math.floor(rand() * 4)]}${hex(3)}-${hex(12)}`;
 }
 
@@ -66,7 +65,10 @@ function diurnalSecondOfDay(rand: () => number): number {
  * `count` records from `users` users over the `days` days before `endSeconds`, sessions of a few records each.
  * Every record carries an eventId (a UUID), as a client that retries safely sends.
  */
-export function makeRecords(count: number, options: { seed: number; users: number; days: number; endSeconds: number }): BenchRecord[] {
+export function makeRecords(
+  count: number,
+  options: { seed: number; users: number; days: number; endSeconds: number },
+): BenchRecord[] {
   const rand = random(options.seed);
   const startDay = Math.floor(options.endSeconds / 86_400) - options.days;
   const records: BenchRecord[] = new Array(count);
@@ -100,7 +102,13 @@ export function makeRecords(count: number, options: { seed: number; users: numbe
  * 1,000 records per user (for 1,000 users: 1,000,000), spread over `days` days: the query benchmark's table.
  * Generated in slices so the whole set is never in memory at once.
  */
-export function* recordsPerUser(options: { users: number; perUser: number; days: number; endSeconds: number; seed: number }): Generator<BenchRecord[]> {
+export function* recordsPerUser(options: {
+  users: number;
+  perUser: number;
+  days: number;
+  endSeconds: number;
+  seed: number;
+}): Generator<BenchRecord[]> {
   const rand = random(options.seed);
   const startDay = Math.floor(options.endSeconds / 86_400) - options.days;
   for (let u = 1; u <= options.users; u++) {
@@ -158,7 +166,9 @@ export const INGEST_MUTATION = /* GraphQL */ `
 export function ingestBodies(records: readonly BenchRecord[], batchSize: number): Buffer[] {
   const bodies: Buffer[] = [];
   for (let i = 0; i < records.length; i += batchSize) {
-    bodies.push(Buffer.from(JSON.stringify({ query: INGEST_MUTATION, variables: { records: records.slice(i, i + batchSize) } })));
+    bodies.push(
+      Buffer.from(JSON.stringify({ query: INGEST_MUTATION, variables: { records: records.slice(i, i + batchSize) } })),
+    );
   }
   return bodies;
 }

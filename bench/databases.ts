@@ -4,7 +4,7 @@
  */
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { PGlite } from '@electric-sql/pglite';
+import type { PGlite } from '@electric-sql/pglite';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 
@@ -28,7 +28,10 @@ export async function connectPostgres(url: string): Promise<BenchSql> {
       return (await client.query(text, params)).rows as Row[];
     },
     async copyIn(table, columns, chunks) {
-      await pipeline(Readable.from(chunks, { objectMode: false }), client.query(copyFrom(`COPY ${table} (${columns}) FROM STDIN`)));
+      await pipeline(
+        Readable.from(chunks, { objectMode: false }),
+        client.query(copyFrom(`COPY ${table} (${columns}) FROM STDIN`)),
+      );
     },
     async checkpoint() {
       if (!canCheckpoint) return;

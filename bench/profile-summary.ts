@@ -65,7 +65,9 @@ for (const file of positionals) {
   const self = new Map<number, number>();
   profile.samples.forEach((id, i) => self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
   const total = [...self.values()].reduce((a, b) => a + b, 0);
-  const idle = profile.nodes.filter((n) => n.callFrame.functionName === '(idle)').reduce((a, n) => a + (self.get(n.id) ?? 0), 0);
+  const idle = profile.nodes
+    .filter((n) => n.callFrame.functionName === '(idle)')
+    .reduce((a, n) => a + (self.get(n.id) ?? 0), 0);
   const busy = total - idle;
 
   const selfBy = (key: (n: ProfileNode) => string) => {
@@ -94,11 +96,16 @@ for (const file of positionals) {
 
   const pct = (us: number) => `${((us / busy) * 100).toFixed(1).padStart(5)}%`;
   const top = Number(values.top);
-  process.stdout.write(`\n${file}\n  wall ${(total / 1e6).toFixed(1)} s, busy (not idle) ${(busy / 1e6).toFixed(1)} s; percentages are of busy time\n`);
+  process.stdout.write(
+    `\n${file}\n  wall ${(total / 1e6).toFixed(1)} s, busy (not idle) ${(busy / 1e6).toFixed(1)} s; percentages are of busy time\n`,
+  );
   process.stdout.write('\n  self time by package\n');
-  for (const [k, us] of selfBy((n) => packageOf(n.callFrame.url)).slice(0, 20)) process.stdout.write(`  ${pct(us)}  ${k}\n`);
+  for (const [k, us] of selfBy((n) => packageOf(n.callFrame.url)).slice(0, 20))
+    process.stdout.write(`  ${pct(us)}  ${k}\n`);
   process.stdout.write('\n  self time by function\n');
-  for (const [k, us] of selfBy((n) => `${n.callFrame.functionName || '(anonymous)'}  ${packageOf(n.callFrame.url)}:${n.callFrame.lineNumber + 1}`).slice(0, top)) {
+  for (const [k, us] of selfBy(
+    (n) => `${n.callFrame.functionName || '(anonymous)'}  ${packageOf(n.callFrame.url)}:${n.callFrame.lineNumber + 1}`,
+  ).slice(0, top)) {
     process.stdout.write(`  ${pct(us)}  ${k}\n`);
   }
   const matches = values.match ?? [];
@@ -106,6 +113,8 @@ for (const file of positionals) {
     .filter(([k]) => (matches.length === 0 ? true : matches.some((m) => k.includes(m))))
     .sort((a, b) => b[1] - a[1])
     .slice(0, top);
-  process.stdout.write(`\n  total (inclusive) time${matches.length ? ` of functions matching ${matches.join(', ')}` : ''}\n`);
+  process.stdout.write(
+    `\n  total (inclusive) time${matches.length ? ` of functions matching ${matches.join(', ')}` : ''}\n`,
+  );
   for (const [k, us] of inclusiveRows) process.stdout.write(`  ${pct(us)}  ${k}\n`);
 }

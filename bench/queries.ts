@@ -3,8 +3,8 @@
  * The SQL is the statement the service runs for that GraphQL request, so the ratio is the service's own overhead.
  */
 import type { StatsArgs, StatsFigure } from '../src/services/stats.js';
-import type { BenchSql } from './databases.js';
 import { userName } from './data.js';
+import type { BenchSql } from './databases.js';
 import type { HttpClient } from './service.js';
 
 export interface QueryCase {
@@ -59,7 +59,8 @@ async function hasQueryField(client: HttpClient, name: string, selection: string
 function sameJson(what: string, raw: unknown, api: unknown): void {
   const a = JSON.stringify(raw);
   const b = JSON.stringify(api);
-  if (a !== b) throw new Error(`${what}: GraphQL and raw SQL disagree\n raw: ${a.slice(0, 600)}\n api: ${b.slice(0, 600)}`);
+  if (a !== b)
+    throw new Error(`${what}: GraphQL and raw SQL disagree\n raw: ${a.slice(0, 600)}\n api: ${b.slice(0, 600)}`);
 }
 
 // The filtered, ordered page ---------------------------------------------------------------------------------------------
@@ -129,9 +130,19 @@ async function statsSql(args: StatsArgs): Promise<{ text: string; values: unknow
 // Questions about every user (issue 15) --------------------------------------------------------------------------------
 
 /** Figures that add up (the rollups hold them), and the issue's first question's figures in their fast form. */
-const ADDING_FIELDS = 'count talkedTime { sum avg min max } microphoneUsageRate speakerUsageRate sentiments { value count }';
+const ADDING_FIELDS =
+  'count talkedTime { sum avg min max } microphoneUsageRate speakerUsageRate sentiments { value count }';
 const FAST_FIELDS = `${ADDING_FIELDS} distinctUsersApprox talkedTime { p95Approx }`;
-const ADDING_FIGURES: StatsFigure[] = ['count', 'talkedSum', 'talkedAvg', 'talkedMin', 'talkedMax', 'microphoneRate', 'speakerRate', 'sentiments'];
+const ADDING_FIGURES: StatsFigure[] = [
+  'count',
+  'talkedSum',
+  'talkedAvg',
+  'talkedMin',
+  'talkedMax',
+  'microphoneRate',
+  'speakerRate',
+  'sentiments',
+];
 /** The raw GROUP BY beside the fast form: the same question with exact distinct users and p95, as the issue measured it. */
 const EXACT_FAST_FIGURES: StatsFigure[] = [...ADDING_FIGURES, 'distinctUsers', 'talkedP95'];
 
@@ -147,8 +158,13 @@ function checkFastGroups(raw: unknown[], api: unknown[]): void {
   (api as ApiFastGroup[]).forEach((group, i) => {
     const users = Number(exact[i]?.distinct_users);
     const p95 = Number(exact[i]?.talked_p95);
-    if (Math.abs(group.distinctUsersApprox - users) > 0.02 * users || Math.abs(group.talkedTime.p95Approx - p95) > 0.01 * p95) {
-      throw new Error(`group ${i}: distinctUsersApprox ${group.distinctUsersApprox} for ${users}, p95Approx ${group.talkedTime.p95Approx} for ${p95}`);
+    if (
+      Math.abs(group.distinctUsersApprox - users) > 0.02 * users ||
+      Math.abs(group.talkedTime.p95Approx - p95) > 0.01 * p95
+    ) {
+      throw new Error(
+        `group ${i}: distinctUsersApprox ${group.distinctUsersApprox} for ${users}, p95Approx ${group.talkedTime.p95Approx} for ${p95}`,
+      );
     }
   });
 }
@@ -162,7 +178,9 @@ interface CrossUserQuestion {
   check(raw: unknown[], api: unknown[]): void;
 }
 
-const lastDays = (ctx: Context, days: number) => ({ timestamp: { gte: ctx.endSeconds - days * 86_400, lt: ctx.endSeconds + 1 } });
+const lastDays = (ctx: Context, days: number) => ({
+  timestamp: { gte: ctx.endSeconds - days * 86_400, lt: ctx.endSeconds + 1 },
+});
 
 const CROSS_USER_QUESTIONS: CrossUserQuestion[] = [
   {
@@ -215,7 +233,14 @@ async function crossUserCase(ctx: Context, question: CrossUserQuestion, withGrap
     params: () => ({ userId: '', from: 0, to: 0 }),
     raw: () => ctx.sql.query(sql.text, sql.values),
     graphql: withGraphql
-      ? async () => (await gql<{ metricStats: unknown[] }>(ctx.client, query, { where: args.where, groupBy: args.groupBy, bucket: args.bucket })).metricStats
+      ? async () =>
+          (
+            await gql<{ metricStats: unknown[] }>(ctx.client, query, {
+              where: args.where,
+              groupBy: args.groupBy,
+              bucket: args.bucket,
+            })
+          ).metricStats
       : undefined,
     check: question.check,
     requests: 5,
@@ -223,7 +248,8 @@ async function crossUserCase(ctx: Context, question: CrossUserQuestion, withGrap
   };
 }
 
-const GROUP_FIELDS = 'count distinctUsers distinctSessions talkedTime { sum avg min max p50 p95 } microphoneUsageRate speakerUsageRate sentiments { value count }';
+const GROUP_FIELDS =
+  'count distinctUsers distinctSessions talkedTime { sum avg min max p50 p95 } microphoneUsageRate speakerUsageRate sentiments { value count }';
 
 interface RawGroup {
   count: number | string;

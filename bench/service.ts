@@ -68,7 +68,13 @@ export async function startService(options: ServiceOptions & { apiKey?: string |
   const entry = options.fromSource ? ['--import', 'tsx', 'src/main.ts'] : ['dist/main.js'];
   const child = spawn(process.execPath, [...(options.nodeFlags ?? []), ...entry], {
     cwd: options.cwd,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env, PORT: String(port), HOST: '127.0.0.1' },
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '',
+      ...options.env,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   running.add(child);
@@ -88,7 +94,8 @@ export async function startService(options: ServiceOptions & { apiKey?: string |
 
   const deadline = Date.now() + 120_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`The service exited during start-up (code ${child.exitCode}):\n${tail}`);
+    if (child.exitCode !== null)
+      throw new Error(`The service exited during start-up (code ${child.exitCode}):\n${tail}`);
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
       throw new Error(`The service did not become ready within 120 s:\n${tail}`);

@@ -15,7 +15,13 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const STAMP = path.join(root, 'dist/.build-inputs');
 /** Files outside src/ that change what the build makes. src/generated is left out: it is made from these. */
-const EXTRA_INPUTS = ['prisma/schema.prisma', 'prisma.config.ts', 'tsconfig.json', 'tsconfig.build.json', 'package-lock.json'];
+const EXTRA_INPUTS = [
+  'prisma/schema.prisma',
+  'prisma.config.ts',
+  'tsconfig.json',
+  'tsconfig.build.json',
+  'package-lock.json',
+];
 
 function listFiles(dir, out) {
   for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {

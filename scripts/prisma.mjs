@@ -6,8 +6,8 @@
 // keeps working with the real engine.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { createRequire } from 'node:module';
+import path from 'node:path';
 
 const require = createRequire(import.meta.url);
 const args = process.argv.slice(2);

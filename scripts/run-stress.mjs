@@ -18,6 +18,10 @@ const env = { ...process.env };
 for (const [name, value] of Object.entries(defaults)) env[name] ??= value;
 const requested = process.argv.slice(2);
 const files = requested.length > 0 ? requested : ['test/set-check.test.ts', 'test/faults.test.ts', 'test/fuzz.test.ts'];
-console.log(`Stress run: ${Object.keys(defaults).map((name) => `${name}=${env[name]}`).join(' ')}`);
+console.log(
+  `Stress run: ${Object.keys(defaults)
+    .map((name) => `${name}=${env[name]}`)
+    .join(' ')}`,
+);
 const result = spawnSync(process.execPath, ['scripts/run-tests.mjs', ...files], { stdio: 'inherit', env });
 process.exit(result.status ?? 1);

@@ -9,10 +9,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 const requested = process.argv.slice(2);
-const files = requested.length > 0
-  ? requested
-  : fs.readdirSync('test').filter((name) => name.endsWith('.test.ts')).sort().map((name) => path.join('test', name));
-const where = process.env.TEST_DATABASE_URL ? `PostgreSQL (${process.env.TEST_DATABASE_URL.replace(/:[^:@/]*@/, ':***@')})` : 'the embedded database';
+const files =
+  requested.length > 0
+    ? requested
+    : fs
+        .readdirSync('test')
+        .filter((name) => name.endsWith('.test.ts'))
+        .sort()
+        .map((name) => path.join('test', name));
+const where = process.env.TEST_DATABASE_URL
+  ? `PostgreSQL (${process.env.TEST_DATABASE_URL.replace(/:[^:@/]*@/, ':***@')})`
+  : 'the embedded database';
 console.log(`Running ${files.length} test file(s) against ${where}`);
 const result = spawnSync(
   process.execPath,

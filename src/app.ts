@@ -7,8 +7,8 @@ import net, { type AddressInfo } from 'node:net';
 import { type Config, redactUrl } from './config.js';
 import { connectDatabase, disconnectDatabase } from './db/client.js';
 import { type EmbeddedWireServer, startEmbeddedWireServer } from './db/embedded-wire.js';
-import type { Logger } from './logger.js';
 import { ensureSchema } from './db/migrations.js';
+import type { Logger } from './logger.js';
 import { createServer } from './server.js';
 import { startMetricEvents, stopMetricEvents } from './services/events.js';
 
@@ -23,7 +23,6 @@ export interface App {
 /** How long after SIGTERM an idle keep-alive connection may still bring a request (answered 503) before it is closed. */
 const IDLE_CONNECTION_GRACE_MS = 250;
 
-
 export async function startApp(config: Config, logger: Logger): Promise<App> {
   const db = await connectDatabase({
     url: config.databaseUrl,
@@ -36,14 +35,22 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
   let socketServer: EmbeddedWireServer | undefined;
   try {
     if (db.kind === 'embedded') {
-      logger.info({ dataDir: db.location }, `Using the embedded PostgreSQL (PGlite) in ${db.location}; set DATABASE_URL to use a PostgreSQL server`);
+      logger.info(
+        { dataDir: db.location },
+        `Using the embedded PostgreSQL (PGlite) in ${db.location}; set DATABASE_URL to use a PostgreSQL server`,
+      );
     } else {
       logger.info({ database: db.location }, `Using PostgreSQL at ${db.location}`);
     }
 
     const { applied, status } = await ensureSchema(db, config.migrateOnStart);
     if (config.migrateOnStart) {
-      logger.info({ applied }, applied.length > 0 ? `Applied ${applied.length} migration(s): ${applied.join(', ')}` : 'Database schema is up to date');
+      logger.info(
+        { applied },
+        applied.length > 0
+          ? `Applied ${applied.length} migration(s): ${applied.join(', ')}`
+          : 'Database schema is up to date',
+      );
     }
     warnIfNewer(status.unknown, logger);
 
@@ -55,7 +62,11 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       );
     }
 
-    const events = await startMetricEvents({ redisUrl: config.redisUrl, channelPrefix: config.redisChannelPrefix, logger });
+    const events = await startMetricEvents({
+      redisUrl: config.redisUrl,
+      channelPrefix: config.redisChannelPrefix,
+      logger,
+    });
     logger.info(
       { liveUpdates: events.kind },
       events.kind === 'redis'
@@ -107,14 +118,17 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         const sweep = setInterval(() => server.closeIdleConnections(), IDLE_CONNECTION_GRACE_MS);
         // The whole shutdown fits in SHUTDOWN_TIMEOUT_MS: requests get all of it but a reserve for closing the database.
         const reserve = Math.min(2_000, Math.floor(config.shutdownTimeoutMs / 5));
-        const timer = setTimeout(() => {
-          logger.warn(
-            { inFlight: inFlight.size },
-            `${inFlight.size} request(s) still running after ${config.shutdownTimeoutMs - reserve} ms: closing their connections. ` +
-              'A batch cut off here is stored whole or not at all (one statement); its client saw no reply and retries.',
-          );
-          server.closeAllConnections();
-        }, config.shutdownTimeoutMs - reserve - (Date.now() - startedAt));
+        const timer = setTimeout(
+          () => {
+            logger.warn(
+              { inFlight: inFlight.size },
+              `${inFlight.size} request(s) still running after ${config.shutdownTimeoutMs - reserve} ms: closing their connections. ` +
+                'A batch cut off here is stored whole or not at all (one statement); its client saw no reply and retries.',
+            );
+            server.closeAllConnections();
+          },
+          config.shutdownTimeoutMs - reserve - (Date.now() - startedAt),
+        );
         await closed;
         clearTimeout(timer);
         clearInterval(sweep);
@@ -127,7 +141,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
           new Promise<boolean>((resolve) => (bound = setTimeout(() => resolve(true), left))),
         ]);
         clearTimeout(bound);
-        if (gaveUp) logger.warn(`The database connections did not close within ${left} ms; leaving them to the process exit`);
+        if (gaveUp)
+          logger.warn(`The database connections did not close within ${left} ms; leaving them to the process exit`);
       })();
       return stopping;
     };
@@ -147,7 +162,8 @@ function refuseWhileStopping(req: http.IncomingMessage, res: http.ServerResponse
     const body = JSON.stringify({
       errors: [
         {
-          message: 'The service is shutting down and did not run this request. Retry it (another instance will answer).',
+          message:
+            'The service is shutting down and did not run this request. Retry it (another instance will answer).',
           extensions: { code: 'UNAVAILABLE' },
         },
       ],
@@ -162,6 +178,9 @@ function refuseWhileStopping(req: http.IncomingMessage, res: http.ServerResponse
 
 function warnIfNewer(unknown: string[], logger: Logger): void {
   if (unknown.length > 0) {
-    logger.warn({ unknown }, `The database has migrations this code does not know (${unknown.join(', ')}): it was migrated by a newer version`);
+    logger.warn(
+      { unknown },
+      `The database has migrations this code does not know (${unknown.join(', ')}): it was migrated by a newer version`,
+    );
   }
 }

@@ -98,7 +98,8 @@ export class ConfigError extends Error {
  * most any JSON encoder writing UTF-8 needs (a control character is written `\u001f`; a 4-byte character as itself).
  */
 const MAX_RECORD_JSON_BYTES =
-  6 * (255 /* eventId */ + 255 /* userId */ + 255 /* sessionId */ + 50) /* voiceSentiment */ + 256; /* keys, numbers, punctuation */
+  6 * (255 /* eventId */ + 255 /* userId */ + 255 /* sessionId */ + 50) /* voiceSentiment */ +
+  256; /* keys, numbers, punctuation */
 
 /** The default body limit: a full batch at maximum field lengths plus the query text, rounded up to a whole MiB. */
 export function bodyLimitFor(maxBatchSize: number): number {
@@ -146,7 +147,8 @@ export function loadConfig(env: Env = process.env): Config {
     } catch {
       ok = false;
     }
-    if (!ok) problems.push('DATABASE_URL must be a postgres:// or postgresql:// URL (unset it to use the embedded database)');
+    if (!ok)
+      problems.push('DATABASE_URL must be a postgres:// or postgresql:// URL (unset it to use the embedded database)');
   }
 
   const logLevelRaw = (read('LOG_LEVEL') ?? (nodeEnv === 'test' ? 'warn' : 'info')).toLowerCase();

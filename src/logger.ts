@@ -24,6 +24,11 @@ export function createLogger(level: LogLevel, options: LoggerOptions = {}): Logg
   // In-process and synchronous: a developer's terminal needs no worker thread, and no line is lost at exit.
   // Loaded only for pretty logs: production (JSON lines) does not carry it.
   const { PinoPretty } = createRequire(import.meta.url)('pino-pretty') as typeof import('pino-pretty');
-  const pretty = PinoPretty({ colorize: Boolean(process.stdout.isTTY), translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service', sync: true });
+  const pretty = PinoPretty({
+    colorize: Boolean(process.stdout.isTTY),
+    translateTime: 'SYS:HH:MM:ss.l',
+    ignore: 'pid,hostname,service',
+    sync: true,
+  });
   return pino(settings, pretty);
 }

@@ -7,32 +7,33 @@
  */
 import crypto from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { type ExecutionResult, GraphQLError } from 'graphql';
 import { mapAsyncIterator } from '@graphql-tools/utils';
-import { type Plugin, type YogaLogger, createYoga, isAsyncIterable, useReadinessCheck } from 'graphql-yoga';
+import { type ExecutionResult, GraphQLError } from 'graphql';
+import { createYoga, isAsyncIterable, type Plugin, useReadinessCheck, type YogaLogger } from 'graphql-yoga';
 import type { Config } from './config.js';
 import type { RequestContext } from './context.js';
+import { useDashboard } from './dashboard/plugin.js';
 import { database } from './db/client.js';
-import type { Logger } from './logger.js';
+import { classifyDatabaseError, type DatabaseFault } from './db/errors.js';
 import { migrationStatus } from './db/migrations.js';
-import { schema } from './schema/index.js';
-import { InputError } from './services/errors.js';
-import { type DatabaseFault, classifyDatabaseError } from './db/errors.js';
-import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './plugins/input-guards.js';
+import { jsonBodyLimitsFor, useJsonBodyParser } from './http/json-body.js';
+import { transport } from './http/listener.js';
+import type { Logger } from './logger.js';
+import { useMetrics } from './observability/metrics.js';
 import { callerOf } from './plugins/auth.js';
-import type { Caller } from './services/api-keys.js';
 import { useFastExecute } from './plugins/execute.js';
 import { renderGraphiQLPage, useCompressedGraphiQL } from './plugins/graphiql.js';
 import { useInputErrorCodes } from './plugins/input-errors.js';
-import { type SecurityConfig, createSecurity } from './plugins/security.js';
-import { jsonBodyLimitsFor, useJsonBodyParser } from './http/json-body.js';
-import { transport } from './http/listener.js';
+import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './plugins/input-guards.js';
+import { createSecurity, type SecurityConfig } from './plugins/security.js';
 import { useFrameworkErrorsInOurWords } from './plugins/wording.js';
-import { useMetrics } from './observability/metrics.js';
-import { useDashboard } from './dashboard/plugin.js';
+import { schema } from './schema/index.js';
+import type { Caller } from './services/api-keys.js';
+import { InputError } from './services/errors.js';
 
 export interface ServerOptions {
-  config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups' | 'dbStatementTimeoutMs'> & SecurityConfig;
+  config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups' | 'dbStatementTimeoutMs'> &
+    SecurityConfig;
   logger: Logger;
   /** Plugins after the service's own, before execution (tests use it to see that every request passes them). */
   plugins?: Plugin[];
@@ -108,21 +109,24 @@ query Recent {
 `;
 
 function yogaLogger(logger: Logger): YogaLogger {
-  const withScope = (level: 'debug' | 'info' | 'warn' | 'error') => (...args: unknown[]) => {
-    const [first, ...rest] = args;
-    const fields: Record<string, unknown> = {};
-    // Yoga logs every error it masks; maskError logs each once itself, with the request id (a database fault as a
-    // warning: during an outage an error-level entry with a stack for every request would only bury the log).
-    if (first instanceof Error && level === 'error' && (maskedOriginals.has(first) || classifyDatabaseError(first))) return;
-    // A client's own mistake (a bad argument) is answered with its message; it is not the service's error.
-    const cause = first instanceof GraphQLError ? first.originalError : first;
-    if (cause instanceof InputError) {
-      logger.debug({ ...fields, code: cause.code, argument: cause.path }, cause.message);
-      return;
-    }
-    if (first instanceof Error) logger[level]({ ...fields, err: first }, first.message);
-    else logger[level]({ ...fields, ...(rest.length > 0 ? { details: rest } : {}) }, String(first));
-  };
+  const withScope =
+    (level: 'debug' | 'info' | 'warn' | 'error') =>
+    (...args: unknown[]) => {
+      const [first, ...rest] = args;
+      const fields: Record<string, unknown> = {};
+      // Yoga logs every error it masks; maskError logs each once itself, with the request id (a database fault as a
+      // warning: during an outage an error-level entry with a stack for every request would only bury the log).
+      if (first instanceof Error && level === 'error' && (maskedOriginals.has(first) || classifyDatabaseError(first)))
+        return;
+      // A client's own mistake (a bad argument) is answered with its message; it is not the service's error.
+      const cause = first instanceof GraphQLError ? first.originalError : first;
+      if (cause instanceof InputError) {
+        logger.debug({ ...fields, code: cause.code, argument: cause.path }, cause.message);
+        return;
+      }
+      if (first instanceof Error) logger[level]({ ...fields, err: first }, first.message);
+      else logger[level]({ ...fields, ...(rest.length > 0 ? { details: rest } : {}) }, String(first));
+    };
   return { debug: withScope('debug'), info: withScope('info'), warn: withScope('warn'), error: withScope('error') };
 }
 
@@ -144,7 +148,9 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
     // The request id is filled in, and the entry logged, by useRequestIds.
     if (fault) {
       const masked = databaseFaultError(fault, error, config.dbStatementTimeoutMs);
-      pendingLogs.set(masked, (requestId) => logger.warn({ err: original, requestId, reason: fault.reason, path }, `Database ${fault.kind}`));
+      pendingLogs.set(masked, (requestId) =>
+        logger.warn({ err: original, requestId, reason: fault.reason, path }, `Database ${fault.kind}`),
+      );
       return masked;
     }
     const masked = new GraphQLError(message, {
@@ -160,7 +166,10 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
   const limits = { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups };
   /** The request's part of the GraphQL context (Yoga adds its own: request, params). */
   const contextFor = (requestId: string, caller: Caller) => ({ requestId, caller, limits });
-  const yoga = createYoga<Record<string, unknown>, Omit<RequestContext, keyof import('graphql-yoga').YogaInitialContext>>({
+  const yoga = createYoga<
+    Record<string, unknown>,
+    Omit<RequestContext, keyof import('graphql-yoga').YogaInitialContext>
+  >({
     schema,
     graphqlEndpoint: '/graphql',
     healthCheckEndpoint: '/health',
@@ -225,7 +234,10 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
     ] satisfies Plugin[],
   });
 
-  const handler = transport(yoga.requestListener as import('node:http').RequestListener, { bytes: config.maxBodyBytes, ms: DRAIN_MS });
+  const handler = transport(yoga.requestListener as import('node:http').RequestListener, {
+    bytes: config.maxBodyBytes,
+    ms: DRAIN_MS,
+  });
 
   return { yoga, handler, authPolicy: security.policy };
 }
@@ -252,7 +264,8 @@ function useRequestIds(): Plugin {
     },
     onResultProcess({ request, result, setResult }) {
       const requestId = requestIds.get(request);
-      if (isAsyncIterable(result)) setResult(mapAsyncIterator(result, (event: ExecutionResult) => settle(event, requestId)));
+      if (isAsyncIterable(result))
+        setResult(mapAsyncIterator(result, (event: ExecutionResult) => settle(event, requestId)));
       else for (const single of Array.isArray(result) ? result : [result]) settle(single, requestId);
     },
   };
@@ -272,7 +285,14 @@ function databaseFaultError(fault: DatabaseFault, error: unknown, statementTimeo
   if (fault.kind === 'unavailable') {
     return new GraphQLError(
       'The database is unavailable right now, so this operation did not run. Retry it after the Retry-After delay; a retried ingestMetrics batch is never stored twice.',
-      { ...location, extensions: { code: 'UNAVAILABLE', requestId: undefined, http: { status: 503, headers: { 'Retry-After': String(RETRY_AFTER_SECONDS) } } } },
+      {
+        ...location,
+        extensions: {
+          code: 'UNAVAILABLE',
+          requestId: undefined,
+          http: { status: 503, headers: { 'Retry-After': String(RETRY_AFTER_SECONDS) } },
+        },
+      },
     );
   }
   return new GraphQLError(

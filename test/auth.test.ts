@@ -10,22 +10,44 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { ConfigError, loadConfig } from '../src/config.js';
-import { INGEST, type TestService, createTestDatabase, record, startTestService, usingPostgres } from './support/harness.js';
+import {
+  createTestDatabase,
+  INGEST,
+  record,
+  startTestService,
+  type TestService,
+  usingPostgres,
+} from './support/harness.js';
 import { assertRefused, makeKey, withoutUserMetrics } from './support/security.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const run = promisify(execFile);
 
 const READ = '{ metrics(first: 5) { totalCount edges { node { eventId userId } } } }';
-const countRows = async (service: TestService) => (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics'))[0]?.n;
+const countRows = async (service: TestService) =>
+  (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics'))[0]?.n;
 
 /** Each operation and the one scope (besides admin) that may run it. */
-const OPERATIONS: Array<{ name: string; scope: 'ingest' | 'read' | 'admin'; query: string; variables?: () => Record<string, unknown> }> = [
-  { name: 'ingestMetrics', scope: 'ingest', query: INGEST, variables: () => ({ records: [record({ eventId: crypto.randomUUID() })] }) },
+const OPERATIONS: Array<{
+  name: string;
+  scope: 'ingest' | 'read' | 'admin';
+  query: string;
+  variables?: () => Record<string, unknown>;
+}> = [
+  {
+    name: 'ingestMetrics',
+    scope: 'ingest',
+    query: INGEST,
+    variables: () => ({ records: [record({ eventId: crypto.randomUUID() })] }),
+  },
   { name: 'metrics', scope: 'read', query: READ },
   { name: 'metric', scope: 'read', query: '{ metric(id: "1") { id } }' },
   { name: 'apiKeys', scope: 'admin', query: '{ apiKeys { id name scopes } }' },
-  { name: 'createApiKey', scope: 'admin', query: 'mutation { createApiKey(name: "made by test", scopes: [read]) { key apiKey { id } } }' },
+  {
+    name: 'createApiKey',
+    scope: 'admin',
+    query: 'mutation { createApiKey(name: "made by test", scopes: [read]) { key apiKey { id } } }',
+  },
   { name: 'revokeApiKey', scope: 'admin', query: 'mutation { revokeApiKey(id: "mk_nosuchkey") { id } }' },
 ];
 
@@ -48,7 +70,12 @@ describe('production mode (NODE_ENV=production)', () => {
 
   test('a wrong key, a malformed header and a key of the wrong shape are refused with 401', async () => {
     const unknown = `mk_${crypto.randomBytes(32).toString('base64url')}`;
-    for (const authorization of [`Bearer ${unknown}`, 'Bearer not-a-key', `Basic ${Buffer.from('a:b').toString('base64')}`, 'Bearer']) {
+    for (const authorization of [
+      `Bearer ${unknown}`,
+      'Bearer not-a-key',
+      `Basic ${Buffer.from('a:b').toString('base64')}`,
+      'Bearer',
+    ]) {
       const response = await service.request(READ, undefined, { authorization });
       assertRefused(response, 'UNAUTHENTICATED', 401);
       assert.match(response.headers.get('www-authenticate') ?? '', /error="invalid_token"/, authorization);
@@ -58,7 +85,11 @@ describe('production mode (NODE_ENV=production)', () => {
   test('an ingest key stores a batch; a read key reads it back', async () => {
     const ingest = await makeKey(['ingest']);
     const read = await makeKey(['read']);
-    const result = await service.gql(INGEST, { records: [record({ eventId: 'prod-1', userId: 'alice' })] }, ingest.headers);
+    const result = await service.gql(
+      INGEST,
+      { records: [record({ eventId: 'prod-1', userId: 'alice' })] },
+      ingest.headers,
+    );
     assert.deepEqual(result.ingestMetrics, { accepted: 1, duplicates: 0, rejected: [] });
     const data = await service.gql(READ, undefined, read.headers);
     assert.deepEqual(data.metrics.edges, [{ node: { eventId: 'prod-1', userId: 'alice' } }]);
@@ -152,7 +183,11 @@ describe('production mode (NODE_ENV=production)', () => {
     const admin = await makeKey(['admin']);
     const victim = await makeKey(['read']);
     assert.equal((await service.request(READ, undefined, victim.headers)).status, 200);
-    const revoked = await service.gql(`mutation { revokeApiKey(id: "${victim.id}") { id revokedAt } }`, undefined, admin.headers);
+    const revoked = await service.gql(
+      `mutation { revokeApiKey(id: "${victim.id}") { id revokedAt } }`,
+      undefined,
+      admin.headers,
+    );
     assert.equal(revoked.revokeApiKey.id, victim.id);
     assert.ok(revoked.revokeApiKey.revokedAt);
     // The very next request.
@@ -169,7 +204,10 @@ describe('production mode (NODE_ENV=production)', () => {
       assert.equal((await service.request(READ, undefined, key.headers)).status, 200);
       await service.sql('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [key.id]);
     };
-    assert.equal((await service.request(INGEST, { records: [record({ eventId: 'known-1' })] }, key.headers)).status, 200);
+    assert.equal(
+      (await service.request(INGEST, { records: [record({ eventId: 'known-1' })] }, key.headers)).status,
+      200,
+    );
     const before = await countRows(service);
 
     await revokeBehindItsBack();
@@ -179,14 +217,22 @@ describe('production mode (NODE_ENV=production)', () => {
 
     // A mutation never starts.
     await revokeBehindItsBack();
-    assertRefused(await service.request(INGEST, { records: [record({ eventId: 'known-2' })] }, key.headers), 'UNAUTHENTICATED', 401);
+    assertRefused(
+      await service.request(INGEST, { records: [record({ eventId: 'known-2' })] }, key.headers),
+      'UNAUTHENTICATED',
+      401,
+    );
     assert.equal(await countRows(service), before);
 
     // An invalid query and a read that fails are answered with the 401, not with what was wrong with them.
     await revokeBehindItsBack();
     assertRefused(await service.request('{ metrics { nosuchfield } }', undefined, key.headers), 'UNAUTHENTICATED', 401);
     await revokeBehindItsBack();
-    assertRefused(await service.request('{ metrics(first: 0) { totalCount } }', undefined, key.headers), 'UNAUTHENTICATED', 401);
+    assertRefused(
+      await service.request('{ metrics(first: 0) { totalCount } }', undefined, key.headers),
+      'UNAUTHENTICATED',
+      401,
+    );
 
     // A subscription is refused before it starts.
     await revokeBehindItsBack();
@@ -203,17 +249,24 @@ describe('production mode (NODE_ENV=production)', () => {
 
   test('a key made through createApiKey works at once and carries exactly its scopes', async () => {
     const admin = await makeKey(['admin']);
-    const made = await service.gql('mutation { createApiKey(name: "ci reader", scopes: [read]) { key apiKey { id name scopes revokedAt } } }', undefined, admin.headers);
+    const made = await service.gql(
+      'mutation { createApiKey(name: "ci reader", scopes: [read]) { key apiKey { id name scopes revokedAt } } }',
+      undefined,
+      admin.headers,
+    );
     const { key, apiKey } = made.createApiKey;
     assert.match(key, /^mk_[A-Za-z0-9_-]{43}$/);
     assert.equal(apiKey.id, key.slice(0, 11));
-    assert.deepEqual({ ...apiKey, id: undefined }, { id: undefined, name: 'ci reader', scopes: ['read'], revokedAt: null });
+    assert.deepEqual(
+      { ...apiKey, id: undefined },
+      { id: undefined, name: 'ci reader', scopes: ['read'], revokedAt: null },
+    );
     const headers = { authorization: `Bearer ${key}` };
     assert.equal((await service.request(READ, undefined, headers)).status, 200);
     assertRefused(await service.request(INGEST, { records: [record()] }, headers), 'FORBIDDEN', 403);
   });
 
-  test('no plaintext key is stored anywhere in the database; the stored hash is the key\'s SHA-256', async () => {
+  test("no plaintext key is stored anywhere in the database; the stored hash is the key's SHA-256", async () => {
     const keys = [await makeKey(['read']), await makeKey(['ingest', 'read']), await makeKey(['admin'])];
     const tables = await service.sql<{ name: string }>(
       `SELECT quote_ident(table_name) AS name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'`,
@@ -228,7 +281,10 @@ describe('production mode (NODE_ENV=production)', () => {
       const secret = key.slice(id.length); // what the public id does not show
       assert.ok(!dump.includes(secret), `the secret of ${id} is stored in plain text`);
       assert.ok(!dump.includes(Buffer.from(key).toString('hex')), `the key ${id} is stored as hex`);
-      const [row] = await service.sql<{ hash: string }>(`SELECT encode(secret_hash, 'hex') AS hash FROM api_keys WHERE id = $1`, [id]);
+      const [row] = await service.sql<{ hash: string }>(
+        `SELECT encode(secret_hash, 'hex') AS hash FROM api_keys WHERE id = $1`,
+        [id],
+      );
       assert.equal(row?.hash, crypto.createHash('sha256').update(key).digest('hex'));
     }
   });
@@ -236,7 +292,11 @@ describe('production mode (NODE_ENV=production)', () => {
   test('last_used_at is set on first use and not rewritten on every request', async () => {
     const key = await makeKey(['read']);
     const lastUsed = async () =>
-      (await service.sql<{ at: string | null }>(`SELECT last_used_at::text AS at FROM api_keys WHERE id = $1`, [key.id]))[0]?.at;
+      (
+        await service.sql<{ at: string | null }>(`SELECT last_used_at::text AS at FROM api_keys WHERE id = $1`, [
+          key.id,
+        ])
+      )[0]?.at;
     assert.equal(await lastUsed(), null);
     const [before] = await service.sql<{ now: string }>('SELECT now()::text AS now');
     await service.gql(READ, undefined, key.headers);
@@ -268,8 +328,14 @@ describe('AUTH=auto outside production', () => {
   });
 
   test('AUTH=off is refused with NODE_ENV=production; AUTH must be auto, on or off', () => {
-    assert.throws(() => loadConfig({ NODE_ENV: 'production', AUTH: 'off' }), (e: unknown) => e instanceof ConfigError && /AUTH=off is refused/.test(e.message));
-    assert.throws(() => loadConfig({ AUTH: 'maybe' }), (e: unknown) => e instanceof ConfigError && /AUTH="maybe" must be auto, on or off/.test(e.message));
+    assert.throws(
+      () => loadConfig({ NODE_ENV: 'production', AUTH: 'off' }),
+      (e: unknown) => e instanceof ConfigError && /AUTH=off is refused/.test(e.message),
+    );
+    assert.throws(
+      () => loadConfig({ AUTH: 'maybe' }),
+      (e: unknown) => e instanceof ConfigError && /AUTH="maybe" must be auto, on or off/.test(e.message),
+    );
     assert.equal(loadConfig({}).auth, 'auto');
     assert.equal(loadConfig({ AUTH: 'off' }).auth, 'off');
   });
@@ -283,7 +349,11 @@ describe('npm run keys (child processes)', () => {
       timeout: 60_000,
     }).then(
       (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
-      (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' }),
+      (e: { code?: number; stdout?: string; stderr?: string }) => ({
+        code: e.code ?? -1,
+        stdout: e.stdout ?? '',
+        stderr: e.stderr ?? '',
+      }),
     );
 
   test('create prints the key once, list shows it without its secret, the service accepts it, revoke stops it', async () => {
@@ -307,11 +377,22 @@ describe('npm run keys (child processes)', () => {
       const listed = await keysCli(env, 'list', '--json');
       assert.equal(listed.code, 0, listed.stderr);
       assert.ok(!listed.stdout.includes(key.slice(id.length)), 'list shows the secret');
-      const infos = JSON.parse(listed.stdout) as Array<{ id: string; name: string; scopes: string[]; revokedAt: string | null }>;
-      assert.deepEqual(infos.map((k) => [k.id, k.name, k.scopes, k.revokedAt]), [[id, 'cli key', ['ingest', 'read'], null]]);
+      const infos = JSON.parse(listed.stdout) as Array<{
+        id: string;
+        name: string;
+        scopes: string[];
+        revokedAt: string | null;
+      }>;
+      assert.deepEqual(
+        infos.map((k) => [k.id, k.name, k.scopes, k.revokedAt]),
+        [[id, 'cli key', ['ingest', 'read'], null]],
+      );
 
       let service = await start();
-      assert.equal((await service.gql(INGEST, { records: [record({ eventId: 'cli-1' })] }, headers)).ingestMetrics.accepted, 1);
+      assert.equal(
+        (await service.gql(INGEST, { records: [record({ eventId: 'cli-1' })] }, headers)).ingestMetrics.accepted,
+        1,
+      );
       assert.equal((await service.gql(READ, undefined, headers)).metrics.totalCount, 1);
 
       if (usingPostgres) {

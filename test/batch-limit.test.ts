@@ -1,7 +1,7 @@
 /** The batch limit, configured small (MAX_BATCH_SIZE=10): a larger batch is refused whole with an error naming it. */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { INGEST, type TestService, record, startTestService } from './support/harness.js';
+import { INGEST, record, startTestService, type TestService } from './support/harness.js';
 
 const LIMIT = 10;
 let service: TestService;
@@ -13,7 +13,9 @@ after(async () => {
 });
 
 const storedIn = async (sessionId: string) =>
-  (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics WHERE session_id = $1', [sessionId]))[0]?.n;
+  (
+    await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics WHERE session_id = $1', [sessionId])
+  )[0]?.n;
 
 test('a batch of exactly the limit is stored', async () => {
   const records = Array.from({ length: LIMIT }, (_, i) => record({ sessionId: 'at-limit', talkedTime: i }));

@@ -60,7 +60,14 @@ test('good values are parsed; blank values mean the default', () => {
   assert.ok(config.maxBodyBytes < loadConfig({}).maxBodyBytes, 'the default body limit follows the batch limit');
   assert.equal(config.logLevel, 'debug');
   assert.equal(config.graphiql, false);
-  for (const [value, expected] of [['1', true], ['yes', true], ['TRUE', true], ['0', false], ['no', false], ['Off', false]] as const) {
+  for (const [value, expected] of [
+    ['1', true],
+    ['yes', true],
+    ['TRUE', true],
+    ['0', false],
+    ['no', false],
+    ['Off', false],
+  ] as const) {
     assert.equal(loadConfig({ MIGRATE_ON_START: value }).migrateOnStart, expected, value);
   }
   const blank = loadConfig({ PORT: '  ', DATABASE_URL: '', MAX_BATCH_SIZE: ' ' });
@@ -92,15 +99,27 @@ test('each bad variable stops start-up with a message that names it', () => {
     const problems = problemsOf({ [name]: value });
     assert.equal(problems.length, 1, `${name}=${value}: ${JSON.stringify(problems)}`);
     assert.ok(problems[0]?.startsWith(name), `${name}=${value}: ${problems[0]}`);
-    assert.throws(() => loadConfig({ [name]: value }), (error: Error) => error.message.includes(name));
+    assert.throws(
+      () => loadConfig({ [name]: value }),
+      (error: Error) => error.message.includes(name),
+    );
   }
 });
 
 test('several bad variables are all listed at once', () => {
-  const problems = problemsOf({ PORT: 'abc', MAX_BATCH_SIZE: '0', LOG_LEVEL: 'loud', DATABASE_URL: 'mysql://x', MIGRATE_ON_START: 'maybe' });
+  const problems = problemsOf({
+    PORT: 'abc',
+    MAX_BATCH_SIZE: '0',
+    LOG_LEVEL: 'loud',
+    DATABASE_URL: 'mysql://x',
+    MIGRATE_ON_START: 'maybe',
+  });
   assert.equal(problems.length, 5, JSON.stringify(problems));
   for (const name of ['PORT', 'MAX_BATCH_SIZE', 'LOG_LEVEL', 'DATABASE_URL', 'MIGRATE_ON_START']) {
-    assert.ok(problems.some((p) => p.startsWith(name)), `${name} in ${JSON.stringify(problems)}`);
+    assert.ok(
+      problems.some((p) => p.startsWith(name)),
+      `${name} in ${JSON.stringify(problems)}`,
+    );
   }
 });
 
@@ -114,8 +133,14 @@ test('the service (node src/main.ts) exits 1 on a bad PORT, naming it, and lists
   const bad = await runTsx('src/main.ts', [], { PORT: 'abc', DATA_DIR: dataDir, NODE_ENV: 'test' }, 30_000);
   assert.equal(bad.code, 1, describeRun(bad));
   assert.match(bad.stderr, /PORT="abc" must be an integer from 0 to 65535/, describeRun(bad));
-  const several = await runTsx('src/main.ts', [], { PORT: '99999', MAX_BATCH_SIZE: 'x', LOG_LEVEL: 'loud', DATA_DIR: dataDir, NODE_ENV: 'test' }, 30_000);
+  const several = await runTsx(
+    'src/main.ts',
+    [],
+    { PORT: '99999', MAX_BATCH_SIZE: 'x', LOG_LEVEL: 'loud', DATA_DIR: dataDir, NODE_ENV: 'test' },
+    30_000,
+  );
   assert.equal(several.code, 1, describeRun(several));
-  for (const name of ['PORT', 'MAX_BATCH_SIZE', 'LOG_LEVEL']) assert.match(several.stderr, new RegExp(name), describeRun(several));
+  for (const name of ['PORT', 'MAX_BATCH_SIZE', 'LOG_LEVEL'])
+    assert.match(several.stderr, new RegExp(name), describeRun(several));
   assert.deepEqual(fs.readdirSync(dataDir), [], 'it stopped before touching the database');
 });

@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type BrowserContext, type ConsoleMessage, type Page, chromium } from 'playwright-core';
-import { INGEST, type TestService, nowSeconds, startTestService } from './support/harness.js';
+import { type BrowserContext, type ConsoleMessage, chromium, type Page } from 'playwright-core';
+import { INGEST, nowSeconds, startTestService, type TestService } from './support/harness.js';
 import { makeKey } from './support/security.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -98,11 +98,18 @@ async function shown(page: Page): Promise<Shown> {
   return page.evaluate(() => {
     const w = window as unknown as { dashboard: { charts: Record<string, { data: ArrayLike<number>[] }> } };
     const charts: Record<string, number[][]> = {};
-    for (const [id, chart] of Object.entries(w.dashboard.charts)) charts[id] = chart.data.map((series) => Array.from(series));
+    for (const [id, chart] of Object.entries(w.dashboard.charts))
+      charts[id] = chart.data.map((series) => Array.from(series));
     const totals: Record<string, number> = {};
-    for (const element of document.querySelectorAll<HTMLElement>('#totals [data-figure]')) totals[element.dataset.figure!] = Number(element.dataset.value);
-    const sentiments = [...document.querySelectorAll<HTMLElement>('#sentiments li[data-count]')].map((li) => ({ value: li.dataset.sentiment!, count: Number(li.dataset.count) }));
-    const users = [...document.querySelectorAll<HTMLElement>('#users-table tbody tr[data-user]')].map((tr) => tr.dataset.user!);
+    for (const element of document.querySelectorAll<HTMLElement>('#totals [data-figure]'))
+      totals[element.dataset.figure!] = Number(element.dataset.value);
+    const sentiments = [...document.querySelectorAll<HTMLElement>('#sentiments li[data-count]')].map((li) => ({
+      value: li.dataset.sentiment!,
+      count: Number(li.dataset.count),
+    }));
+    const users = [...document.querySelectorAll<HTMLElement>('#users-table tbody tr[data-user]')].map(
+      (tr) => tr.dataset.user!,
+    );
     return { charts, totals, sentiments, users };
   });
 }
@@ -153,7 +160,11 @@ describe('dashboard in a browser', () => {
   let headers: Record<string, string> = {};
   const stats = <T>(where: Record<string, unknown>, extra: string, fields: string) =>
     service
-      .gql<{ metricStats: T[] }>(`query ($where: MetricFilter) { metricStats(where: $where${extra}) { ${fields} } }`, { where }, headers)
+      .gql<{ metricStats: T[] }>(
+        `query ($where: MetricFilter) { metricStats(where: $where${extra}) { ${fields} } }`,
+        { where },
+        headers,
+      )
       .then((d) => d.metricStats);
   const series = (range: typeof BERLIN, unit: string, userId?: string) =>
     stats<SeriesGroup>(
@@ -175,10 +186,13 @@ describe('dashboard in a browser', () => {
     );
   }
 
-  test("GraphiQL runs its example operations, Ingest then Recent, through its own UI", async () => {
+  test('GraphiQL runs its example operations, Ingest then Recent, through its own UI', async () => {
     const run = async (operation: string) => {
       const answer = page.waitForResponse(
-        (response) => response.url().endsWith('/graphql') && response.request().method() === 'POST' && (response.request().postData() ?? '').includes(`"operationName":"${operation}"`),
+        (response) =>
+          response.url().endsWith('/graphql') &&
+          response.request().method() === 'POST' &&
+          (response.request().postData() ?? '').includes(`"operationName":"${operation}"`),
         { timeout: WAIT_MS },
       );
       await page.click('.graphiql-execute-button');
@@ -193,16 +207,31 @@ describe('dashboard in a browser', () => {
     const ingest = await run('Ingest');
     assert.equal(ingest.errors, undefined, JSON.stringify(ingest));
     assert.deepEqual(ingest.data, { ingestMetrics: { accepted: 2, duplicates: 0, rejected: [] } });
-    await page.waitForFunction(() => /"accepted":\s*2/.test(document.querySelector('.result-window')?.textContent ?? ''), null, { timeout: WAIT_MS });
+    await page.waitForFunction(
+      () => /"accepted":\s*2/.test(document.querySelector('.result-window')?.textContent ?? ''),
+      null,
+      { timeout: WAIT_MS },
+    );
 
     const recent = await run('Recent');
     assert.equal(recent.errors, undefined, JSON.stringify(recent));
     assert.equal(recent.data?.metrics.totalCount, 2);
     assert.deepEqual(
-      recent.data?.metrics.edges.map((e: { node: { userId: string; sessionId: string; talkedTime: number } }) => [e.node.userId, e.node.sessionId, e.node.talkedTime]),
-      [['bob', 's-2', 45], ['alice', 's-1', 120]],
+      recent.data?.metrics.edges.map((e: { node: { userId: string; sessionId: string; talkedTime: number } }) => [
+        e.node.userId,
+        e.node.sessionId,
+        e.node.talkedTime,
+      ]),
+      [
+        ['bob', 's-2', 45],
+        ['alice', 's-1', 120],
+      ],
     );
-    await page.waitForFunction(() => /"totalCount":\s*2/.test(document.querySelector('.result-window')?.textContent ?? ''), null, { timeout: WAIT_MS });
+    await page.waitForFunction(
+      () => /"totalCount":\s*2/.test(document.querySelector('.result-window')?.textContent ?? ''),
+      null,
+      { timeout: WAIT_MS },
+    );
     assert.deepEqual(problems, []);
   });
 
@@ -220,7 +249,9 @@ describe('dashboard in a browser', () => {
       assert.equal(response.status, 200, asset);
       assert.equal(response.headers.get('content-encoding'), 'gzip', asset);
       assert.equal(response.headers.get('cache-control'), 'public, max-age=31536000, immutable', asset);
-      const again = await fetch(`${service.url}${asset}`, { headers: { 'accept-encoding': 'gzip', 'if-none-match': response.headers.get('etag')! } });
+      const again = await fetch(`${service.url}${asset}`, {
+        headers: { 'accept-encoding': 'gzip', 'if-none-match': response.headers.get('etag')! },
+      });
       assert.equal(again.status, 304, asset);
     }
     assert.equal((await fetch(`${service.url}/dashboard/nothing.js`)).status, 404);
@@ -236,7 +267,11 @@ describe('dashboard in a browser', () => {
     const first = await shown(page);
     assertPlotted(first, hours, 'Berlin, per hour');
 
-    const [totals] = await stats<Totals>(where, '', 'count distinctUsers distinctSessions talkedTime { sum p50 } microphoneUsageRate speakerUsageRate sentiments { value count }');
+    const [totals] = await stats<Totals>(
+      where,
+      '',
+      'count distinctUsers distinctSessions talkedTime { sum p50 } microphoneUsageRate speakerUsageRate sentiments { value count }',
+    );
     assert.ok(totals && totals.count < SEED_RECORDS, 'the range leaves some seeded records out');
     assert.deepEqual(first.totals, {
       count: totals.count,
@@ -247,10 +282,18 @@ describe('dashboard in a browser', () => {
       microphoneUsageRate: totals.microphoneUsageRate,
       speakerUsageRate: totals.speakerUsageRate,
     });
-    assert.deepEqual(first.sentiments, totals.sentiments.map((s) => ({ value: s.value ?? '', count: s.count })));
+    assert.deepEqual(
+      first.sentiments,
+      totals.sentiments.map((s) => ({ value: s.value ?? '', count: s.count })),
+    );
     const users = await stats<UserGroup>(where, ', groupBy: [USER_ID]', 'userId count talkedTime { sum }');
-    const busiest = [...users].sort((a, b) => b.talkedTime.sum - a.talkedTime.sum || b.count - a.count || (a.userId < b.userId ? -1 : 1));
-    assert.deepEqual(first.users, busiest.slice(0, 10).map((u) => u.userId));
+    const busiest = [...users].sort(
+      (a, b) => b.talkedTime.sum - a.talkedTime.sum || b.count - a.count || (a.userId < b.userId ? -1 : 1),
+    );
+    assert.deepEqual(
+      first.users,
+      busiest.slice(0, 10).map((u) => u.userId),
+    );
 
     // The filters in their focus order, then changed with the keyboard: per day, then the zone.
     // (A date field takes a Tab for each of its parts: only the changes of element count.)
@@ -278,7 +321,11 @@ describe('dashboard in a browser', () => {
     await loaded(page, 3);
     const third = await shown(page);
     assertPlotted(third, await series(NEW_YORK, 'DAY'), 'New York, per day');
-    assert.notDeepEqual(third.charts['chart-talk']![0], second.charts['chart-talk']![0], 'the buckets moved with the zone');
+    assert.notDeepEqual(
+      third.charts['chart-talk']![0],
+      second.charts['chart-talk']![0],
+      'the buckets moved with the zone',
+    );
     assert.match(page.url(), /zone=America%2FNew_York/);
 
     // Choosing a user in the table filters every figure by them; clearing the field shows everyone again.
@@ -297,10 +344,22 @@ describe('dashboard in a browser', () => {
   });
 
   test('a record ingested by another client appears in the live feed within 2 s', async () => {
-    await page.waitForFunction(() => document.getElementById('live-state')?.dataset.state === 'live', null, { timeout: WAIT_MS });
+    await page.waitForFunction(() => document.getElementById('live-state')?.dataset.state === 'live', null, {
+      timeout: WAIT_MS,
+    });
     const sessionId = `live-${Date.now()}`;
     const result = await service.gql(INGEST, {
-      records: [{ userId: 'live-caller', sessionId, timestamp: nowSeconds() - 30, talkedTime: 75, microphoneUsed: true, speakerUsed: false, voiceSentiment: 'positive' }],
+      records: [
+        {
+          userId: 'live-caller',
+          sessionId,
+          timestamp: nowSeconds() - 30,
+          talkedTime: 75,
+          microphoneUsed: true,
+          speakerUsed: false,
+          voiceSentiment: 'positive',
+        },
+      ],
     });
     assert.equal(result.ingestMetrics.accepted, 1);
     const stored = Date.now();
@@ -313,7 +372,7 @@ describe('dashboard in a browser', () => {
     assert.deepEqual(problems, []);
   });
 
-  test('with keys required, a read key entered once is used for this tab\'s requests', async () => {
+  test("with keys required, a read key entered once is used for this tab's requests", async () => {
     // The first key turns authentication on (AUTH=auto): from now on the page needs one.
     const { key, headers: keyHeaders } = await makeKey(['read'], 'dashboard test');
     headers = keyHeaders;
@@ -327,7 +386,9 @@ describe('dashboard in a browser', () => {
     await page.keyboard.type(key);
     await page.keyboard.press('Enter');
     await loaded(page, 1);
-    await page.waitForFunction(() => document.getElementById('live-state')?.dataset.state === 'live', null, { timeout: WAIT_MS });
+    await page.waitForFunction(() => document.getElementById('live-state')?.dataset.state === 'live', null, {
+      timeout: WAIT_MS,
+    });
     assert.equal(await page.evaluate(() => sessionStorage.getItem('metrics-dashboard-key')), key);
     assertPlotted(await shown(page), await series(NEW_YORK, 'DAY'), 'New York, per day, with the key');
 

@@ -24,7 +24,6 @@ import {
   portsOf,
   volumesOf,
 } from './support/docker/compose.js';
-import { dockerIgnored, ignorePatterns } from './support/docker/dockerignore.js';
 import {
   commandsOf,
   copiedInPlace,
@@ -41,6 +40,7 @@ import {
   wordsOf,
   workdirOf,
 } from './support/docker/dockerfile.js';
+import { dockerIgnored, ignorePatterns } from './support/docker/dockerignore.js';
 import { admitsMajor } from './support/docker/engines.js';
 import { packagesImportedBy } from './support/docker/imports.js';
 import {

@@ -5,16 +5,18 @@
  */
 import assert from 'node:assert/strict';
 import net, { type AddressInfo } from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import postgres from 'postgres';
 import { database } from '../src/db/client.js';
 import { type EmbeddedWireServer, startEmbeddedWireServer } from '../src/db/embedded-wire.js';
-import { INGEST, type TestService, nowSeconds, record, startTestService, usingPostgres } from './support/harness.js';
+import { INGEST, nowSeconds, record, startTestService, type TestService, usingPostgres } from './support/harness.js';
 
-const skip = usingPostgres ? 'serves the embedded database only; TEST_DATABASE_URL points the service at PostgreSQL' : false;
+const skip = usingPostgres
+  ? 'serves the embedded database only; TEST_DATABASE_URL points the service at PostgreSQL'
+  : false;
 
 async function freePort(): Promise<number> {
   const probe = net.createServer();
@@ -37,7 +39,9 @@ async function stateAfter<T>(promise: Promise<T>, ms: number): Promise<'pending'
 
 async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms)));
+  const timeout = new Promise<never>(
+    (_, reject) => (timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms)),
+  );
   try {
     return await Promise.race([promise, timeout]);
   } finally {
@@ -58,7 +62,9 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
     return client;
   };
   const count = async (owner: string) => {
-    const [row] = await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM wire_items WHERE owner = $1', [owner]);
+    const [row] = await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM wire_items WHERE owner = $1', [
+      owner,
+    ]);
     return row!.n;
   };
 
@@ -85,7 +91,11 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
         const owner = `pg-${c}`;
         for (let i = 0; i < 24; i++) {
           // The same statement name in every client: each connection's "echo" is its own.
-          const named = await client.query({ name: 'echo', text: 'SELECT $1::int * 2 AS doubled, $2::text AS tag', values: [i, owner] });
+          const named = await client.query({
+            name: 'echo',
+            text: 'SELECT $1::int * 2 AS doubled, $2::text AS tag',
+            values: [i, owner],
+          });
           assert.deepEqual(named.rows, [{ doubled: 2 * i, tag: owner }]);
           const unnamed = await client.query("SELECT $1::text || '/' || $2::text AS joined", [owner, String(i)]);
           assert.equal(unnamed.rows[0].joined, `${owner}/${i}`);
@@ -96,7 +106,11 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
             await client.query('INSERT INTO wire_items (owner, n) SELECT $1, g FROM generate_series(1, 3) g', [owner]);
             const inside = await client.query('SELECT count(*)::int AS n FROM wire_items WHERE owner = $1', [owner]);
             expectedRows.set(owner, (expectedRows.get(owner) ?? 0) + 3);
-            assert.equal(inside.rows[0].n, expectedRows.get(owner), `${owner} sees its own rows inside its transaction`);
+            assert.equal(
+              inside.rows[0].n,
+              expectedRows.get(owner),
+              `${owner} sees its own rows inside its transaction`,
+            );
             await client.query('COMMIT');
           }
         }
@@ -113,16 +127,26 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
         }
         const [prepared] = await sql`SELECT ${i}::int * 3 AS tripled, ${owner}::text AS tag`;
         assert.deepEqual({ ...prepared }, { tripled: 3 * i, tag: owner });
-        const [described] = await sql.unsafe('SELECT $1::int + 1 AS next, $2::text AS tag', [i, owner], { prepare: false });
+        const [described] = await sql.unsafe('SELECT $1::int + 1 AS next, $2::text AS tag', [i, owner], {
+          prepare: false,
+        });
         assert.deepEqual({ ...described }, { next: i + 1, tag: owner });
         const [zone] = await sql.unsafe("SELECT current_setting('timezone') AS tz");
         assert.equal(typeof zone!.tz, 'string');
       });
       await withTimeout(Promise.all([...pgWork, ...postgresWork]), 60_000, 'the concurrent clients');
       // postgres.js really used several connections, and each named statement lives under its connection's prefix.
-      const statements = await service.sql<{ name: string }>("SELECT name FROM pg_prepared_statements WHERE name LIKE 'w%\\_%'");
-      assert.equal(statements.filter((s) => s.name.endsWith('_echo')).length, pgClients.length, JSON.stringify(statements));
-      const postgresJsConnections = new Set(statements.filter((s) => !s.name.endsWith('_echo')).map((s) => s.name.split('_')[0]));
+      const statements = await service.sql<{ name: string }>(
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'w%\\_%'",
+      );
+      assert.equal(
+        statements.filter((s) => s.name.endsWith('_echo')).length,
+        pgClients.length,
+        JSON.stringify(statements),
+      );
+      const postgresJsConnections = new Set(
+        statements.filter((s) => !s.name.endsWith('_echo')).map((s) => s.name.split('_')[0]),
+      );
       assert.ok(postgresJsConnections.size >= 2, `postgres.js used ${postgresJsConnections.size} connection(s)`);
     } finally {
       await sql.end({ timeout: 5 });
@@ -130,7 +154,9 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
     for (const [owner, rows] of expectedRows) assert.equal(await count(owner), rows, owner);
     // Ended connections leave no prepared statements behind.
     await Promise.all(pgClients.map((client) => client.end()));
-    const left = await service.sql<{ n: number }>("SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE 'w%\\_%'");
+    const left = await service.sql<{ n: number }>(
+      "SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE 'w%\\_%'",
+    );
     assert.equal(left[0]!.n, 0);
   });
 
@@ -152,7 +178,9 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
     assert.equal(await count('iso-a'), 0);
     assert.equal(await count('iso-b'), 1);
     assert.equal(await count('iso-service'), 1);
-    const stored = await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics WHERE event_id = $1', [eventId]);
+    const stored = await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics WHERE event_id = $1', [
+      eventId,
+    ]);
     assert.equal(stored[0]!.n, 1);
   });
 
@@ -187,7 +215,9 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
     assert.deepEqual(notices, [], 'BEGIN found no transaction in progress');
     assert.equal(await withTimeout(count('dropped'), 10_000, "the service's query"), 0);
     assert.equal(database().pglite!.isInTransaction(), false);
-    const statements = await service.sql<{ n: number }>("SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE '%leftover'");
+    const statements = await service.sql<{ n: number }>(
+      "SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE '%leftover'",
+    );
     assert.equal(statements[0]!.n, 0);
   });
 
@@ -200,8 +230,10 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
       stream.end(Array.from({ length: 50 }, (_, i) => `copied\t${i}\n`).join(''));
     });
     assert.equal(await count('copied'), 50);
-    await assert.rejects(client.query("SELECT 1; COPY wire_items (owner, n) FROM STDIN"), { code: '0A000' });
-    await assert.rejects(client.query({ name: 'copy', text: 'COPY wire_items (owner, n) FROM STDIN' }), { code: '0A000' });
+    await assert.rejects(client.query('SELECT 1; COPY wire_items (owner, n) FROM STDIN'), { code: '0A000' });
+    await assert.rejects(client.query({ name: 'copy', text: 'COPY wire_items (owner, n) FROM STDIN' }), {
+      code: '0A000',
+    });
     assert.deepEqual((await client.query('SELECT 2 AS two')).rows, [{ two: 2 }]);
   });
 
@@ -216,7 +248,9 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
           // Each round starts with no rows of its owner: a rollback that did not happen would show up as a 2.
           await client.query('BEGIN');
           await client.query('INSERT INTO wire_items (owner, n) VALUES ($1, $2)', [`hammer-${c}`, i]);
-          const { rows } = await client.query('SELECT count(*)::int AS n FROM wire_items WHERE owner = $1', [`hammer-${c}`]);
+          const { rows } = await client.query('SELECT count(*)::int AS n FROM wire_items WHERE owner = $1', [
+            `hammer-${c}`,
+          ]);
           assert.equal(rows[0].n, 1);
           await client.query(i % 2 === 0 ? 'COMMIT' : 'ROLLBACK');
           if (i % 2 === 0) await client.query('DELETE FROM wire_items WHERE owner = $1', [`hammer-${c}`]);
@@ -232,7 +266,9 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
       })(),
     ];
     // A failing hammer stops the others; its error is reported after the ingestion.
-    const hammered = Promise.all(hammering.map((work) => work.catch((error: unknown) => ((running = false), Promise.reject(error)))));
+    const hammered = Promise.all(
+      hammering.map((work) => work.catch((error: unknown) => ((running = false), Promise.reject(error)))),
+    );
     hammered.catch(() => {});
     const batches = 12;
     const perBatch = 40;
@@ -251,9 +287,13 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
       await sql.end({ timeout: 5 });
     }
     assert.ok(wireOperations > batches, `the wire clients ran alongside (${wireOperations} operations)`);
-    const left = await service.sql<{ n: number }>("SELECT count(*)::int AS n FROM wire_items WHERE owner LIKE 'hammer-%'");
+    const left = await service.sql<{ n: number }>(
+      "SELECT count(*)::int AS n FROM wire_items WHERE owner LIKE 'hammer-%'",
+    );
     assert.equal(left[0]!.n, 0);
-    const stored = await service.sql<{ n: number }>("SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'hammer-%'");
+    const stored = await service.sql<{ n: number }>(
+      "SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'hammer-%'",
+    );
     assert.equal(stored[0]!.n, batches * perBatch);
     const read = await service.gql('{ metrics(first: 1) { totalCount } }');
     assert.ok(read.metrics.totalCount >= batches * perBatch);
@@ -262,7 +302,13 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
   describe('limits (a second server with small ones, on the same database)', () => {
     let small: EmbeddedWireServer;
     before(async () => {
-      small = await startEmbeddedWireServer({ db: database().pglite!, port: 0, maxConnections: 2, idleInTransactionTimeoutMs: 400, maxCopyBytes: 4096 });
+      small = await startEmbeddedWireServer({
+        db: database().pglite!,
+        port: 0,
+        maxConnections: 2,
+        idleInTransactionTimeoutMs: 400,
+        maxCopyBytes: 4096,
+      });
     });
     after(async () => {
       await small?.stop();

@@ -11,16 +11,16 @@ import { after, before, test } from 'node:test';
 import pg from 'pg';
 import { openDatabase } from '../src/db/client.js';
 import {
-  type Outcome,
-  INGEST_MUTATION,
   acknowledged,
   errorCodes,
   get,
   graphQLBody,
+  INGEST_MUTATION,
   makeBatch,
+  type Outcome,
   postJson,
 } from './support/http-client.js';
-import { PgServer, ownPostgresUnavailable } from './support/pg-server.js';
+import { ownPostgresUnavailable, PgServer } from './support/pg-server.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 
 const skip = ownPostgresUnavailable();
@@ -39,7 +39,9 @@ after(async () => {
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A fresh database on the test's server and the service on it. */
-async function serviceOnNewDatabase(env: Record<string, string> = {}): Promise<{ service: ServiceProcess; database: string }> {
+async function serviceOnNewDatabase(
+  env: Record<string, string> = {},
+): Promise<{ service: ServiceProcess; database: string }> {
   assert.ok(server);
   const database = `faults_${crypto.randomBytes(4).toString('hex')}`;
   await server.sql(`CREATE DATABASE ${database}`);
@@ -55,12 +57,18 @@ async function serviceOnNewDatabase(env: Record<string, string> = {}): Promise<{
   return { service, database };
 }
 
-const ingest = (service: ServiceProcess, records: unknown[], options: { agent?: http.Agent; timeoutMs?: number } = {}) =>
-  postJson(`${service.url}/graphql`, { query: INGEST_MUTATION, variables: { records } }, options);
+const ingest = (
+  service: ServiceProcess,
+  records: unknown[],
+  options: { agent?: http.Agent; timeoutMs?: number } = {},
+) => postJson(`${service.url}/graphql`, { query: INGEST_MUTATION, variables: { records } }, options);
 
 const describe = (outcome: Outcome) => JSON.stringify(outcome).slice(0, 800);
 
-test('PostgreSQL down: requests fail fast with 503 UNAVAILABLE and Retry-After, /ready says so, and service resumes by itself', { skip, timeout: 120_000 }, async () => {
+test('PostgreSQL down: requests fail fast with 503 UNAVAILABLE and Retry-After, /ready says so, and service resumes by itself', {
+  skip,
+  timeout: 120_000,
+}, async () => {
   assert.ok(server);
   const db = server;
   const { service, database } = await serviceOnNewDatabase();
@@ -75,11 +83,22 @@ test('PostgreSQL down: requests fail fast with 503 UNAVAILABLE and Retry-After, 
     assert.ok(refusedIngest.kind === 'response');
     assert.equal(refusedIngest.status, 503, describe(refusedIngest));
     assert.deepEqual(errorCodes(refusedIngest), ['UNAVAILABLE'], describe(refusedIngest));
-    assert.ok(Number(refusedIngest.headers['retry-after']) >= 1, `Retry-After: ${refusedIngest.headers['retry-after']}`);
+    assert.ok(
+      Number(refusedIngest.headers['retry-after']) >= 1,
+      `Retry-After: ${refusedIngest.headers['retry-after']}`,
+    );
     assert.ok(refusedIngest.ms < 6000, `failed fast: ${refusedIngest.ms} ms`);
-    assert.doesNotMatch(refusedIngest.body, /prisma|ECONNREFUSED|127\.0\.0\.1|at .*\.ts/i, 'no internals in the answer');
+    assert.doesNotMatch(
+      refusedIngest.body,
+      /prisma|ECONNREFUSED|127\.0\.0\.1|at .*\.ts/i,
+      'no internals in the answer',
+    );
 
-    const query = await postJson(`${service.url}/graphql`, { query: '{ metrics(first: 5) { totalCount edges { node { id } } } }' }, { timeoutMs: 15_000 });
+    const query = await postJson(
+      `${service.url}/graphql`,
+      { query: '{ metrics(first: 5) { totalCount edges { node { id } } } }' },
+      { timeoutMs: 15_000 },
+    );
     assert.ok(query.kind === 'response' && query.status === 503, describe(query));
     assert.deepEqual(errorCodes(query), ['UNAVAILABLE']);
     assert.ok(query.ms < 6000, `failed fast: ${query.ms} ms`);
@@ -117,9 +136,18 @@ test('PostgreSQL down: requests fail fast with 503 UNAVAILABLE and Retry-After, 
   assert.ok(service.alive());
 });
 
-test('the connections carry the configured time limits (statement, idle in transaction)', { skip, timeout: 60_000 }, async () => {
+test('the connections carry the configured time limits (statement, idle in transaction)', {
+  skip,
+  timeout: 60_000,
+}, async () => {
   assert.ok(server);
-  const db = await openDatabase({ url: server.url(), poolMax: 1, statementTimeoutMs: 1234, transactionTimeoutMs: 4321, connectTimeoutMs: 2000 });
+  const db = await openDatabase({
+    url: server.url(),
+    poolMax: 1,
+    statementTimeoutMs: 1234,
+    transactionTimeoutMs: 4321,
+    connectTimeoutMs: 2000,
+  });
   try {
     const [row] = await db.withSession((session) =>
       session.query<{ statement: string; idle: string }>(
@@ -132,7 +160,10 @@ test('the connections carry the configured time limits (statement, idle in trans
   }
 });
 
-test('a statement past DB_STATEMENT_TIMEOUT_MS is cancelled, the client gets QUERY_TIMEOUT, and the service stays healthy', { skip, timeout: 120_000 }, async () => {
+test('a statement past DB_STATEMENT_TIMEOUT_MS is cancelled, the client gets QUERY_TIMEOUT, and the service stays healthy', {
+  skip,
+  timeout: 120_000,
+}, async () => {
   assert.ok(server);
   const db = server;
   const { service, database } = await serviceOnNewDatabase({ DB_STATEMENT_TIMEOUT_MS: '300' });
@@ -149,14 +180,22 @@ test('a statement past DB_STATEMENT_TIMEOUT_MS is cancelled, the client gets QUE
   const where = { OR: Array.from({ length: 90 }, (_, i) => ({ sessionId: { contains: `zz${i}q` } })) };
   const slow = await postJson(
     `${service.url}/graphql`,
-    { query: 'query Slow($where: MetricFilter) { metrics(where: $where, first: 10) { totalCount edges { node { id } } } }', variables: { where } },
+    {
+      query:
+        'query Slow($where: MetricFilter) { metrics(where: $where, first: 10) { totalCount edges { node { id } } } }',
+      variables: { where },
+    },
     { timeoutMs: 30_000 },
   );
   assert.ok(slow.kind === 'response', describe(slow));
   assert.equal(slow.status, 504, describe(slow));
   assert.deepEqual([...new Set(errorCodes(slow))], ['QUERY_TIMEOUT'], describe(slow));
   assert.match(graphQLBody(slow)?.errors?.[0]?.message ?? '', /time limit \(300 ms\)/);
-  assert.doesNotMatch(slow.body, /canceling statement|prisma|user_metrics|SELECT/i, 'no SQL or driver text in the answer');
+  assert.doesNotMatch(
+    slow.body,
+    /canceling statement|prisma|user_metrics|SELECT/i,
+    'no SQL or driver text in the answer',
+  );
   assert.ok(slow.ms < 5000, `answered after ${slow.ms} ms, not after the query would have finished`);
   const [active] = await db.sql<{ n: number }>(
     `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query ILIKE '%LIKE%'`,
@@ -175,12 +214,18 @@ test('a statement past DB_STATEMENT_TIMEOUT_MS is cancelled, the client gets QUE
     assert.ok(blocked.kind === 'response' && blocked.status === 504, describe(blocked));
     assert.deepEqual(errorCodes(blocked), ['QUERY_TIMEOUT']);
     await holder.query('ROLLBACK');
-    const [kept] = await db.sql<{ n: number }>(`SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'timeout-write-%'`, [], database);
+    const [kept] = await db.sql<{ n: number }>(
+      `SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'timeout-write-%'`,
+      [],
+      database,
+    );
     assert.equal(kept?.n, 0, 'the cancelled batch left nothing behind');
 
     // The same batch, retried, is stored; reads work; the service is ready.
     assert.deepEqual(acknowledged(await ingest(service, batch), 50), { accepted: 50, duplicates: 0 });
-    const fast = await postJson(`${service.url}/graphql`, { query: '{ metrics(first: 3, where: { userId: { equals: "user-7" } }) { edges { node { userId } } } }' });
+    const fast = await postJson(`${service.url}/graphql`, {
+      query: '{ metrics(first: 3, where: { userId: { equals: "user-7" } }) { edges { node { userId } } } }',
+    });
     assert.ok(fast.kind === 'response' && fast.status === 200 && !graphQLBody(fast)?.errors, describe(fast));
     const ready = await get(`${service.url}/ready`);
     assert.ok(ready.kind === 'response' && ready.status === 200, describe(ready));
@@ -203,7 +248,10 @@ async function waitForLockWaiters(db: PgServer, database: string, count: number)
   throw new Error(`no ${count} statement(s) waiting on the lock`);
 }
 
-test('SIGTERM with a batch in flight: new connections are refused, the batch finishes and is answered, exit 0', { skip, timeout: 120_000 }, async () => {
+test('SIGTERM with a batch in flight: new connections are refused, the batch finishes and is answered, exit 0', {
+  skip,
+  timeout: 120_000,
+}, async () => {
   assert.ok(server);
   const db = server;
   const { service, database } = await serviceOnNewDatabase({ SHUTDOWN_TIMEOUT_MS: '10000' });
@@ -228,7 +276,11 @@ test('SIGTERM with a batch in flight: new connections are refused, the batch fin
       if (refused.kind === 'refused') break;
       await pause(20);
     }
-    assert.equal(refused?.kind, 'refused', `a new connection is refused once SIGTERM arrived: ${refused && describe(refused)}`);
+    assert.equal(
+      refused?.kind,
+      'refused',
+      `a new connection is refused once SIGTERM arrived: ${refused && describe(refused)}`,
+    );
     // The idle keep-alive connection carries at most one more request, answered 503 with Connection: close (or it is
     // already closed); after that the agent must open a new connection, which is refused.
     const viaKeepAlive = await ingest(service, makeBatch('after-signal-', 1), { agent: keepAlive });
@@ -247,13 +299,25 @@ test('SIGTERM with a batch in flight: new connections are refused, the batch fin
     await pause(300);
     await holder.query('COMMIT');
     const answered = await inFlight;
-    assert.deepEqual(acknowledged(answered, 500), { accepted: 500, duplicates: 0 }, `the batch in flight got its whole answer: ${describe(answered)}`);
+    assert.deepEqual(
+      acknowledged(answered, 500),
+      { accepted: 500, duplicates: 0 },
+      `the batch in flight got its whole answer: ${describe(answered)}`,
+    );
     const exit = await service.exited;
     assert.equal(exit.code, 0, service.output().slice(-3000));
     assert.ok(exit.at - signalledAt < 10_000, `exited ${exit.at - signalledAt} ms after SIGTERM`);
-    const [row] = await db.sql<{ n: number }>(`SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'in-flight-%'`, [], database);
+    const [row] = await db.sql<{ n: number }>(
+      `SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'in-flight-%'`,
+      [],
+      database,
+    );
     assert.equal(row?.n, 500);
-    const [late] = await db.sql<{ n: number }>(`SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'after-signal-%'`, [], database);
+    const [late] = await db.sql<{ n: number }>(
+      `SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'after-signal-%'`,
+      [],
+      database,
+    );
     assert.equal(late?.n, 0, 'nothing sent after the signal was run');
   } finally {
     keepAlive.destroy();
@@ -261,7 +325,10 @@ test('SIGTERM with a batch in flight: new connections are refused, the batch fin
   }
 });
 
-test('SIGTERM past SHUTDOWN_TIMEOUT_MS: the process still exits 0 in time, and the cut-off batch is whole or absent', { skip, timeout: 120_000 }, async () => {
+test('SIGTERM past SHUTDOWN_TIMEOUT_MS: the process still exits 0 in time, and the cut-off batch is whole or absent', {
+  skip,
+  timeout: 120_000,
+}, async () => {
   assert.ok(server);
   const db = server;
   const { service, database } = await serviceOnNewDatabase({ SHUTDOWN_TIMEOUT_MS: '1500' });
@@ -278,22 +345,35 @@ test('SIGTERM past SHUTDOWN_TIMEOUT_MS: the process still exits 0 in time, and t
     assert.equal(exit.code, 0, service.output().slice(-3000));
     assert.ok(exit.at - signalledAt < 1500 + 1000, `exited ${exit.at - signalledAt} ms after SIGTERM (bound 1500 ms)`);
     const outcome = await inFlight;
-    assert.ok(outcome.kind === 'network' && !outcome.partial, `the cut-off request saw its connection close, no half answer: ${describe(outcome)}`);
+    assert.ok(
+      outcome.kind === 'network' && !outcome.partial,
+      `the cut-off request saw its connection close, no half answer: ${describe(outcome)}`,
+    );
     await holder.query('COMMIT');
     // Whatever PostgreSQL does with the orphaned statement, it does to the whole batch.
     await pause(500);
-    const [row] = await db.sql<{ n: number }>(`SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'cut-off-%'`, [], database);
+    const [row] = await db.sql<{ n: number }>(
+      `SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'cut-off-%'`,
+      [],
+      database,
+    );
     assert.ok(row?.n === 0 || row?.n === 300, `the cut-off batch has ${row?.n} of 300 rows`);
   } finally {
     await holder.end();
   }
 });
 
-test('SIGTERM under load: every request is answered whole or refused, no batch is half-written, exit 0 in time', { skip, timeout: 120_000 }, async () => {
+test('SIGTERM under load: every request is answered whole or refused, no batch is half-written, exit 0 in time', {
+  skip,
+  timeout: 120_000,
+}, async () => {
   assert.ok(server);
   const db = server;
   const shutdownTimeoutMs = 10_000;
-  const { service, database } = await serviceOnNewDatabase({ SHUTDOWN_TIMEOUT_MS: String(shutdownTimeoutMs), DB_POOL_MAX: '4' });
+  const { service, database } = await serviceOnNewDatabase({
+    SHUTDOWN_TIMEOUT_MS: String(shutdownTimeoutMs),
+    DB_POOL_MAX: '4',
+  });
   const BATCH = 250;
   interface Sent {
     prefix: string;
@@ -332,7 +412,14 @@ test('SIGTERM under load: every request is answered whole or refused, no batch i
       )
     ).map((row) => [row.prefix, row.n]),
   );
-  const tally = { acknowledged: 0, refusedWhileStopping: 0, connectionRefused: 0, closedBeforeAnswer: 0, halfAnswered: 0, other: 0 };
+  const tally = {
+    acknowledged: 0,
+    refusedWhileStopping: 0,
+    connectionRefused: 0,
+    closedBeforeAnswer: 0,
+    halfAnswered: 0,
+    other: 0,
+  };
   const problems: string[] = [];
   for (const { prefix, outcome } of log) {
     const stored = counts.get(prefix) ?? 0;
@@ -357,7 +444,9 @@ test('SIGTERM under load: every request is answered whole or refused, no batch i
       problems.push(`${prefix}: ${describe(outcome)}`);
     }
   }
-  console.log(`shutdown under load: ${JSON.stringify({ ...tally, exitCode: exit.code, exitMs: exit.at - signalledAt })}`);
+  console.log(
+    `shutdown under load: ${JSON.stringify({ ...tally, exitCode: exit.code, exitMs: exit.at - signalledAt })}`,
+  );
   assert.deepEqual(problems, []);
   assert.equal(exit.code, 0, service.output().slice(-3000));
   assert.ok(exit.at - signalledAt < shutdownTimeoutMs, `exited ${exit.at - signalledAt} ms after SIGTERM`);

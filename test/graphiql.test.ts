@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, before, test } from 'node:test';
 import zlib from 'node:zlib';
-import { type TestService, startTestService } from './support/harness.js';
+import { startTestService, type TestService } from './support/harness.js';
 
 let service: TestService;
 before(async () => {
@@ -53,7 +53,10 @@ test('the page is small, compressed, revalidated by ETag, and names its parts un
   const { response, html } = await page();
   assert.equal(response.status, 200);
   assert.match(response.headers.get('content-type') ?? '', /^text\/html/);
-  assert.ok(['gzip', 'br'].includes(response.headers.get('content-encoding') ?? ''), `content-encoding ${response.headers.get('content-encoding')}`);
+  assert.ok(
+    ['gzip', 'br'].includes(response.headers.get('content-encoding') ?? ''),
+    `content-encoding ${response.headers.get('content-encoding')}`,
+  );
   assert.equal(response.headers.get('cache-control'), 'no-cache');
   assert.match(response.headers.get('vary') ?? '', /Accept-Encoding/i);
   assert.ok(html.length < 20_000, `page of ${html.length} bytes`);
@@ -63,7 +66,11 @@ test('the page is small, compressed, revalidated by ETag, and names its parts un
   assert.match(html, /mutation Ingest/);
   const etag = response.headers.get('etag');
   assert.ok(etag);
-  const again = await get('/graphql', { accept: 'text/html', 'accept-encoding': response.headers.get('content-encoding')!, 'if-none-match': etag });
+  const again = await get('/graphql', {
+    accept: 'text/html',
+    'accept-encoding': response.headers.get('content-encoding')!,
+    'if-none-match': etag,
+  });
   assert.equal(again.status, 304);
   assert.equal(again.body.length, 0);
   // Without Accept-Encoding: the page as it is.

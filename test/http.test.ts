@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, before, test } from 'node:test';
-import { INGEST, type TestService, record, startTestService } from './support/harness.js';
+import { INGEST, record, startTestService, type TestService } from './support/harness.js';
 
 const LIMIT = 200_000;
 let service: TestService;
@@ -20,7 +20,9 @@ after(async () => {
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 const storedIn = async (sessionId: string) =>
-  (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics WHERE session_id = $1', [sessionId]))[0]?.n;
+  (
+    await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics WHERE session_id = $1', [sessionId])
+  )[0]?.n;
 
 /** An ingestMetrics request body of at least `bytes` bytes (records of `sessionId`, padded with userId length). */
 function ingestBody(sessionId: string, bytes: number): string {
@@ -156,7 +158,9 @@ test('a body over the limit is refused with 413 by its Content-Length, storing n
   });
   assert.equal(response.status, 413);
   assert.match(response.headers.get('x-request-id') ?? '', UUID);
-  const payload = (await response.json()) as { errors: Array<{ message: string; extensions: { code: string; limit: number } }> };
+  const payload = (await response.json()) as {
+    errors: Array<{ message: string; extensions: { code: string; limit: number } }>;
+  };
   assert.equal(payload.errors[0]?.extensions.code, 'PAYLOAD_TOO_LARGE');
   assert.equal(payload.errors[0]?.extensions.limit, LIMIT);
   assert.match(payload.errors[0]?.message ?? '', new RegExp(String(LIMIT)));
@@ -167,7 +171,12 @@ test('a body at the limit is accepted', async () => {
   const records: Record<string, unknown>[] = [];
   let body = '';
   for (let i = 0; ; i++) {
-    const next = JSON.stringify({ query: INGEST, variables: { records: [...records, record({ sessionId: 'at-body-limit', talkedTime: i, userId: 'u'.repeat(200) })] } });
+    const next = JSON.stringify({
+      query: INGEST,
+      variables: {
+        records: [...records, record({ sessionId: 'at-body-limit', talkedTime: i, userId: 'u'.repeat(200) })],
+      },
+    });
     if (Buffer.byteLength(next) > LIMIT) break;
     records.push(record({ sessionId: 'at-body-limit', talkedTime: i, userId: 'u'.repeat(200) }));
     body = next;
@@ -212,7 +221,9 @@ test('an unexpected error is masked: a generic message, the request id, no inter
   await service.sql('ALTER TABLE user_metrics RENAME TO user_metrics_away');
   let response;
   try {
-    response = await service.request('{ metrics(first: 1) { edges { node { id } } } }', undefined, { 'x-request-id': 'mask-check-1' });
+    response = await service.request('{ metrics(first: 1) { edges { node { id } } } }', undefined, {
+      'x-request-id': 'mask-check-1',
+    });
   } finally {
     await service.sql('ALTER TABLE user_metrics_away RENAME TO user_metrics');
   }

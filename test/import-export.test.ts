@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { type Database, openDatabase } from '../src/db/client.js';
-import { type TestDatabase, createTestDatabase, usingPostgres } from './support/harness.js';
+import { createTestDatabase, type TestDatabase, usingPostgres } from './support/harness.js';
 
 const T = Math.floor(Date.now() / 1000) - 3 * 86_400;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'import-export-'));
@@ -33,8 +33,14 @@ interface Run {
 
 function envFor(db: TestDatabase): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== 'DATABASE_URL' && k !== 'DATA_DIR') env[k] = v;
-  return { ...env, NODE_ENV: 'test', LOG_LEVEL: 'warn', ...(db.url ? { DATABASE_URL: db.url } : { DATA_DIR: db.dataDir }) };
+  for (const [k, v] of Object.entries(process.env))
+    if (v !== undefined && k !== 'DATABASE_URL' && k !== 'DATA_DIR') env[k] = v;
+  return {
+    ...env,
+    NODE_ENV: 'test',
+    LOG_LEVEL: 'warn',
+    ...(db.url ? { DATABASE_URL: db.url } : { DATA_DIR: db.dataDir }),
+  };
 }
 
 /** Runs a CLI of src/cli as `npm run <name>` would, without npm. */
@@ -62,7 +68,12 @@ function summary(run: Run): { records: number; accepted: number; duplicates: num
     assert.ok(match, `no "${label}" in the summary:\n${run.stdout}`);
     return Number((match[1] as string).replaceAll(',', ''));
   };
-  return { records: count('records'), accepted: count('accepted'), duplicates: count('duplicates'), rejected: count('rejected') };
+  return {
+    records: count('records'),
+    accepted: count('accepted'),
+    duplicates: count('duplicates'),
+    rejected: count('rejected'),
+  };
 }
 
 /** Runs SQL on a test database directly (the embedded folder is opened only between CLI runs: it is single-process). */
@@ -88,7 +99,16 @@ interface Row {
   speaker_used: boolean;
   voice_sentiment: string | null;
 }
-const tuple = (r: Row): Tuple => [r.event_id, r.user_id, r.session_id, Number(r.timestamp), r.talked_time, r.microphone_used, r.speaker_used, r.voice_sentiment];
+const tuple = (r: Row): Tuple => [
+  r.event_id,
+  r.user_id,
+  r.session_id,
+  Number(r.timestamp),
+  r.talked_time,
+  r.microphone_used,
+  r.speaker_used,
+  r.voice_sentiment,
+];
 const sortTuples = (rows: Tuple[]) => rows.map((r) => JSON.stringify(r)).sort();
 
 async function storedRows(db: TestDatabase, where = 'TRUE'): Promise<string[]> {
@@ -100,10 +120,22 @@ function readRejected(file: string): { line: number; codes: string[]; fields: (s
     .readFileSync(file, 'utf8')
     .trim()
     .split('\n')
-    .map((l) => JSON.parse(l) as { line: number; reasons: { field: string | null; code: string; message: string }[]; text: string })
+    .map(
+      (l) =>
+        JSON.parse(l) as {
+          line: number;
+          reasons: { field: string | null; code: string; message: string }[];
+          text: string;
+        },
+    )
     .map((e) => {
       for (const r of e.reasons) assert.ok(r.message.length > 0);
-      return { line: e.line, codes: e.reasons.map((r) => r.code).sort(), fields: e.reasons.map((r) => r.field), text: e.text };
+      return {
+        line: e.line,
+        codes: e.reasons.map((r) => r.code).sort(),
+        fields: e.reasons.map((r) => r.field),
+        text: e.text,
+      };
     })
     .sort((a, b) => a.line - b.line);
 }
@@ -111,20 +143,50 @@ function readRejected(file: string): { line: number; codes: string[]; fields: (s
 // NDJSON: both naming styles, every kind of bad line --------------------------------------------------------------
 
 const camel = (o: Record<string, unknown>) => JSON.stringify(o);
-const base = { sessionId: 's-n', timestamp: T, talkedTime: 30, microphoneUsed: true, speakerUsed: false, voiceSentiment: 'positive' };
+const base = {
+  sessionId: 's-n',
+  timestamp: T,
+  talkedTime: 30,
+  microphoneUsed: true,
+  speakerUsed: false,
+  voiceSentiment: 'positive',
+};
 const NDJSON_LINES = [
   /* 1 */ camel({ eventId: 'n-1', userId: 'u-1', ...base }),
-  /* 2 */ camel({ event_id: 'n-2', user_id: 'u-2', session_id: 's-2', timestamp: T + 1, talked_time: 12, microphone_used: false, speaker_used: true, voice_sentiment: null }),
+  /* 2 */ camel({
+    event_id: 'n-2',
+    user_id: 'u-2',
+    session_id: 's-2',
+    timestamp: T + 1,
+    talked_time: 12,
+    microphone_used: false,
+    speaker_used: true,
+    voice_sentiment: null,
+  }),
   /* 3 */ '',
   /* 4 */ '{"eventId": "n-x", not json',
   /* 5 */ camel({ eventId: 'n-3', userId: 'u-3', ...base, timestamp: String(T) }),
-  /* 6 */ camel({ eventId: 'n-4', userId: 'u-4', timestamp: T, talkedTime: 1, microphoneUsed: true, speakerUsed: true }),
+  /* 6 */ camel({
+    eventId: 'n-4',
+    userId: 'u-4',
+    timestamp: T,
+    talkedTime: 1,
+    microphoneUsed: true,
+    speakerUsed: true,
+  }),
   /* 7 */ camel({ eventId: 'n-5', userId: 'u-5', ...base, timestamp: T * 1000 }),
   /* 8 */ camel({ eventId: 'n-6', userId: '   ', ...base, talkedTime: -5 }),
   /* 9 */ camel({ eventId: 'n-1', userId: 'u-1-again', ...base }),
   /* 10 */ '[1, 2]',
   /* 11 */ camel({ userId: 'u-11', ...base, voiceSentiment: null }),
-  /* 12 */ JSON.stringify({ user_id: 'u-11', session_id: base.sessionId, timestamp: T, talked_time: 30, microphone_used: true, speaker_used: false }),
+  /* 12 */ JSON.stringify({
+    user_id: 'u-11',
+    session_id: base.sessionId,
+    timestamp: T,
+    talked_time: 30,
+    microphone_used: true,
+    speaker_used: false,
+  }),
 ];
 const NDJSON_EXPECTED = {
   stored: sortTuples([
@@ -158,8 +220,12 @@ test('NDJSON import: both naming styles, per-line rejections with reasons in the
   assert.deepEqual(await storedRows(main), NDJSON_EXPECTED.stored);
 
   const rejected = readRejected(`${file}.rejected.ndjson`);
-  assert.deepEqual(rejected.map(({ line, codes }) => ({ line, codes })), NDJSON_EXPECTED.rejected);
-  for (const entry of rejected) assert.equal(entry.text, NDJSON_LINES[entry.line - 1], 'the rejected file keeps the line as it was');
+  assert.deepEqual(
+    rejected.map(({ line, codes }) => ({ line, codes })),
+    NDJSON_EXPECTED.rejected,
+  );
+  for (const entry of rejected)
+    assert.equal(entry.text, NDJSON_LINES[entry.line - 1], 'the rejected file keeps the line as it was');
   assert.deepEqual(rejected.find((e) => e.line === 8)?.fields.sort(), ['talkedTime', 'userId']);
   assert.deepEqual(rejected.find((e) => e.line === 5)?.fields, ['timestamp']);
   assert.deepEqual(rejected.find((e) => e.line === 6)?.fields, ['sessionId']);
@@ -176,7 +242,10 @@ test('re-running an import adds nothing: every valid record counts as a duplicat
     rejected: NDJSON_EXPECTED.rejected.length,
   });
   assert.deepEqual(await storedRows(main), NDJSON_EXPECTED.stored);
-  assert.deepEqual(readRejected(rejectedFile).map((e) => e.line), NDJSON_EXPECTED.rejected.map((e) => e.line));
+  assert.deepEqual(
+    readRejected(rejectedFile).map((e) => e.line),
+    NDJSON_EXPECTED.rejected.map((e) => e.line),
+  );
 });
 
 // CSV: quoting, multi-line values, booleans, null vs "" --------------------------------------------------------
@@ -216,7 +285,10 @@ test('CSV import (seed column names): quoted commas, newlines and quotes, boolea
   fs.writeFileSync(file, `${CSV_SNAKE}\n`);
   const run = ok(await cli(db, 'import', [file, '--progress', 'none']));
   assert.deepEqual(summary(run), { records: 8, accepted: 4, duplicates: 0, rejected: 4 });
-  assert.deepEqual(readRejected(`${file}.rejected.ndjson`).map(({ line, codes }) => ({ line, codes })), CSV_EXPECTED.rejected);
+  assert.deepEqual(
+    readRejected(`${file}.rejected.ndjson`).map(({ line, codes }) => ({ line, codes })),
+    CSV_EXPECTED.rejected,
+  );
 
   // camelCase header, CRLF line ends, no extension (detected from the content); c-1 overlaps the file above.
   const camelFile = path.join(dir, 'camel-records');
@@ -233,7 +305,10 @@ test('CSV import (seed column names): quoted commas, newlines and quotes, boolea
   assert.ok(!fs.existsSync(`${camelFile}.rejected.ndjson`), 'no rejected file when nothing is rejected');
   assert.deepEqual(
     await storedRows(db, `${csvRows} OR event_id = 'k-2'`),
-    sortTuples([...CSV_EXPECTED.stored.map((t) => JSON.parse(t) as Tuple), ['k-2', 'u-k2', 'crlf\r\nvalue', T, 15, false, true, 'neutral']]),
+    sortTuples([
+      ...CSV_EXPECTED.stored.map((t) => JSON.parse(t) as Tuple),
+      ['k-2', 'u-k2', 'crlf\r\nvalue', T, 15, false, true, 'neutral'],
+    ]),
   );
 });
 
@@ -267,7 +342,10 @@ test('export --where streams the matching records; importing them into an empty 
     );
   }
   fs.writeFileSync(bulk, `${lines.join('\n')}\n`);
-  assert.equal(summary(ok(await cli(main, 'import', [bulk, '--progress', 'none', '--batch-size', '400']))).accepted, 1500);
+  assert.equal(
+    summary(ok(await cli(main, 'import', [bulk, '--progress', 'none', '--batch-size', '400']))).accepted,
+    1500,
+  );
 
   // Also the CSV test's awkward values: a quoted user id, a two-line session id, an empty-string sentiment.
   const where = { userId: { in: ['bulk-1', 'bulk-2', 'u-1', 'u-2', 'say "hi"'] }, talkedTime: { gte: 10 } };
@@ -276,23 +354,49 @@ test('export --where streams the matching records; importing them into an empty 
   assert.ok(expected.length > 300, `the filter matches ${expected.length} rows`);
 
   const out = path.join(dir, 'export.csv');
-  const exported = ok(await cli(main, 'export', ['--where', JSON.stringify(where), '--out', out, '--batch-size', '100', '--progress', 'none']));
+  const exported = ok(
+    await cli(main, 'export', [
+      '--where',
+      JSON.stringify(where),
+      '--out',
+      out,
+      '--batch-size',
+      '100',
+      '--progress',
+      'none',
+    ]),
+  );
   assert.match(exported.stderr, new RegExp(`Exported ${expected.length.toLocaleString('en-US')} records`));
   const text = fs.readFileSync(out, 'utf8');
-  assert.ok(text.startsWith('id,event_id,user_id,session_id,timestamp,talked_time,microphone_used,speaker_used,voice_sentiment,created_at\n'));
+  assert.ok(
+    text.startsWith(
+      'id,event_id,user_id,session_id,timestamp,talked_time,microphone_used,speaker_used,voice_sentiment,created_at\n',
+    ),
+  );
   assert.match(text, /"s, ""quoted""\nnext \d+"/, 'values with commas, quotes and newlines are quoted');
 
   const empty = await createTestDatabase();
   databases.push(empty);
   const reimported = ok(await cli(empty, 'import', [out, '--progress', 'none']));
-  assert.deepEqual(summary(reimported), { records: expected.length, accepted: expected.length, duplicates: 0, rejected: 0 });
+  assert.deepEqual(summary(reimported), {
+    records: expected.length,
+    accepted: expected.length,
+    duplicates: 0,
+    rejected: 0,
+  });
   assert.deepEqual(await storedRows(empty), expected);
 
   // NDJSON to stdout: the same records, one object per line, in id order.
   const ndjson = ok(await cli(main, 'export', ['--where', JSON.stringify(where), '--format', 'ndjson']));
-  const objects = ndjson.stdout.trim().split('\n').map((l) => JSON.parse(l) as { id: number; userId: string });
+  const objects = ndjson.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { id: number; userId: string });
   assert.equal(objects.length, expected.length);
-  assert.deepEqual(objects.map((o) => o.id), [...objects.map((o) => o.id)].sort((a, b) => a - b));
+  assert.deepEqual(
+    objects.map((o) => o.id),
+    [...objects.map((o) => o.id)].sort((a, b) => a - b),
+  );
 });
 
 test('export --where is checked against the MetricFilter type, with errors naming the field', async () => {
@@ -305,7 +409,9 @@ test('export --where is checked against the MetricFilter type, with errors namin
   assert.match(notJson.stderr, /--where is not valid JSON/);
 });
 
-test('the embedded database in use by another process: the import says so and stores nothing', { skip: usingPostgres }, async () => {
+test('the embedded database in use by another process: the import says so and stores nothing', {
+  skip: usingPostgres,
+}, async () => {
   const holder = await openDatabase({ dataDir: main.dataDir });
   try {
     const file = path.join(dir, 'records.ndjson');
@@ -325,12 +431,20 @@ test('seed: the same --seed makes the same data; it loads through the importer a
   const endSeconds = Date.parse(end) / 1000;
   const args = ['--users', '40', '--days', '3', '--seed', 'test-seed', '--end', end, '--progress', 'none'];
   const [a, b] = [path.join(dir, 'seed-a.ndjson'), path.join(dir, 'seed-b.ndjson')];
-  const [first, second] = await Promise.all([cli(main, 'seed', [...args, '--out', a]), cli(main, 'seed', [...args, '--out', b])]);
+  const [first, second] = await Promise.all([
+    cli(main, 'seed', [...args, '--out', a]),
+    cli(main, 'seed', [...args, '--out', b]),
+  ]);
   ok(first);
   ok(second);
   const text = fs.readFileSync(a, 'utf8');
   assert.equal(text, fs.readFileSync(b, 'utf8'), 'deterministic');
-  const records = text.trim().split('\n').map((l) => JSON.parse(l) as { eventId: string; sessionId: string; timestamp: number; voiceSentiment: string | null });
+  const records = text
+    .trim()
+    .split('\n')
+    .map(
+      (l) => JSON.parse(l) as { eventId: string; sessionId: string; timestamp: number; voiceSentiment: string | null },
+    );
   assert.match(first.stdout, new RegExp(`records\\s+${records.length.toLocaleString('en-US')}`));
   assert.ok(records.length > 100, `${records.length} records`);
   assert.ok(records.every((r) => r.timestamp >= endSeconds - 3 * 86_400 && r.timestamp < endSeconds));
@@ -339,7 +453,10 @@ test('seed: the same --seed makes the same data; it loads through the importer a
 
   const loaded = ok(await cli(main, 'seed', args));
   assert.match(loaded.stdout, new RegExp(`${records.length.toLocaleString('en-US')} accepted, 0 duplicates`));
-  const [{ n } = { n: -1 }] = await query<{ n: number }>(main, `SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'seed-test-seed-%'`);
+  const [{ n } = { n: -1 }] = await query<{ n: number }>(
+    main,
+    `SELECT count(*)::int AS n FROM user_metrics WHERE event_id LIKE 'seed-test-seed-%'`,
+  );
   assert.equal(n, records.length);
   const again = ok(await cli(main, 'seed', args));
   assert.match(again.stdout, new RegExp(`0 accepted, ${records.length.toLocaleString('en-US')} duplicates`));

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { INGEST, type TestService, record, startTestService } from './support/harness.js';
+import { INGEST, record, startTestService, type TestService } from './support/harness.js';
 
 let service: TestService;
 before(async () => {
@@ -95,9 +95,23 @@ test('text fields with array-literal syntax and non-ASCII text are stored exactl
 test('absent eventId and voiceSentiment are stored as NULL; the text "NULL" stays text', async () => {
   const absent = record({ userId: 'enc-null', sessionId: 'absent', talkedTime: 1 });
   delete absent.voiceSentiment;
-  const explicitNull = record({ userId: 'enc-null', sessionId: 'explicit', talkedTime: 2, voiceSentiment: null, eventId: null });
-  const text = record({ userId: 'enc-null', sessionId: 'text', talkedTime: 3, voiceSentiment: 'NULL', eventId: 'NULL' });
-  const data = await service.gql<{ ingestMetrics: { accepted: number } }>(INGEST, { records: [absent, explicitNull, text] });
+  const explicitNull = record({
+    userId: 'enc-null',
+    sessionId: 'explicit',
+    talkedTime: 2,
+    voiceSentiment: null,
+    eventId: null,
+  });
+  const text = record({
+    userId: 'enc-null',
+    sessionId: 'text',
+    talkedTime: 3,
+    voiceSentiment: 'NULL',
+    eventId: 'NULL',
+  });
+  const data = await service.gql<{ ingestMetrics: { accepted: number } }>(INGEST, {
+    records: [absent, explicitNull, text],
+  });
   assert.equal(data.ingestMetrics.accepted, 3);
   const rows = await service.sql<{ session_id: string; event_id: string | null; voice_sentiment: string | null }>(
     `SELECT session_id, event_id, voice_sentiment FROM user_metrics WHERE user_id = 'enc-null' ORDER BY talked_time`,

@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
 import { liveUpdatesListening } from '../src/services/events.js';
-import { INGEST, type TestService, nowSeconds, record, startTestService, usingPostgres } from './support/harness.js';
+import { INGEST, nowSeconds, record, startTestService, type TestService, usingPostgres } from './support/harness.js';
 
 let service: TestService;
 before(async () => {
@@ -46,7 +46,16 @@ async function storedCopies(r: Record<string, unknown>): Promise<number> {
   return count(
     `event_id IS NOT DISTINCT FROM $1 AND user_id = $2 AND session_id = $3 AND "timestamp" = $4 AND talked_time = $5
      AND microphone_used = $6 AND speaker_used = $7 AND voice_sentiment IS NOT DISTINCT FROM $8`,
-    [r.eventId ?? null, r.userId, r.sessionId, r.timestamp, r.talkedTime, r.microphoneUsed, r.speakerUsed, r.voiceSentiment ?? null],
+    [
+      r.eventId ?? null,
+      r.userId,
+      r.sessionId,
+      r.timestamp,
+      r.talkedTime,
+      r.microphoneUsed,
+      r.speakerUsed,
+      r.voiceSentiment ?? null,
+    ],
   );
 }
 
@@ -65,7 +74,11 @@ interface RuleCase {
 
 function ruleCases(): RuleCase[] {
   const now = nowSeconds();
-  const blank = (field: string) => ({ field, code: 'BLANK', message: new RegExp(`${field}.*(empty|blank).*whitespace.*1 to 255`) });
+  const blank = (field: string) => ({
+    field,
+    code: 'BLANK',
+    message: new RegExp(`${field}.*(empty|blank).*whitespace.*1 to 255`),
+  });
   const tooLong = (field: string, length: number, max: number) => ({
     field,
     code: 'TOO_LONG',
@@ -77,18 +90,38 @@ function ruleCases(): RuleCase[] {
     { name: 'whitespace userId', overrides: { userId: ' \t\n ' }, problems: [blank('userId')] },
     { name: 'empty sessionId', overrides: { sessionId: '' }, problems: [blank('sessionId')] },
     { name: 'whitespace sessionId', overrides: { sessionId: '   ' }, problems: [blank('sessionId')] },
-    { name: 'userId with surrounding spaces is stored as sent', overrides: { userId: '  padded user  ' }, problems: [] },
+    {
+      name: 'userId with surrounding spaces is stored as sent',
+      overrides: { userId: '  padded user  ' },
+      problems: [],
+    },
     { name: 'userId of 255 emoji', overrides: { userId: EMOJI.repeat(255) }, problems: [] },
     { name: 'userId of 256 emoji', overrides: { userId: EMOJI.repeat(256) }, problems: [tooLong('userId', 256, 255)] },
     { name: 'userId of 256 ASCII', overrides: { userId: 'u'.repeat(256) }, problems: [tooLong('userId', 256, 255)] },
     { name: 'sessionId of 255 emoji', overrides: { sessionId: EMOJI.repeat(255) }, problems: [] },
-    { name: 'sessionId of 256 emoji', overrides: { sessionId: EMOJI.repeat(256) }, problems: [tooLong('sessionId', 256, 255)] },
+    {
+      name: 'sessionId of 256 emoji',
+      overrides: { sessionId: EMOJI.repeat(256) },
+      problems: [tooLong('sessionId', 256, 255)],
+    },
     { name: 'voiceSentiment of 50 emoji', overrides: { voiceSentiment: EMOJI.repeat(50) }, problems: [] },
-    { name: 'voiceSentiment of 51 emoji', overrides: { voiceSentiment: EMOJI.repeat(51) }, problems: [tooLong('voiceSentiment', 51, 50)] },
-    { name: 'voiceSentiment absent', overrides: { voiceSentiment: undefined, sessionId: 'no-sentiment' }, problems: [] },
+    {
+      name: 'voiceSentiment of 51 emoji',
+      overrides: { voiceSentiment: EMOJI.repeat(51) },
+      problems: [tooLong('voiceSentiment', 51, 50)],
+    },
+    {
+      name: 'voiceSentiment absent',
+      overrides: { voiceSentiment: undefined, sessionId: 'no-sentiment' },
+      problems: [],
+    },
     { name: 'voiceSentiment null', overrides: { voiceSentiment: null, sessionId: 'null-sentiment' }, problems: [] },
     { name: 'eventId of 255 emoji', overrides: { eventId: EMOJI.repeat(255) }, problems: [] },
-    { name: 'eventId of 256 emoji', overrides: { eventId: `${EMOJI.repeat(255)}x` }, problems: [tooLong('eventId', 256, 255)] },
+    {
+      name: 'eventId of 256 emoji',
+      overrides: { eventId: `${EMOJI.repeat(255)}x` },
+      problems: [tooLong('eventId', 256, 255)],
+    },
     {
       name: 'talkedTime -1',
       overrides: { talkedTime: -1 },
@@ -121,7 +154,13 @@ function ruleCases(): RuleCase[] {
     {
       name: 'timestamp in milliseconds (an hour ago)',
       overrides: { timestamp: (now - 3600) * 1000 },
-      problems: [{ field: 'timestamp', code: 'TIMESTAMP_IN_MILLISECONDS', message: new RegExp(`milliseconds.*seconds \\(${now - 3600}\\)`) }],
+      problems: [
+        {
+          field: 'timestamp',
+          code: 'TIMESTAMP_IN_MILLISECONDS',
+          message: new RegExp(`milliseconds.*seconds \\(${now - 3600}\\)`),
+        },
+      ],
     },
     {
       name: 'timestamp in milliseconds (2000-01-01)',
@@ -162,7 +201,9 @@ test('every validation rule: each failure is a rejection with its field, code an
   const result = await ingest(records);
 
   const expected = cases
-    .flatMap((c, index) => c.problems.map((p) => ({ ...p, index, name: c.name, eventId: (records[index]?.eventId as string) ?? null })))
+    .flatMap((c, index) =>
+      c.problems.map((p) => ({ ...p, index, name: c.name, eventId: (records[index]?.eventId as string) ?? null })),
+    )
     .sort(byIndexAndField);
   const actual = [...result.rejected].sort(byIndexAndField);
   assert.equal(actual.length, expected.length, `rejections: ${JSON.stringify(actual, null, 1)}`);
@@ -175,7 +216,9 @@ test('every validation rule: each failure is a rejection with its field, code an
     assert.match(got.message, want.message, `${want.name}: message`);
   });
 
-  const valid = cases.map((c, i) => ({ c, r: records[i] as Record<string, unknown> })).filter(({ c }) => c.problems.length === 0);
+  const valid = cases
+    .map((c, i) => ({ c, r: records[i] as Record<string, unknown> }))
+    .filter(({ c }) => c.problems.length === 0);
   assert.equal(result.accepted, valid.length);
   assert.equal(result.duplicates, 0);
   assert.equal(await count('TRUE'), before + valid.length, 'only the valid records are stored');
@@ -188,7 +231,14 @@ test('lengths count code points: 255 emoji are stored intact and read back intac
   const voiceSentiment = '𝄞'.repeat(50);
   const result = await ingest([record({ userId, eventId, voiceSentiment, sessionId: 'code-points' })]);
   assert.deepEqual(result, { accepted: 1, duplicates: 0, rejected: [] });
-  const [row] = await service.sql<{ id: number; chars: number; bytes: number; user_id: string; event_id: string; voice_sentiment: string }>(
+  const [row] = await service.sql<{
+    id: number;
+    chars: number;
+    bytes: number;
+    user_id: string;
+    event_id: string;
+    voice_sentiment: string;
+  }>(
     `SELECT id, char_length(user_id)::int AS chars, octet_length(user_id)::int AS bytes, user_id, event_id, voice_sentiment
      FROM user_metrics WHERE session_id = 'code-points'`,
   );
@@ -198,7 +248,9 @@ test('lengths count code points: 255 emoji are stored intact and read back intac
   assert.equal(row.user_id, userId);
   assert.equal(row.event_id, eventId);
   assert.equal(row.voice_sentiment, voiceSentiment);
-  const read = await service.gql(`query($id: ID!) { metric(id: $id) { userId eventId voiceSentiment } }`, { id: String(row.id) });
+  const read = await service.gql(`query($id: ID!) { metric(id: $id) { userId eventId voiceSentiment } }`, {
+    id: String(row.id),
+  });
   assert.deepEqual(read.metric, { userId, eventId, voiceSentiment });
 });
 
@@ -216,7 +268,11 @@ test('a NUL character rejects only its record; the rest of the batch is stored',
     [[1, 'userId', 'INVALID_CHARACTER']],
   );
   assert.deepEqual(
-    (await service.sql<{ t: number }>(`SELECT talked_time AS t FROM user_metrics WHERE session_id = 'nul-batch' ORDER BY 1`)).map((r) => r.t),
+    (
+      await service.sql<{ t: number }>(
+        `SELECT talked_time AS t FROM user_metrics WHERE session_id = 'nul-batch' ORDER BY 1`,
+      )
+    ).map((r) => r.t),
     [1, 3],
   );
 });
@@ -234,9 +290,16 @@ test('a string, a decimal or an integer beyond 2^53 as a number fails the whole 
   ];
   for (const [name, overrides] of cases) {
     const tag = `type-error-${name}`;
-    const records = [record({ sessionId: tag, talkedTime: 1 }), record({ sessionId: tag, talkedTime: 2 }), record({ sessionId: tag, ...overrides })];
+    const records = [
+      record({ sessionId: tag, talkedTime: 1 }),
+      record({ sessionId: tag, talkedTime: 2 }),
+      record({ sessionId: tag, ...overrides }),
+    ];
     const response = await service.request(INGEST, { records });
-    assert.ok(response.errors && response.errors.length > 0, `${name}: expected a GraphQL error, got ${JSON.stringify(response)}`);
+    assert.ok(
+      response.errors && response.errors.length > 0,
+      `${name}: expected a GraphQL error, got ${JSON.stringify(response)}`,
+    );
     assert.ok(response.data == null, `${name}: no data`);
     assert.match(response.errors[0]?.message ?? '', /records\[2\]/, `${name}: the message names the record's index`);
     assert.equal(await count('session_id = $1', [tag]), 0, `${name}: nothing stored`);
@@ -245,7 +308,9 @@ test('a string, a decimal or an integer beyond 2^53 as a number fails the whole 
 
 test('an inline timestamp literal is accepted as an integer and refused as a string', async () => {
   const ts = nowSeconds() - 120;
-  const literal = (value: string) => `mutation { ingestMetrics(records: [{ userId: "inline", sessionId: "inline", timestamp: ${value},
+  const literal = (
+    value: string,
+  ) => `mutation { ingestMetrics(records: [{ userId: "inline", sessionId: "inline", timestamp: ${value},
     talkedTime: 5, microphoneUsed: true, speakerUsed: true }]) { accepted duplicates rejected { index } } }`;
   const ok = await service.gql(literal(String(ts)));
   assert.deepEqual(ok.ingestMetrics, { accepted: 1, duplicates: 0, rejected: [] });
@@ -257,13 +322,30 @@ test('an inline timestamp literal is accepted as an integer and refused as a str
 test('a partial batch stores the valid records and counts each outcome', async () => {
   const a = record({ sessionId: 'partial', talkedTime: 10 });
   const b = record({ sessionId: 'partial', talkedTime: 11 });
-  const records = [a, record({ sessionId: 'partial', talkedTime: -5 }), b, { ...a }, record({ sessionId: '', talkedTime: 12 }), record({ sessionId: 'partial', talkedTime: 13 })];
+  const records = [
+    a,
+    record({ sessionId: 'partial', talkedTime: -5 }),
+    b,
+    { ...a },
+    record({ sessionId: '', talkedTime: 12 }),
+    record({ sessionId: 'partial', talkedTime: 13 }),
+  ];
   const result = await ingest(records);
   assert.equal(result.accepted, 3);
   assert.equal(result.duplicates, 1, 'the repeat of record 0 within the batch');
-  assert.deepEqual(result.rejected.map((r) => [r.index, r.field]), [[1, 'talkedTime'], [4, 'sessionId']]);
   assert.deepEqual(
-    (await service.sql<{ t: number }>(`SELECT talked_time AS t FROM user_metrics WHERE session_id = 'partial' ORDER BY 1`)).map((r) => r.t),
+    result.rejected.map((r) => [r.index, r.field]),
+    [
+      [1, 'talkedTime'],
+      [4, 'sessionId'],
+    ],
+  );
+  assert.deepEqual(
+    (
+      await service.sql<{ t: number }>(
+        `SELECT talked_time AS t FROM user_metrics WHERE session_id = 'partial' ORDER BY 1`,
+      )
+    ).map((r) => r.t),
     [10, 11, 13],
   );
 });
@@ -283,26 +365,40 @@ test('an atomic batch with a rejected record stores nothing and lists every reje
   assert.equal(result.duplicates, 0);
   assert.deepEqual(
     [...result.rejected].sort(byIndexAndField).map((r) => [r.index, r.field, r.eventId]),
-    [[1, 'talkedTime', 'atomic-bad'], [1, 'userId', 'atomic-bad'], [4, 'timestamp', null]],
+    [
+      [1, 'talkedTime', 'atomic-bad'],
+      [1, 'userId', 'atomic-bad'],
+      [4, 'timestamp', null],
+    ],
   );
   assert.equal(await count(`session_id = 'atomic'`), 1, 'only the record stored before the atomic batch');
 
   const valid = [records[0], records[2], records[3]] as Record<string, unknown>[];
   assert.deepEqual(await ingest(valid, true), { accepted: 2, duplicates: 1, rejected: [] });
   assert.deepEqual(
-    (await service.sql<{ t: number }>(`SELECT talked_time AS t FROM user_metrics WHERE session_id = 'atomic' ORDER BY 1`)).map((r) => r.t),
+    (
+      await service.sql<{ t: number }>(
+        `SELECT talked_time AS t FROM user_metrics WHERE session_id = 'atomic' ORDER BY 1`,
+      )
+    ).map((r) => r.t),
     [1, 2, 3],
   );
 });
 
 test('eventId is stored and returned as sent, null when absent', async () => {
   const eventId = '  Event/ID with spaces, ümlauts and 🎉  ';
-  const result = await ingest([record({ sessionId: 'event-ids', eventId, talkedTime: 1 }), record({ sessionId: 'event-ids', talkedTime: 2 })]);
+  const result = await ingest([
+    record({ sessionId: 'event-ids', eventId, talkedTime: 1 }),
+    record({ sessionId: 'event-ids', talkedTime: 2 }),
+  ]);
   assert.equal(result.accepted, 2);
   const rows = await service.sql<{ id: number; event_id: string | null }>(
     `SELECT id, event_id FROM user_metrics WHERE session_id = 'event-ids' ORDER BY talked_time`,
   );
-  assert.deepEqual(rows.map((r) => r.event_id), [eventId, null]);
+  assert.deepEqual(
+    rows.map((r) => r.event_id),
+    [eventId, null],
+  );
   for (const row of rows) {
     const read = await service.gql(`query($id: ID!) { metric(id: $id) { id eventId } }`, { id: String(row.id) });
     assert.deepEqual(read.metric, { id: String(row.id), eventId: row.event_id });
@@ -315,7 +411,10 @@ test('the same eventId with different content is a duplicate and never overwrite
   const changed = { ...first, talkedTime: 200, voiceSentiment: 'negative', userId: 'someone-else' };
   assert.deepEqual(await ingest([changed]), { accepted: 0, duplicates: 1, rejected: [] });
   // Within one batch too: the first occurrence is the one stored.
-  const inBatch = [record({ eventId: 'same-id-batch', sessionId: 'same-id', talkedTime: 1 }), record({ eventId: 'same-id-batch', sessionId: 'same-id', talkedTime: 2 })];
+  const inBatch = [
+    record({ eventId: 'same-id-batch', sessionId: 'same-id', talkedTime: 1 }),
+    record({ eventId: 'same-id-batch', sessionId: 'same-id', talkedTime: 2 }),
+  ];
   assert.deepEqual(await ingest(inBatch), { accepted: 1, duplicates: 1, rejected: [] });
   const rows = await service.sql<{ event_id: string; user_id: string; talked_time: number; voice_sentiment: string }>(
     `SELECT event_id, user_id, talked_time, voice_sentiment FROM user_metrics WHERE session_id = 'same-id' ORDER BY event_id`,
@@ -343,15 +442,32 @@ test('without an eventId, the content is the identity: each of the seven fields 
   // An absent voiceSentiment is the same content as null; a reordered object is the same content.
   const { voiceSentiment: _omitted, ...withoutSentiment } = base;
   const reordered = Object.fromEntries(Object.entries(base).reverse());
-  assert.deepEqual(await ingest([withoutSentiment, reordered, ...variants]), { accepted: 0, duplicates: variants.length + 2, rejected: [] });
+  assert.deepEqual(await ingest([withoutSentiment, reordered, ...variants]), {
+    accepted: 0,
+    duplicates: variants.length + 2,
+    rejected: [],
+  });
   assert.equal(await count(`user_id LIKE 'digest-user%'`), variants.length);
 });
 
 test('a record with an eventId and an identical record without one are two records; keys never collide', async () => {
   const content = record({ sessionId: 'with-and-without', talkedTime: 7, voiceSentiment: null });
   // An eventId spelled like the content's canonical form must not collide with the content digest either.
-  const canonical = JSON.stringify([content.userId, content.sessionId, content.timestamp, content.talkedTime, content.microphoneUsed, content.speakerUsed, null]);
-  const records = [content, { ...content, eventId: 'wa-1' }, { ...content, eventId: canonical }, { ...content, eventId: `content:v1:${canonical}` }];
+  const canonical = JSON.stringify([
+    content.userId,
+    content.sessionId,
+    content.timestamp,
+    content.talkedTime,
+    content.microphoneUsed,
+    content.speakerUsed,
+    null,
+  ]);
+  const records = [
+    content,
+    { ...content, eventId: 'wa-1' },
+    { ...content, eventId: canonical },
+    { ...content, eventId: `content:v1:${canonical}` },
+  ];
   assert.deepEqual(await ingest(records), { accepted: 4, duplicates: 0, rejected: [] });
   assert.deepEqual(await ingest(records), { accepted: 0, duplicates: 4, rejected: [] });
   assert.equal(await count(`session_id = 'with-and-without'`), 4);
@@ -360,7 +476,12 @@ test('a record with an eventId and an identical record without one are two recor
 
 test('the identity is the documented, fixed digest: sha256 of "event:" + eventId, else of the canonical content', async () => {
   const withEvent = record({ sessionId: 'digest-form', eventId: 'Évent "1" 🎉', talkedTime: 1 });
-  const withoutEvent = record({ sessionId: 'digest-form', userId: 'quote " and 😀', talkedTime: 2, voiceSentiment: null });
+  const withoutEvent = record({
+    sessionId: 'digest-form',
+    userId: 'quote " and 😀',
+    talkedTime: 2,
+    voiceSentiment: null,
+  });
   const sentiment = record({ sessionId: 'digest-form', talkedTime: 3, voiceSentiment: 'tab\there' });
   assert.equal((await ingest([withEvent, withoutEvent, sentiment])).accepted, 3);
   const sha256 = (text: string) => crypto.createHash('sha256').update(text, 'utf8').digest('hex');
@@ -369,7 +490,10 @@ test('the identity is the documented, fixed digest: sha256 of "event:" + eventId
   const keys = await service.sql<{ t: number; key: string }>(
     `SELECT talked_time AS t, encode(record_key, 'hex') AS key FROM user_metrics WHERE session_id = 'digest-form' ORDER BY 1`,
   );
-  assert.deepEqual(keys.map((k) => k.key), [sha256(`event:${withEvent.eventId}`), sha256(content(withoutEvent)), sha256(content(sentiment))]);
+  assert.deepEqual(
+    keys.map((k) => k.key),
+    [sha256(`event:${withEvent.eventId}`), sha256(content(withoutEvent)), sha256(content(sentiment))],
+  );
 });
 
 test('duplicates within one batch are counted and stored once', async () => {
@@ -381,13 +505,19 @@ test('duplicates within one batch are counted and stored once', async () => {
 });
 
 test('retrying a batch stores nothing twice: every record is a duplicate', async () => {
-  const records = Array.from({ length: 50 }, (_, i) => record({ sessionId: 'retry', talkedTime: i, ...(i % 2 ? { eventId: `retry-${i}` } : {}) }));
+  const records = Array.from({ length: 50 }, (_, i) =>
+    record({ sessionId: 'retry', talkedTime: i, ...(i % 2 ? { eventId: `retry-${i}` } : {}) }),
+  );
   assert.deepEqual(await ingest(records), { accepted: 50, duplicates: 0, rejected: [] });
   for (let attempt = 0; attempt < 2; attempt++) {
     assert.deepEqual(await ingest(records), { accepted: 0, duplicates: 50, rejected: [] });
   }
   // A retry that adds a few new records stores only those.
-  const extended = [...records, record({ sessionId: 'retry', talkedTime: 50 }), record({ sessionId: 'retry', talkedTime: 51 })];
+  const extended = [
+    ...records,
+    record({ sessionId: 'retry', talkedTime: 50 }),
+    record({ sessionId: 'retry', talkedTime: 51 }),
+  ];
   assert.deepEqual(await ingest(extended.reverse()), { accepted: 2, duplicates: 50, rejected: [] });
   assert.equal(await count(`session_id = 'retry'`), 52);
   assert.equal(await count(`session_id = 'retry' AND event_id IS NOT NULL`), 25);
@@ -401,14 +531,21 @@ test('concurrent overlapping batches from several clients never fail and store e
     const tag = `concurrent-${round}`;
     const poolSize = stride * (clients - 1) + perClient;
     const pool = Array.from({ length: poolSize }, (_, i) =>
-      record({ sessionId: tag, userId: `c-${i % 17}`, talkedTime: i, ...(i % 3 === 0 ? { eventId: `${tag}-${i}` } : {}) }),
+      record({
+        sessionId: tag,
+        userId: `c-${i % 17}`,
+        talkedTime: i,
+        ...(i % 3 === 0 ? { eventId: `${tag}-${i}` } : {}),
+      }),
     );
     const batches = Array.from({ length: clients }, (_, c) => {
       const slice = pool.slice(c * stride, c * stride + perClient);
       return c % 2 === 0 ? slice : slice.reverse();
     });
     // Every client sends its batch twice at once (a retry racing the original), so the same rows are contended.
-    const results = await Promise.all([...batches, ...batches].map((batch) => service.request(INGEST, { records: batch })));
+    const results = await Promise.all(
+      [...batches, ...batches].map((batch) => service.request(INGEST, { records: batch })),
+    );
     for (const response of results) {
       assert.equal(response.errors, undefined, `round ${round}: ${JSON.stringify(response.errors)}`);
       assert.deepEqual(response.data?.ingestMetrics.rejected, []);
@@ -416,21 +553,32 @@ test('concurrent overlapping batches from several clients never fail and store e
     const accepted = results.reduce((sum, r) => sum + (r.data?.ingestMetrics.accepted as number), 0);
     const duplicates = results.reduce((sum, r) => sum + (r.data?.ingestMetrics.duplicates as number), 0);
     assert.equal(accepted, poolSize, `round ${round}: each record accepted by exactly one request`);
-    assert.equal(accepted + duplicates, 2 * clients * perClient, `round ${round}: every record counted once per request`);
+    assert.equal(
+      accepted + duplicates,
+      2 * clients * perClient,
+      `round ${round}: every record counted once per request`,
+    );
     const [stats] = await service.sql<{ n: number; talked: number; events: number; distinct_events: number }>(
       `SELECT count(*)::int AS n, count(DISTINCT talked_time)::int AS talked,
               count(event_id)::int AS events, count(DISTINCT event_id)::int AS distinct_events
        FROM user_metrics WHERE session_id = $1`,
       [tag],
     );
-    assert.deepEqual(stats, { n: poolSize, talked: poolSize, events: Math.ceil(poolSize / 3), distinct_events: Math.ceil(poolSize / 3) });
+    assert.deepEqual(stats, {
+      n: poolSize,
+      talked: poolSize,
+      events: Math.ceil(poolSize / 3),
+      distinct_events: Math.ceil(poolSize / 3),
+    });
   }
 });
 
 /** ingest_batch_writes_total per path, from the service's /metrics. */
 async function batchWrites(): Promise<Record<string, number>> {
   const text = await (await fetch(`${service.url}/metrics`)).text();
-  return Object.fromEntries([...text.matchAll(/^ingest_batch_writes_total\{path="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+  return Object.fromEntries(
+    [...text.matchAll(/^ingest_batch_writes_total\{path="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]),
+  );
 }
 
 /**
@@ -464,113 +612,124 @@ async function ingestRacing(tag: string): Promise<IngestResult> {
   }
 }
 
-test(
-  'a batch racing another transaction for one of its identities stores the rest, whichever way it was being written',
-  { skip: usingPostgres ? false : 'PostgreSQL only: the embedded database runs one statement at a time, so nothing can race' },
-  async () => {
-    // A fresh batch finds nothing stored: the next batch is copied straight away.
-    await ingest([record({ sessionId: 'race-fresh' })]);
-    const before = await batchWrites();
-    // Copied straight away, the COPY fails on the identity the other transaction stored: the batch is looked up and
-    // copied again without it. Batches keep looking up first, as this one found an identity stored.
-    assert.deepEqual(await ingestRacing('race-a'), { accepted: 2, duplicates: 1, rejected: [] });
-    const afterLookup = await batchWrites();
-    assert.equal(afterLookup.lookup_copy, (before.lookup_copy ?? 0) + 1, JSON.stringify({ before, afterLookup }));
-    // Looked up first, the lookup cannot see the other transaction's row: the COPY fails, and the INSERT skips it.
-    assert.deepEqual(await ingestRacing('race-b'), { accepted: 2, duplicates: 1, rejected: [] });
-    const afterInsert = await batchWrites();
-    assert.equal(afterInsert.insert, (afterLookup.insert ?? 0) + 1, JSON.stringify({ afterLookup, afterInsert }));
-    assert.equal(afterInsert.copy, before.copy, 'no batch of the two was stored by its first COPY');
+test('a batch racing another transaction for one of its identities stores the rest, whichever way it was being written', {
+  skip: usingPostgres
+    ? false
+    : 'PostgreSQL only: the embedded database runs one statement at a time, so nothing can race',
+}, async () => {
+  // A fresh batch finds nothing stored: the next batch is copied straight away.
+  await ingest([record({ sessionId: 'race-fresh' })]);
+  const before = await batchWrites();
+  // Copied straight away, the COPY fails on the identity the other transaction stored: the batch is looked up and
+  // copied again without it. Batches keep looking up first, as this one found an identity stored.
+  assert.deepEqual(await ingestRacing('race-a'), { accepted: 2, duplicates: 1, rejected: [] });
+  const afterLookup = await batchWrites();
+  assert.equal(afterLookup.lookup_copy, (before.lookup_copy ?? 0) + 1, JSON.stringify({ before, afterLookup }));
+  // Looked up first, the lookup cannot see the other transaction's row: the COPY fails, and the INSERT skips it.
+  assert.deepEqual(await ingestRacing('race-b'), { accepted: 2, duplicates: 1, rejected: [] });
+  const afterInsert = await batchWrites();
+  assert.equal(afterInsert.insert, (afterLookup.insert ?? 0) + 1, JSON.stringify({ afterLookup, afterInsert }));
+  assert.equal(afterInsert.copy, before.copy, 'no batch of the two was stored by its first COPY');
 
-    const rows = await service.sql<{ event_id: string; user_id: string; talked_time: number }>(
-      `SELECT event_id, user_id, talked_time FROM user_metrics WHERE session_id IN ('race-a', 'race-b') ORDER BY event_id`,
+  const rows = await service.sql<{ event_id: string; user_id: string; talked_time: number }>(
+    `SELECT event_id, user_id, talked_time FROM user_metrics WHERE session_id IN ('race-a', 'race-b') ORDER BY event_id`,
+  );
+  assert.deepEqual(
+    rows,
+    ['race-a', 'race-b'].flatMap((tag) => [
+      { event_id: `${tag}-0`, user_id: 'user-1', talked_time: 0 },
+      { event_id: `${tag}-1`, user_id: 'blocker', talked_time: 99 },
+      { event_id: `${tag}-2`, user_id: 'user-1', talked_time: 2 },
+    ]),
+  );
+});
+
+test('a subscription that begins while a batch is being stored gets that batch, with the ids stored', {
+  skip: usingPostgres
+    ? false
+    : "PostgreSQL only: the embedded database stores each batch in one step on the service's thread",
+}, async () => {
+  // With nobody listening, a batch is copied without ids (the columns' defaults give them). Here a subscription
+  // begins while such a COPY waits for a lock another transaction holds: the records are stored after it began, so
+  // it must receive them, with the ids the database gave them.
+  assert.equal(liveUpdatesListening(), false, 'no subscription open at the start');
+  // A fresh batch finds nothing stored: the next batch is copied straight away (not looked up first).
+  await ingest([record({ sessionId: 'late-subscriber-before' })]);
+  const records = [0, 1, 2].map((i) => record({ sessionId: 'late-subscriber', eventId: `late-${i}`, talkedTime: i }));
+  const blocker = new pg.Client({ connectionString: service.config.databaseUrl });
+  await blocker.connect();
+  const controller = new AbortController();
+  try {
+    await blocker.query('BEGIN');
+    await blocker.query('LOCK TABLE user_metrics IN SHARE MODE');
+    const pending = ingest(records);
+    for (let waited = 0; ; waited += 20) {
+      const [waiting] = await service.sql<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity
+           WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY user_metrics (record_key%'`,
+      );
+      if ((waiting?.n ?? 0) > 0) break;
+      if (waited > 10_000) throw new Error('The COPY never waited for the lock');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const response = await fetch(`${service.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      body: JSON.stringify({ query: 'subscription { metricIngested { id eventId createdAt } }' }),
+      signal: controller.signal,
+    });
+    assert.equal(response.status, 200);
+    for (let waited = 0; !liveUpdatesListening(); waited += 10) {
+      if (waited > 10_000) throw new Error('The subscription never registered');
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await blocker.query('COMMIT');
+    assert.deepEqual(await pending, { accepted: 3, duplicates: 0, rejected: [] });
+
+    const received: Array<{ id: string; eventId: string; createdAt: string }> = [];
+    const decoder = new TextDecoder();
+    let text = '';
+    const reader = response.body?.getReader();
+    assert.ok(reader);
+    const deadline = setTimeout(() => controller.abort(), 10_000);
+    while (received.length < 3) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+      let end: number;
+      while ((end = text.indexOf('\n\n')) >= 0) {
+        const block = text.slice(0, end);
+        text = text.slice(end + 2);
+        if (!block.includes('event: next')) continue;
+        const data = block
+          .split('\n')
+          .filter((l) => l.startsWith('data:'))
+          .map((l) => l.slice(5))
+          .join('');
+        received.push(
+          (JSON.parse(data) as { data: { metricIngested: (typeof received)[number] } }).data.metricIngested,
+        );
+      }
+    }
+    clearTimeout(deadline);
+    const stored = await service.sql<{ id: number; event_id: string; created_at: string }>(
+      `SELECT id, event_id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at
+         FROM user_metrics WHERE session_id = 'late-subscriber' ORDER BY id`,
     );
     assert.deepEqual(
-      rows,
-      ['race-a', 'race-b'].flatMap((tag) => [
-        { event_id: `${tag}-0`, user_id: 'user-1', talked_time: 0 },
-        { event_id: `${tag}-1`, user_id: 'blocker', talked_time: 99 },
-        { event_id: `${tag}-2`, user_id: 'user-1', talked_time: 2 },
-      ]),
+      received,
+      stored.map((r) => ({ id: String(r.id), eventId: r.event_id, createdAt: r.created_at })),
     );
-  },
-);
-
-test(
-  'a subscription that begins while a batch is being stored gets that batch, with the ids stored',
-  { skip: usingPostgres ? false : 'PostgreSQL only: the embedded database stores each batch in one step on the service\'s thread' },
-  async () => {
-    // With nobody listening, a batch is copied without ids (the columns' defaults give them). Here a subscription
-    // begins while such a COPY waits for a lock another transaction holds: the records are stored after it began, so
-    // it must receive them, with the ids the database gave them.
-    assert.equal(liveUpdatesListening(), false, 'no subscription open at the start');
-    // A fresh batch finds nothing stored: the next batch is copied straight away (not looked up first).
-    await ingest([record({ sessionId: 'late-subscriber-before' })]);
-    const records = [0, 1, 2].map((i) => record({ sessionId: 'late-subscriber', eventId: `late-${i}`, talkedTime: i }));
-    const blocker = new pg.Client({ connectionString: service.config.databaseUrl });
-    await blocker.connect();
-    const controller = new AbortController();
-    try {
-      await blocker.query('BEGIN');
-      await blocker.query('LOCK TABLE user_metrics IN SHARE MODE');
-      const pending = ingest(records);
-      for (let waited = 0; ; waited += 20) {
-        const [waiting] = await service.sql<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_stat_activity
-           WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY user_metrics (record_key%'`,
-        );
-        if ((waiting?.n ?? 0) > 0) break;
-        if (waited > 10_000) throw new Error('The COPY never waited for the lock');
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
-      const response = await fetch(`${service.url}/graphql`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
-        body: JSON.stringify({ query: 'subscription { metricIngested { id eventId createdAt } }' }),
-        signal: controller.signal,
-      });
-      assert.equal(response.status, 200);
-      for (let waited = 0; !liveUpdatesListening(); waited += 10) {
-        if (waited > 10_000) throw new Error('The subscription never registered');
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-      await blocker.query('COMMIT');
-      assert.deepEqual(await pending, { accepted: 3, duplicates: 0, rejected: [] });
-
-      const received: Array<{ id: string; eventId: string; createdAt: string }> = [];
-      const decoder = new TextDecoder();
-      let text = '';
-      const reader = response.body?.getReader();
-      assert.ok(reader);
-      const deadline = setTimeout(() => controller.abort(), 10_000);
-      while (received.length < 3) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += decoder.decode(value, { stream: true });
-        let end: number;
-        while ((end = text.indexOf('\n\n')) >= 0) {
-          const block = text.slice(0, end);
-          text = text.slice(end + 2);
-          if (!block.includes('event: next')) continue;
-          const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5)).join('');
-          received.push((JSON.parse(data) as { data: { metricIngested: (typeof received)[number] } }).data.metricIngested);
-        }
-      }
-      clearTimeout(deadline);
-      const stored = await service.sql<{ id: number; event_id: string; created_at: string }>(
-        `SELECT id, event_id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at
-         FROM user_metrics WHERE session_id = 'late-subscriber' ORDER BY id`,
-      );
-      assert.deepEqual(received, stored.map((r) => ({ id: String(r.id), eventId: r.event_id, createdAt: r.created_at })));
-    } finally {
-      controller.abort();
-      await blocker.end();
-    }
-  },
-);
+  } finally {
+    controller.abort();
+    await blocker.end();
+  }
+});
 
 test('a batch over the default limit of 5,000 is refused whole, naming the limit', async () => {
-  const records = Array.from({ length: 5001 }, (_, i) => record({ sessionId: 'over-default-limit', talkedTime: i % 86_400 }));
+  const records = Array.from({ length: 5001 }, (_, i) =>
+    record({ sessionId: 'over-default-limit', talkedTime: i % 86_400 }),
+  );
   const response = await service.request(INGEST, { records });
   assert.ok(response.errors?.length, JSON.stringify(response).slice(0, 500));
   assert.equal(response.errors[0]?.extensions?.code, 'BATCH_TOO_LARGE');
@@ -610,8 +769,14 @@ async function storesFullBatch(fill: string, glyphs: string[], bytesPerCharacter
   const limit = service.config.maxBatchSize;
   assert.equal(limit, 5000, 'the default batch limit');
   const { records, bodyBytes } = fullBatch(fill, glyphs);
-  assert.ok(bodyBytes > limit * 815 * bytesPerCharacter, `the body (${bodyBytes} bytes) is a full batch at maximum lengths`);
-  assert.ok(bodyBytes <= service.config.maxBodyBytes, `${bodyBytes} bytes fit the body limit of ${service.config.maxBodyBytes}`);
+  assert.ok(
+    bodyBytes > limit * 815 * bytesPerCharacter,
+    `the body (${bodyBytes} bytes) is a full batch at maximum lengths`,
+  );
+  assert.ok(
+    bodyBytes <= service.config.maxBodyBytes,
+    `${bodyBytes} bytes fit the body limit of ${service.config.maxBodyBytes}`,
+  );
   const response = await service.request(INGEST, { records });
   assert.equal(response.status, 200, JSON.stringify(response).slice(0, 500));
   assert.deepEqual(response.data?.ingestMetrics, { accepted: limit, duplicates: 0, rejected: [] });
@@ -626,12 +791,16 @@ async function storesFullBatch(fill: string, glyphs: string[], bytesPerCharacter
 
 test('a full batch at the default limit, every field at its maximum length in 4-byte characters, fits the body limit', async () => {
   await storesFullBatch('𝕌', [...'😀😁😂🤣😃😄😅😆😉😊😋😎😍😘🥰😗😙🥲😚🙂🤗🤩🤔🫡🤨😐😑😶🫥🙄'], 4);
-  const [row] = await service.sql<{ bytes: number }>(`SELECT sum(octet_length(user_id))::int AS bytes FROM user_metrics WHERE starts_with(user_id, '𝕌')`);
+  const [row] = await service.sql<{ bytes: number }>(
+    `SELECT sum(octet_length(user_id))::int AS bytes FROM user_metrics WHERE starts_with(user_id, '𝕌')`,
+  );
   assert.equal(row?.bytes, 5000 * 255 * 4, 'stored as 4-byte characters');
 });
 
 test('a full batch at the default limit fits the body limit even when every character must be escaped in JSON', async () => {
   // Control characters are valid (not blank, not NUL) and JSON writes each as \u00XX: 6 bytes, the most for any character.
-  const escaped = [...Array(32).keys()].map((c) => String.fromCharCode(c)).filter((c) => JSON.stringify(c).length === 8 && c !== '\0');
+  const escaped = [...Array(32).keys()]
+    .map((c) => String.fromCharCode(c))
+    .filter((c) => JSON.stringify(c).length === 8 && c !== '\0');
   await storesFullBatch('\u0001', escaped.slice(1), 6);
 });

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { INGEST, type TestService, record, startTestService } from './support/harness.js';
+import { INGEST, record, startTestService, type TestService } from './support/harness.js';
 
 let service: TestService;
 before(async () => {
@@ -15,9 +15,14 @@ after(async () => {
 });
 
 test('a string for an Int variable is BAD_USER_INPUT, with graphql-js words naming the variable', async () => {
-  const response = await service.request('query Page($first: Int) { metrics(first: $first) { totalCount } }', { first: 'ten' });
+  const response = await service.request('query Page($first: Int) { metrics(first: $first) { totalCount } }', {
+    first: 'ten',
+  });
   assert.equal(response.errors?.length, 1, JSON.stringify(response));
-  assert.match(response.errors[0]!.message, /^Variable "\$first" got invalid value "ten"; Int cannot represent non-integer value/);
+  assert.match(
+    response.errors[0]!.message,
+    /^Variable "\$first" got invalid value "ten"; Int cannot represent non-integer value/,
+  );
   assert.equal(response.errors[0]!.extensions?.code, 'BAD_USER_INPUT', JSON.stringify(response));
   assert.equal(response.data, undefined);
 });

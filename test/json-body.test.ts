@@ -51,7 +51,11 @@ test('quotes and backslashes split across chunks at every position', async () =>
   const bytes = Buffer.from(text);
   for (let i = 0; i <= bytes.length; i++) {
     for (let j = i; j <= bytes.length; j += 3) {
-      assert.deepEqual(await parseJsonBody(requestOf(cut(bytes, [i, j])), { maxValues: 12, maxDepth: 2 }), JSON.parse(text), `cut at ${i}, ${j}`);
+      assert.deepEqual(
+        await parseJsonBody(requestOf(cut(bytes, [i, j])), { maxValues: 12, maxDepth: 2 }),
+        JSON.parse(text),
+        `cut at ${i}, ${j}`,
+      );
     }
   }
 });
@@ -59,18 +63,31 @@ test('quotes and backslashes split across chunks at every position', async () =>
 test('the bounds hold exactly: depth and values at the limit pass, one more is refused', async () => {
   const nested = (n: number) => Buffer.from(`{"v":${'['.repeat(n - 1)}${']'.repeat(n - 1)}}`);
   assert.ok(await parseJsonBody(requestOf([nested(10)]), { maxValues: 100, maxDepth: 10 }));
-  await assert.rejects(parseJsonBody(requestOf([nested(11)]), { maxValues: 100, maxDepth: 10 }), /more than 10 levels deep/);
+  await assert.rejects(
+    parseJsonBody(requestOf([nested(11)]), { maxValues: 100, maxDepth: 10 }),
+    /more than 10 levels deep/,
+  );
   // {} counts 1; each of the n - 1 commas between n members counts 1: n values at most for n members.
   const members = (n: number) => Buffer.from(`{${Array.from({ length: n }, (_, i) => `"k${i}":1`).join(',')}}`);
   assert.ok(await parseJsonBody(requestOf([members(100)]), { maxValues: 100, maxDepth: 10 }));
-  await assert.rejects(parseJsonBody(requestOf([members(101)]), { maxValues: 100, maxDepth: 10 }), /more than 100 JSON values/);
+  await assert.rejects(
+    parseJsonBody(requestOf([members(101)]), { maxValues: 100, maxDepth: 10 }),
+    /more than 100 JSON values/,
+  );
   // Brackets and commas inside strings are text, not structure.
   const inString = Buffer.from(JSON.stringify({ s: '[[[[[[[[[[[[,,,,,,,,,,,,{{{{{{{{' }));
   assert.ok(await parseJsonBody(requestOf([inString]), { maxValues: 2, maxDepth: 1 }));
 });
 
 test('invalid JSON is refused with the reason and position, never the text', async () => {
-  for (const text of ['{"query":"{ __typename }"}SECRETTAIL', '{"a":SECRET}', '{"a":"SECRET', 'SECRET', '"SECRET"', 'null']) {
+  for (const text of [
+    '{"query":"{ __typename }"}SECRETTAIL',
+    '{"a":SECRET}',
+    '{"a":"SECRET',
+    'SECRET',
+    '"SECRET"',
+    'null',
+  ]) {
     const error = await parseJsonBody(requestOf([Buffer.from(text)]), LOOSE).then(
       () => assert.fail(`accepted ${text}`),
       (e: Error) => e,

@@ -10,10 +10,11 @@ import { type GraphQLObjectType, getNamedType, isLeafType } from 'graphql';
 import { loadConfig } from '../src/config.js';
 import { schema } from '../src/schema/index.js';
 import { PAGE_LIMITS } from '../src/services/metric-query.js';
-import { INGEST, type TestService, nowSeconds, record, startTestService } from './support/harness.js';
+import { INGEST, nowSeconds, record, startTestService, type TestService } from './support/harness.js';
 import { assertRefused, makeKey, withoutUserMetrics } from './support/security.js';
 
-const countRows = async (service: TestService) => (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics'))[0]?.n;
+const countRows = async (service: TestService) =>
+  (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics'))[0]?.n;
 
 /** Every leaf field of a type, from the schema itself: "every field" stays true when fields are added. */
 function leaves(typeName: string): string {
@@ -75,46 +76,74 @@ describe('production defaults', () => {
       const armed = await asRead(`{ metrics(first: 1) { totalCount } }`);
       assert.equal(armed.errors?.[0]?.extensions?.code, 'INTERNAL_SERVER_ERROR', 'the trap is armed');
 
-      const tooBigPage = await asRead(`query($n: Int) { metrics(first: $n) { totalCount } }`, { n: PAGE_LIMITS.maxFirst + 1 });
+      const tooBigPage = await asRead(`query($n: Int) { metrics(first: $n) { totalCount } }`, {
+        n: PAGE_LIMITS.maxFirst + 1,
+      });
       assert.equal(tooBigPage.errors?.[0]?.extensions?.code, 'BAD_USER_INPUT', JSON.stringify(tooBigPage.errors));
       assert.match(tooBigPage.errors?.[0]?.message ?? '', /first must be between 1 and 1000/);
 
       const records = Array.from({ length: size + 1 }, (_, i) => record({ eventId: `over-${i}` }));
       const tooBigBatch = await service.request(INGEST, { records }, ingest.headers);
-      assert.equal(tooBigBatch.errors?.[0]?.extensions?.code, 'BATCH_TOO_LARGE', JSON.stringify(tooBigBatch.errors).slice(0, 500));
+      assert.equal(
+        tooBigBatch.errors?.[0]?.extensions?.code,
+        'BATCH_TOO_LARGE',
+        JSON.stringify(tooBigBatch.errors).slice(0, 500),
+      );
 
       // Two full pages in one operation: literal, and through variables (graphql-armor's own cost rule counts `$n` as 1).
-      const cost = assertRefused(await asRead(`{ ${page('a', '1000')} ${page('b', '1000')} }`), 'COST_LIMIT_EXCEEDED', 400);
+      const cost = assertRefused(
+        await asRead(`{ ${page('a', '1000')} ${page('b', '1000')} }`),
+        'COST_LIMIT_EXCEEDED',
+        400,
+      );
       assert.equal(cost.extensions?.limit, 5000);
       assert.ok(Number(cost.extensions?.found) > 5000);
-      assertRefused(await asRead(`query($n: Int) { ${page('a', '$n')} ${page('b', '$n')} }`, { n: 1000 }), 'COST_LIMIT_EXCEEDED', 400);
+      assertRefused(
+        await asRead(`query($n: Int) { ${page('a', '$n')} ${page('b', '$n')} }`, { n: 1000 }),
+        'COST_LIMIT_EXCEEDED',
+        400,
+      );
 
-      const aliases = (n: number) => `{ ${Array.from({ length: n }, (_, i) => `m${i}: metric(id: "${i + 1}") { id }`).join(' ')} }`;
+      const aliases = (n: number) =>
+        `{ ${Array.from({ length: n }, (_, i) => `m${i}: metric(id: "${i + 1}") { id }`).join(' ')} }`;
       const alias = assertRefused(await asRead(aliases(16)), 'ALIAS_LIMIT_EXCEEDED', 400);
       assert.match(alias.message, /16 aliases; at most 15/);
 
-      const tokens = assertRefused(await asRead(`{ metrics(where: { userId: { in: [${ids}] } }) { totalCount } }`), 'TOKEN_LIMIT_EXCEEDED', 400);
+      const tokens = assertRefused(
+        await asRead(`{ metrics(where: { userId: { in: [${ids}] } }) { totalCount } }`),
+        'TOKEN_LIMIT_EXCEEDED',
+        400,
+      );
       assert.match(tokens.message, /more than 1000 tokens.*variables/);
 
-      const directives = (n: number) => `{ ${Array.from({ length: n }, () => '__typename @include(if: true)').join(' ')} }`;
+      const directives = (n: number) =>
+        `{ ${Array.from({ length: n }, () => '__typename @include(if: true)').join(' ')} }`;
       const directive = assertRefused(await asRead(directives(51)), 'DIRECTIVE_LIMIT_EXCEEDED', 400);
       assert.match(directive.message, /51 directives; at most 50/);
 
       // At the limits, nothing is refused by a limit (the trap makes the aliased reads fail inside the database).
       const atAliasLimit = await asRead(aliases(15));
-      assert.ok(atAliasLimit.errors?.every((e) => e.extensions?.code === 'INTERNAL_SERVER_ERROR'), JSON.stringify(atAliasLimit.errors).slice(0, 300));
+      assert.ok(
+        atAliasLimit.errors?.every((e) => e.extensions?.code === 'INTERNAL_SERVER_ERROR'),
+        JSON.stringify(atAliasLimit.errors).slice(0, 300),
+      );
       assert.deepEqual((await asRead(directives(50))).data, { __typename: 'Query' });
     });
     assert.equal(await countRows(service), before);
     // The same long filter as a variable is not a token problem (1,000 values is the filter's own limit).
-    const variable = await asRead('query($ids: [String!]) { metrics(where: { userId: { in: $ids } }) { totalCount } }', {
-      ids: Array.from({ length: 1000 }, (_, i) => `u${i}`),
-    });
+    const variable = await asRead(
+      'query($ids: [String!]) { metrics(where: { userId: { in: $ids } }) { totalCount } }',
+      {
+        ids: Array.from({ length: 1000 }, (_, i) => `u${i}`),
+      },
+    );
     assert.equal(variable.errors, undefined);
   });
 
   test('an unexpected error is masked: no SQL, no stack, no internal message; it carries the request id', async () => {
-    const response = await withoutUserMetrics(service, () => asRead('{ metrics { totalCount } }', undefined, { 'x-request-id': 'limits-test-42' }));
+    const response = await withoutUserMetrics(service, () =>
+      asRead('{ metrics { totalCount } }', undefined, { 'x-request-id': 'limits-test-42' }),
+    );
     assert.equal(response.headers.get('x-request-id'), 'limits-test-42');
     const [error] = response.errors ?? [];
     assert.equal(error?.extensions?.code, 'INTERNAL_SERVER_ERROR');
@@ -128,7 +157,9 @@ describe('production defaults', () => {
   test('no "Did you mean" hints and no introspection in production; __typename still works', async () => {
     const field = await asRead('{ metricz { totalCount } }');
     assert.match(field.errors?.[0]?.message ?? '', /Cannot query field "metricz"/);
-    const enumValue = await asRead('query($o: [MetricOrder!]) { metrics(orderBy: $o) { totalCount } }', { o: [{ field: 'TIMESTAMPS' }] });
+    const enumValue = await asRead('query($o: [MetricOrder!]) { metrics(orderBy: $o) { totalCount } }', {
+      o: [{ field: 'TIMESTAMPS' }],
+    });
     assert.ok(enumValue.errors?.length);
     for (const message of [...(field.errors ?? []), ...(enumValue.errors ?? [])].map((e) => e.message)) {
       assert.doesNotMatch(message, /Did you mean/);
@@ -145,7 +176,9 @@ describe('production defaults', () => {
 
     const before = await countRows(service);
     const mutation = encodeURIComponent('mutation { ingestMetrics(records: []) { accepted } }');
-    const viaGet = await fetch(`${service.url}/graphql?query=${mutation}`, { headers: { ...ingest.headers, accept: 'application/json' } });
+    const viaGet = await fetch(`${service.url}/graphql?query=${mutation}`, {
+      headers: { ...ingest.headers, accept: 'application/json' },
+    });
     assert.equal(viaGet.status, 405, await viaGet.clone().text());
     assert.match(await viaGet.text(), /mutation operation from a POST request/);
     assert.equal(await countRows(service), before);
@@ -162,12 +195,19 @@ describe('production defaults', () => {
     assert.equal(form.status, 403);
     assert.match(await form.text(), /x-graphql-yoga-csrf/);
     // With the header a browser cannot add cross-site without asking, the GET goes on to authentication, then runs.
-    const withHeader = await fetch(`${service.url}/graphql?query=${query}`, { headers: { 'x-graphql-yoga-csrf': '1' } });
+    const withHeader = await fetch(`${service.url}/graphql?query=${query}`, {
+      headers: { 'x-graphql-yoga-csrf': '1' },
+    });
     assert.equal(withHeader.status, 401);
     await withHeader.arrayBuffer();
-    const authorized = await fetch(`${service.url}/graphql?query=${query}`, { headers: { ...read.headers, accept: 'application/json' } });
+    const authorized = await fetch(`${service.url}/graphql?query=${query}`, {
+      headers: { ...read.headers, accept: 'application/json' },
+    });
     assert.equal(authorized.status, 200);
-    assert.equal(((await authorized.json()) as { data: { metrics: { totalCount: number } } }).data.metrics.totalCount, before);
+    assert.equal(
+      ((await authorized.json()) as { data: { metrics: { totalCount: number } } }).data.metrics.totalCount,
+      before,
+    );
   });
 
   test('stop', async () => {
@@ -191,11 +231,18 @@ describe('configured limits outside production', () => {
   test('MAX_DEPTH is enforced before any SQL; suggestions and introspection are on by default', async () => {
     const read = await makeKey(['read']);
     await withoutUserMetrics(service, async () => {
-      const deep = assertRefused(await service.request('{ metrics { edges { node { id } } } }', undefined, read.headers), 'DEPTH_LIMIT_EXCEEDED', 400);
+      const deep = assertRefused(
+        await service.request('{ metrics { edges { node { id } } } }', undefined, read.headers),
+        'DEPTH_LIMIT_EXCEEDED',
+        400,
+      );
       assert.match(deep.message, /4 levels deep; at most 3/);
       assert.deepEqual([deep.extensions?.limit, deep.extensions?.found], [3, 4]);
     });
-    assert.equal((await service.request('{ metrics { pageInfo { hasNextPage } } }', undefined, read.headers)).status, 200);
+    assert.equal(
+      (await service.request('{ metrics { pageInfo { hasNextPage } } }', undefined, read.headers)).status,
+      200,
+    );
     const hint = await service.request('{ metricz { totalCount } }', undefined, read.headers);
     assert.match(hint.errors?.[0]?.message ?? '', /Did you mean .*"metrics"/);
     const introspection = await service.request('{ __schema { queryType { name } } }', undefined, read.headers);
@@ -205,7 +252,11 @@ describe('configured limits outside production', () => {
   test('ingest rate per key: requests and records per second, 429 with Retry-After, nothing stored, other keys unaffected', async () => {
     const [a, b, c] = [await makeKey(['ingest']), await makeKey(['ingest']), await makeKey(['admin'])];
     const send = (key: typeof a, n: number, tag: string) =>
-      service.request(INGEST, { records: Array.from({ length: n }, (_, i) => record({ eventId: `${tag}-${i}` })) }, key.headers);
+      service.request(
+        INGEST,
+        { records: Array.from({ length: n }, (_, i) => record({ eventId: `${tag}-${i}` })) },
+        key.headers,
+      );
     const before = await countRows(service);
 
     // Requests: one per second, so a second request at once is refused.
@@ -217,7 +268,8 @@ describe('configured limits outside production', () => {
     assert.equal(limited.extensions?.limitedBy, 'requests');
     // Another key has its own buckets; reads are not rate limited.
     assert.equal((await send(c, 1, 'c1')).status, 200);
-    for (let i = 0; i < 3; i++) assert.equal((await service.request('{ metrics { totalCount } }', undefined, c.headers)).status, 200);
+    for (let i = 0; i < 3; i++)
+      assert.equal((await service.request('{ metrics { totalCount } }', undefined, c.headers)).status, 200);
     // After Retry-After, key a may ingest again.
     await new Promise((resolve) => setTimeout(resolve, 1000 * Number(second.headers.get('retry-after')) + 50));
     assert.equal((await send(a, 1, 'a3')).status, 200);
@@ -237,7 +289,10 @@ describe('configured limits outside production', () => {
     const [tMin, tMax] = [(sentSecond - answeredFirst) / 1000, (answeredSecond - sentFirst) / 1000];
     const expected = [Math.max(1, Math.ceil(5 - tMax)), Math.max(1, Math.ceil(5 - tMin))];
     const retryAfter = Number(records.headers.get('retry-after'));
-    assert.ok(retryAfter >= (expected[0] ?? 0) && retryAfter <= (expected[1] ?? 0), `Retry-After ${retryAfter}, expected within ${expected}`);
+    assert.ok(
+      retryAfter >= (expected[0] ?? 0) && retryAfter <= (expected[1] ?? 0),
+      `Retry-After ${retryAfter}, expected within ${expected}`,
+    );
     assert.equal(recordsLimited.extensions?.retryAfter, retryAfter);
 
     assert.equal(await countRows(service), (before ?? 0) + 1 + 1 + 1 + 10);

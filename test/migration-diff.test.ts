@@ -6,12 +6,13 @@
  *
  *   node --import tsx --test test/migration-diff.test.ts
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -44,7 +45,10 @@ function runCheck(cwd: string): Promise<Run> {
   });
 }
 
-test('prisma/schema.prisma and prisma/migrations agree (db:diff --check exits 0)', { timeout: 20_000, skip }, async () => {
+test('prisma/schema.prisma and prisma/migrations agree (db:diff --check exits 0)', {
+  timeout: 20_000,
+  skip,
+}, async () => {
   const run = await runCheck(ROOT);
   assert.equal(
     run.code,
@@ -54,7 +58,10 @@ test('prisma/schema.prisma and prisma/migrations agree (db:diff --check exits 0)
   );
 });
 
-test('db:diff --check reports a model change the migrations lack (exit 1, ALTER TABLE)', { timeout: 20_000, skip }, async (t) => {
+test('db:diff --check reports a model change the migrations lack (exit 1, ALTER TABLE)', {
+  timeout: 20_000,
+  skip,
+}, async (t) => {
   // A copy of what the command reads, with one field added to the model: guards against a check that always passes.
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'migration-diff-test-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -71,6 +78,10 @@ test('db:diff --check reports a model change the migrations lack (exit 1, ALTER 
   fs.writeFileSync(schemaPath, changed);
 
   const run = await runCheck(dir);
-  assert.equal(run.code, 1, `expected exit 1 (drift), got ${run.code}.\nstdout:\n${run.stdout}\nstderr:\n${run.stderr}`);
+  assert.equal(
+    run.code,
+    1,
+    `expected exit 1 (drift), got ${run.code}.\nstdout:\n${run.stdout}\nstderr:\n${run.stderr}`,
+  );
   assert.match(run.stdout, /ALTER TABLE "user_metrics" ADD COLUMN\s+"drift_probe" INTEGER/);
 });

@@ -12,9 +12,9 @@ import { after, before, test } from 'node:test';
 import { startApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { type Database, openDatabase } from '../src/db/client.js';
-import { createLogger } from '../src/logger.js';
 import { MIGRATIONS_DIR, MigrationError, migrate, migrationStatus } from '../src/db/migrations.js';
-import { type TestDatabase, createTestDatabase, usingPostgres } from './support/harness.js';
+import { createLogger } from '../src/logger.js';
+import { createTestDatabase, type TestDatabase, usingPostgres } from './support/harness.js';
 import { describeRun, runTsx } from './support/process.js';
 
 let testDb: TestDatabase;
@@ -67,12 +67,23 @@ function migrationsFolder(extra: Record<string, string>, withCommitted = true): 
 }
 
 function serviceConfig() {
-  return loadConfig({ NODE_ENV: 'test', PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', MIGRATE_ON_START: 'false', SHUTDOWN_TIMEOUT_MS: '2000', ...target() });
+  return loadConfig({
+    NODE_ENV: 'test',
+    PORT: '0',
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'silent',
+    MIGRATE_ON_START: 'false',
+    SHUTDOWN_TIMEOUT_MS: '2000',
+    ...target(),
+  });
 }
 
 test('there are committed migrations to apply', () => {
   assert.ok(committed.length >= 1);
-  assert.ok(committed.every((m) => /^\d{14}_\w+$/.test(m.name)), committedNames.join(', '));
+  assert.ok(
+    committed.every((m) => /^\d{14}_\w+$/.test(m.name)),
+    committedNames.join(', '),
+  );
 });
 
 test('with MIGRATE_ON_START=false the service refuses an unmigrated database, naming `npm run db:migrate`', async () => {
@@ -104,8 +115,18 @@ test('migrate applies every migration; a second run is a no-op', async () => {
     const second = await migrate(db, MIGRATIONS_DIR);
     assert.deepEqual(second.applied, []);
     assert.deepEqual(second.status.applied, committedNames);
-    assert.deepEqual(await query(db, 'SELECT * FROM "_prisma_migrations" ORDER BY migration_name'), rowsBefore, 'nothing rewritten');
-    assert.deepEqual(await migrationStatus(db, MIGRATIONS_DIR), { applied: committedNames, pending: [], modified: [], unknown: [], failed: [] });
+    assert.deepEqual(
+      await query(db, 'SELECT * FROM "_prisma_migrations" ORDER BY migration_name'),
+      rowsBefore,
+      'nothing rewritten',
+    );
+    assert.deepEqual(await migrationStatus(db, MIGRATIONS_DIR), {
+      applied: committedNames,
+      pending: [],
+      modified: [],
+      unknown: [],
+      failed: [],
+    });
   });
 });
 
@@ -129,13 +150,24 @@ test("_prisma_migrations has Prisma's columns, the files' sha256 checksums and f
         ['applied_steps_count', 'integer', null, 'NO'],
       ],
     );
-    const rows = await query<{ id: string; checksum: string; migration_name: string; ok: boolean; logs: string | null; rolled_back_at: Date | null; steps: number }>(
+    const rows = await query<{
+      id: string;
+      checksum: string;
+      migration_name: string;
+      ok: boolean;
+      logs: string | null;
+      rolled_back_at: Date | null;
+      steps: number;
+    }>(
       db,
       `SELECT id, checksum, migration_name, finished_at IS NOT NULL AND finished_at >= started_at AS ok, logs, rolled_back_at,
               applied_steps_count AS steps
        FROM "_prisma_migrations" ORDER BY migration_name`,
     );
-    assert.deepEqual(rows.map((r) => r.migration_name), committedNames);
+    assert.deepEqual(
+      rows.map((r) => r.migration_name),
+      committedNames,
+    );
     rows.forEach((row, i) => {
       assert.equal(row.checksum, committed[i]?.checksum, `${row.migration_name}: sha256 of migration.sql`);
       assert.match(row.id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
@@ -165,8 +197,14 @@ test('the migrated user_metrics table has the columns and indexes the issue name
     assert.deepEqual(byName.get('voice_sentiment'), ['varchar', 50, 'YES']);
     assert.equal(byName.get('created_at')?.[0], 'timestamptz');
     assert.deepEqual(byName.get('event_id'), ['varchar', 255, 'YES']);
-    const indexes = (await query<{ def: string }>(db, `SELECT indexdef AS def FROM pg_indexes WHERE tablename = 'user_metrics'`)).map((r) => r.def);
-    const has = (pattern: RegExp) => assert.ok(indexes.some((d) => pattern.test(d)), `${pattern} in ${indexes.join('\n')}`);
+    const indexes = (
+      await query<{ def: string }>(db, `SELECT indexdef AS def FROM pg_indexes WHERE tablename = 'user_metrics'`)
+    ).map((r) => r.def);
+    const has = (pattern: RegExp) =>
+      assert.ok(
+        indexes.some((d) => pattern.test(d)),
+        `${pattern} in ${indexes.join('\n')}`,
+      );
     has(/UNIQUE INDEX .* \(record_key\)/);
     has(/\(user_id( varchar_pattern_ops)?, "timestamp"\)/);
     has(/\(session_id( varchar_pattern_ops)?\)/);
@@ -213,8 +251,14 @@ test('a failing migration leaves nothing behind, is not recorded, and the error 
       db,
       `SELECT to_regclass('probe_ok') IS NOT NULL AS ok, to_regclass('probe_broken') IS NOT NULL AS broken`,
     );
-    assert.deepEqual(tables, { ok: true, broken: false }, 'the migration before it is applied; the failing one left no table');
-    const recorded = (await query<{ migration_name: string }>(db, 'SELECT migration_name FROM "_prisma_migrations" ORDER BY 1')).map((r) => r.migration_name);
+    assert.deepEqual(
+      tables,
+      { ok: true, broken: false },
+      'the migration before it is applied; the failing one left no table',
+    );
+    const recorded = (
+      await query<{ migration_name: string }>(db, 'SELECT migration_name FROM "_prisma_migrations" ORDER BY 1')
+    ).map((r) => r.migration_name);
     assert.deepEqual(recorded, [...committedNames, ok], 'the failing migration is not recorded');
     assert.deepEqual((await migrationStatus(db, dir)).pending, [broken]);
     // Once fixed, it applies.
@@ -259,18 +303,27 @@ test('a migration changed after it was applied is refused; migrations the code l
     });
     const empty = migrationsFolder({}, false);
     const unknown = await migrationStatus(db, empty);
-    assert.ok(committedNames.every((name) => unknown.unknown.includes(name)), JSON.stringify(unknown));
+    assert.ok(
+      committedNames.every((name) => unknown.unknown.includes(name)),
+      JSON.stringify(unknown),
+    );
   });
 });
 
-test('concurrent runs apply a migration once (PostgreSQL: the advisory lock)', { skip: !usingPostgres && 'one process holds an embedded database' }, async () => {
+test('concurrent runs apply a migration once (PostgreSQL: the advisory lock)', {
+  skip: !usingPostgres && 'one process holds an embedded database',
+}, async () => {
   const name = '29990104000000_probe_concurrent';
   const dir = migrationsFolder({ [name]: 'CREATE TABLE probe_concurrent (id int);\nSELECT pg_sleep(0.2);\n' });
   const dbs = await Promise.all([0, 1, 2].map(() => openDatabase({ url: testDb.url, poolMax: 1 })));
   try {
     const results = await Promise.all(dbs.map((db) => migrate(db, dir)));
     assert.deepEqual(results.map((r) => r.applied).sort(), [[], [], [name]]);
-    const [row] = await query<{ n: number }>(dbs[0] as Database, 'SELECT count(*)::int AS n FROM "_prisma_migrations" WHERE migration_name = $1', [name]);
+    const [row] = await query<{ n: number }>(
+      dbs[0] as Database,
+      'SELECT count(*)::int AS n FROM "_prisma_migrations" WHERE migration_name = $1',
+      [name],
+    );
     assert.equal(row?.n, 1);
   } finally {
     await Promise.all(dbs.map((db) => db.close()));

@@ -4,10 +4,17 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import pg from 'pg';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { usePrettyLogs } from '../src/logger.js';
-import pg from 'pg';
-import { INGEST, type TestService, createTestDatabase, record, startTestService, usingPostgres } from './support/harness.js';
+import {
+  createTestDatabase,
+  INGEST,
+  record,
+  startTestService,
+  type TestService,
+  usingPostgres,
+} from './support/harness.js';
 import { startServiceProcess } from './support/service-process.js';
 
 let service: TestService;
@@ -32,7 +39,8 @@ function parseMetrics(text: string): Sample[] {
     const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
     assert.ok(match, `not a Prometheus sample line: ${line}`);
     const labels: Record<string, string> = {};
-    for (const pair of (match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[pair[1] as string] = pair[2] as string;
+    for (const pair of (match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g))
+      labels[pair[1] as string] = pair[2] as string;
     samples.push({ name: match[1] as string, labels, value: Number(match[3]) });
   }
   return samples;
@@ -47,18 +55,31 @@ async function scrape(): Promise<Sample[]> {
 
 /** The value of one series (0 when it is absent, as Prometheus treats a counter never incremented). */
 function value(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
-  const found = samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v) && Object.keys(s.labels).length === Object.keys(labels).length);
+  const found = samples.find(
+    (s) =>
+      s.name === name &&
+      Object.entries(labels).every(([k, v]) => s.labels[k] === v) &&
+      Object.keys(s.labels).length === Object.keys(labels).length,
+  );
   return found?.value ?? 0;
 }
 
 test('GET /metrics serves process metrics and the ingestion counters from the start', async () => {
   const samples = await scrape();
   const names = new Set(samples.map((s) => s.name));
-  for (const name of ['process_cpu_user_seconds_total', 'process_resident_memory_bytes', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_seconds']) {
+  for (const name of [
+    'process_cpu_user_seconds_total',
+    'process_resident_memory_bytes',
+    'nodejs_heap_size_used_bytes',
+    'nodejs_eventloop_lag_seconds',
+  ]) {
     assert.ok(names.has(name), `${name} missing`);
   }
   for (const result of ['accepted', 'duplicate', 'rejected']) {
-    assert.ok(samples.some((s) => s.name === 'ingest_records_total' && s.labels.result === result), `ingest_records_total{result="${result}"} missing`);
+    assert.ok(
+      samples.some((s) => s.name === 'ingest_records_total' && s.labels.result === result),
+      `ingest_records_total{result="${result}"} missing`,
+    );
   }
 });
 
@@ -80,7 +101,10 @@ test('ingest counters move by what ingestMetrics reported, per record', async ()
   const first = (await service.gql(INGEST, { records: batch })).ingestMetrics;
   const second = (await service.gql(INGEST, { records: batch })).ingestMetrics;
   // The service agrees with the fixture's arithmetic (otherwise the deltas below would test nothing).
-  for (const [result, expected] of [[first, expectedFirst], [second, expectedSecond]] as const) {
+  for (const [result, expected] of [
+    [first, expectedFirst],
+    [second, expectedSecond],
+  ] as const) {
     assert.equal(result.accepted, expected.accepted);
     assert.equal(result.duplicates, expected.duplicates);
     assert.equal(new Set(result.rejected.map((r: { index: number }) => r.index)).size, expected.rejectedRecords);
@@ -88,10 +112,15 @@ test('ingest counters move by what ingestMetrics reported, per record', async ()
   assert.equal(first.rejected.length, 3, 'the record with two problems is listed twice');
 
   const afterIngest = await scrape();
-  const delta = (result: string) => value(afterIngest, 'ingest_records_total', { result }) - value(before, 'ingest_records_total', { result });
+  const delta = (result: string) =>
+    value(afterIngest, 'ingest_records_total', { result }) - value(before, 'ingest_records_total', { result });
   assert.equal(delta('accepted'), expectedFirst.accepted + expectedSecond.accepted);
   assert.equal(delta('duplicate'), expectedFirst.duplicates + expectedSecond.duplicates);
-  assert.equal(delta('rejected'), expectedFirst.rejectedRecords + expectedSecond.rejectedRecords, 'rejections count records, not problems');
+  assert.equal(
+    delta('rejected'),
+    expectedFirst.rejectedRecords + expectedSecond.rejectedRecords,
+    'rejections count records, not problems',
+  );
 });
 
 test('requests are counted and timed per operation name and type, failures as errors', async () => {
@@ -121,7 +150,10 @@ test('requests are counted and timed per operation name and type, failures as er
   // The histogram's buckets are cumulative: the +Inf bucket holds every request.
   assert.equal(d('graphql_request_duration_seconds_bucket', { ...recent, le: '+Inf' }), 3);
   // Scrapes of /metrics are not GraphQL requests.
-  assert.equal(after.filter((s) => s.name === 'graphql_requests_total' && s.labels.operation_name === 'metrics').length, 0);
+  assert.equal(
+    after.filter((s) => s.name === 'graphql_requests_total' && s.labels.operation_name === 'metrics').length,
+    0,
+  );
 });
 
 test('database pool gauges: present on PostgreSQL, absent on the embedded database', async () => {
@@ -147,7 +179,10 @@ test('pretty logs only when asked, or for development at a terminal; JSON otherw
   assert.equal(usePrettyLogs({ format: 'auto', nodeEnv: 'production' }, true), false);
   assert.equal(loadConfig({ LOG_FORMAT: 'Pretty' }).logFormat, 'pretty');
   assert.equal(loadConfig({}).logFormat, 'auto');
-  assert.throws(() => loadConfig({ LOG_FORMAT: 'xml' }), (error: unknown) => error instanceof ConfigError && /LOG_FORMAT/.test(error.message));
+  assert.throws(
+    () => loadConfig({ LOG_FORMAT: 'xml' }),
+    (error: unknown) => error instanceof ConfigError && /LOG_FORMAT/.test(error.message),
+  );
 });
 
 test('a masked error is logged once, with the request id its answer carries, through Yoga and the direct read path', {
@@ -155,7 +190,12 @@ test('a masked error is logged once, with the request id its answer carries, thr
 }, async () => {
   const db = await createTestDatabase();
   const sql = new pg.Client({ connectionString: db.url });
-  const running = await startServiceProcess({ DATABASE_URL: db.url as string, AUTH: 'off', LOG_FORMAT: 'json', LOG_LEVEL: 'info' });
+  const running = await startServiceProcess({
+    DATABASE_URL: db.url as string,
+    AUTH: 'off',
+    LOG_FORMAT: 'json',
+    LOG_LEVEL: 'info',
+  });
   try {
     await sql.connect();
     const read = (query: string, requestId: string) =>
@@ -163,12 +203,17 @@ test('a masked error is logged once, with the request id its answer carries, thr
         method: 'POST',
         headers: { 'content-type': 'application/json', accept: 'application/json', 'x-request-id': requestId },
         body: JSON.stringify({ query }),
-      }).then(async (response) => (await response.json()) as { errors?: Array<{ extensions?: Record<string, unknown> }> });
+      }).then(
+        async (response) => (await response.json()) as { errors?: Array<{ extensions?: Record<string, unknown> }> },
+      );
     const known = '{ metrics(first: 1) { edges { node { id } } } }';
     assert.equal((await read(known, 'log-check-0')).errors, undefined);
     await sql.query('ALTER TABLE user_metrics RENAME TO user_metrics_away');
     // The same text again (the direct path, handing the error to Yoga), and a text Yoga has not seen.
-    for (const [query, requestId] of [[known, 'log-check-1'], [`${known} # new`, 'log-check-2']] as const) {
+    for (const [query, requestId] of [
+      [known, 'log-check-1'],
+      [`${known} # new`, 'log-check-2'],
+    ] as const) {
       const answer = await read(query, requestId);
       assert.equal(answer.errors?.[0]?.extensions?.code, 'INTERNAL_SERVER_ERROR');
       assert.equal(answer.errors?.[0]?.extensions?.requestId, requestId);
@@ -177,13 +222,19 @@ test('a masked error is logged once, with the request id its answer carries, thr
         .output()
         .split('\n')
         .filter((line) => line.startsWith('{'))
-        .map((line) => JSON.parse(line) as { level: number; msg: string; requestId?: string; err?: { message?: string } })
+        .map(
+          (line) => JSON.parse(line) as { level: number; msg: string; requestId?: string; err?: { message?: string } },
+        )
         .filter((entry) => entry.level >= 50);
       const mine = entries.filter((entry) => entry.requestId === requestId);
       assert.equal(mine.length, 1, JSON.stringify(entries));
       assert.equal(mine[0]?.msg, 'Unexpected error');
       assert.match(mine[0]?.err?.message ?? '', /user_metrics/);
-      assert.equal(entries.filter((entry) => entry.requestId === undefined).length, 0, 'no error entry without a request id');
+      assert.equal(
+        entries.filter((entry) => entry.requestId === undefined).length,
+        0,
+        'no error entry without a request id',
+      );
     }
   } finally {
     await sql.query('ALTER TABLE IF EXISTS user_metrics_away RENAME TO user_metrics').catch(() => {});

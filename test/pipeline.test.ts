@@ -9,7 +9,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { Plugin } from 'graphql-yoga';
-import { type TestService, record, startTestService } from './support/harness.js';
+import { record, startTestService, type TestService } from './support/harness.js';
 import { makeKey } from './support/security.js';
 
 let service: TestService;
@@ -26,9 +26,17 @@ before(async () => {
   ingestKey = await makeKey(['ingest']);
   adminKey = await makeKey(['admin']);
   const records = Array.from({ length: 40 }, (_, i) =>
-    record({ eventId: `p-${i}`, userId: `user-${i % 5}`, voiceSentiment: ['positive', 'neutral', 'negative', null][i % 4] }),
+    record({
+      eventId: `p-${i}`,
+      userId: `user-${i % 5}`,
+      voiceSentiment: ['positive', 'neutral', 'negative', null][i % 4],
+    }),
   );
-  await service.gql('mutation($r: [UserMetricInput!]!) { ingestMetrics(records: $r) { accepted } }', { r: records }, ingestKey.headers);
+  await service.gql(
+    'mutation($r: [UserMetricInput!]!) { ingestMetrics(records: $r) { accepted } }',
+    { r: records },
+    ingestKey.headers,
+  );
 });
 
 after(async () => {
@@ -49,7 +57,12 @@ function post(body: string | Buffer, headers: Record<string, string> = {}, path 
     const request = http.request(`${service.url}${path}`, {
       method: 'POST',
       agent: false,
-      headers: { 'content-type': 'application/json', accept: 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers },
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json',
+        'content-length': String(Buffer.byteLength(body)),
+        ...headers,
+      },
     });
     request.on('error', reject);
     request.on('response', (response) => {
@@ -57,7 +70,12 @@ function post(body: string | Buffer, headers: Record<string, string> = {}, path 
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('error', reject);
       response.on('end', () =>
-        resolve({ status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks).toString('utf8'), ms: performance.now() - started }),
+        resolve({
+          status: response.statusCode ?? 0,
+          headers: response.headers,
+          body: Buffer.concat(chunks).toString('utf8'),
+          ms: performance.now() - started,
+        }),
       );
     });
     request.end(body);
@@ -90,26 +108,53 @@ async function slowestHealthProbe(work: () => Promise<unknown>): Promise<number>
 describe('1. hostile JSON bodies do not hold the event loop', () => {
   const ingest = 'mutation($records: [UserMetricInput!]!) { ingestMetrics(records: $records) { accepted } }';
   const bodies: Array<[string, () => string]> = [
-    ['10^5 levels of nesting in the variables', () => `{"query":${JSON.stringify(ingest)},"variables":{"records":${'['.repeat(250_000)}${']'.repeat(250_000)}}}`],
-    ['10^5 levels of nested objects', () => `{"query":${JSON.stringify(ingest)},"variables":{"records":${'{"a":'.repeat(100_000)}1${'}'.repeat(100_000)}}}`],
-    ['10^5 members in the variables object itself', () => {
-      const members = Array.from({ length: 150_000 }, (_, i) => `"v${i}":[${i}]`).join(',');
-      return `{"query":${JSON.stringify(ingest)},"variables":{${members}}}`;
-    }],
-    ['10^5 members in the top-level body', () => {
-      const members = Array.from({ length: 150_000 }, (_, i) => `"x${i}":{"y":${i}}`).join(',');
-      return `{"query":${JSON.stringify(ingest)},${members}}`;
-    }],
-    ['10^5 tiny members in one object', () => {
-      const members = Array.from({ length: 150_000 }, (_, i) => `"k${i}":${i}`).join(',');
-      return `{"query":${JSON.stringify(ingest)},"variables":{"records":[{${members}}]}}`;
-    }],
-    ['10^5 tiny elements in one list', () => `{"query":${JSON.stringify(ingest)},"variables":{"records":[${Array.from({ length: 300_000 }, () => '{}').join(',')}]}}`],
-    ['10^5 tiny members, pretty-printed', () => {
-      const records = Array.from({ length: 20_000 }, (_, i) => ({ a: i, b: [i], c: { d: i } }));
-      return JSON.stringify({ query: ingest, variables: { records } }, null, 2);
-    }],
-    ['one 3 MiB string', () => JSON.stringify({ query: ingest, variables: { records: [record({ eventId: 'x'.repeat(3 * 1024 * 1024) })] } })],
+    [
+      '10^5 levels of nesting in the variables',
+      () => `{"query":${JSON.stringify(ingest)},"variables":{"records":${'['.repeat(250_000)}${']'.repeat(250_000)}}}`,
+    ],
+    [
+      '10^5 levels of nested objects',
+      () =>
+        `{"query":${JSON.stringify(ingest)},"variables":{"records":${'{"a":'.repeat(100_000)}1${'}'.repeat(100_000)}}}`,
+    ],
+    [
+      '10^5 members in the variables object itself',
+      () => {
+        const members = Array.from({ length: 150_000 }, (_, i) => `"v${i}":[${i}]`).join(',');
+        return `{"query":${JSON.stringify(ingest)},"variables":{${members}}}`;
+      },
+    ],
+    [
+      '10^5 members in the top-level body',
+      () => {
+        const members = Array.from({ length: 150_000 }, (_, i) => `"x${i}":{"y":${i}}`).join(',');
+        return `{"query":${JSON.stringify(ingest)},${members}}`;
+      },
+    ],
+    [
+      '10^5 tiny members in one object',
+      () => {
+        const members = Array.from({ length: 150_000 }, (_, i) => `"k${i}":${i}`).join(',');
+        return `{"query":${JSON.stringify(ingest)},"variables":{"records":[{${members}}]}}`;
+      },
+    ],
+    [
+      '10^5 tiny elements in one list',
+      () =>
+        `{"query":${JSON.stringify(ingest)},"variables":{"records":[${Array.from({ length: 300_000 }, () => '{}').join(',')}]}}`,
+    ],
+    [
+      '10^5 tiny members, pretty-printed',
+      () => {
+        const records = Array.from({ length: 20_000 }, (_, i) => ({ a: i, b: [i], c: { d: i } }));
+        return JSON.stringify({ query: ingest, variables: { records } }, null, 2);
+      },
+    ],
+    [
+      'one 3 MiB string',
+      () =>
+        JSON.stringify({ query: ingest, variables: { records: [record({ eventId: 'x'.repeat(3 * 1024 * 1024) })] } }),
+    ],
   ];
   for (const [name, make] of bodies) {
     test(`${name}: every /health probe answers in under 200 ms, and the request is answered`, async () => {
@@ -120,7 +165,10 @@ describe('1. hostile JSON bodies do not hold the event loop', () => {
       const slowest = await slowestHealthProbe(async () => {
         answer = await post(body, readKey.headers);
       });
-      assert.ok(answer && answer.status >= 200 && answer.status < 500, `status ${answer?.status}: ${answer?.body.slice(0, 300)}`);
+      assert.ok(
+        answer && answer.status >= 200 && answer.status < 500,
+        `status ${answer?.status}: ${answer?.body.slice(0, 300)}`,
+      );
       assert.ok(slowest < 200, `slowest /health probe took ${slowest.toFixed(0)} ms`);
     });
   }
@@ -140,7 +188,13 @@ describe('2. authentication before the body', () => {
         text += chunk.toString('utf8');
         if (!answeredAt && text.includes('\r\n\r\n')) answeredAt = performance.now();
       });
-      socket.on('close', () => resolve({ text, ms: answeredAt ? answeredAt - started : Number.POSITIVE_INFINITY, closedWithin: performance.now() - started }));
+      socket.on('close', () =>
+        resolve({
+          text,
+          ms: answeredAt ? answeredAt - started : Number.POSITIVE_INFINITY,
+          closedWithin: performance.now() - started,
+        }),
+      );
       socket.write(head + part);
       // Never sends the rest: the service must answer without it, then drain within its bound or close.
       setTimeout(() => socket.destroy(), 15_000).unref();
@@ -152,8 +206,7 @@ describe('2. authentication before the body', () => {
     ['an unknown key', 'Authorization: Bearer mk_unknownunknownunknownunknownunknown0000\r\n'],
   ] as const) {
     test(`${name}, Content-Length 1,000,000 and 26 bytes sent: 401 at once, the connection closed within a bound`, async () => {
-      const head =
-        `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n${authorization}Content-Length: 1000000\r\n\r\n`;
+      const head = `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n${authorization}Content-Length: 1000000\r\n\r\n`;
       const result = await partialRequest(head, '{"query":"{ __typename }",');
       assert.match(result.text, /^HTTP\/1\.1 401 /, result.text.slice(0, 200));
       assert.ok(result.ms < 1000, `answered after ${result.ms.toFixed(0)} ms`);
@@ -165,12 +218,20 @@ describe('2. authentication before the body', () => {
 describe('3. bounded echoes', () => {
   test('a 256 KiB eventId rejected under 15 aliases: the answer is not larger than its request', async () => {
     const eventId = 'e'.repeat(256 * 1024);
-    const aliases = Array.from({ length: 15 }, (_, i) => `a${i}: ingestMetrics(records: $records) { rejected { index eventId field code message } }`);
-    const body = JSON.stringify({ query: `mutation($records: [UserMetricInput!]!) { ${aliases.join(' ')} }`, variables: { records: [record({ eventId })] } });
+    const aliases = Array.from(
+      { length: 15 },
+      (_, i) => `a${i}: ingestMetrics(records: $records) { rejected { index eventId field code message } }`,
+    );
+    const body = JSON.stringify({
+      query: `mutation($records: [UserMetricInput!]!) { ${aliases.join(' ')} }`,
+      variables: { records: [record({ eventId })] },
+    });
     const answer = await post(body, ingestKey.headers);
     assert.equal(answer.status, 200, answer.body.slice(0, 300));
     assert.ok(answer.body.length < body.length, `answer ${answer.body.length} bytes for a request of ${body.length}`);
-    const parsed = JSON.parse(answer.body) as { data: Record<string, { rejected: Array<{ eventId: string; code: string; message: string }> }> };
+    const parsed = JSON.parse(answer.body) as {
+      data: Record<string, { rejected: Array<{ eventId: string; code: string; message: string }> }>;
+    };
     const rejection = parsed.data.a0?.rejected[0];
     assert.equal(rejection?.code, 'TOO_LONG');
     assert.ok((rejection?.eventId.length ?? 0) < 1000, 'the eventId is cut');
@@ -180,30 +241,48 @@ describe('3. bounded echoes', () => {
 
   test('an error message quoting a value is bounded', async () => {
     const zone = 'Z'.repeat(100_000);
-    const answer = await post(JSON.stringify({ query: '{ metricStats(bucket: { unit: DAY, timeZone: $z }) { count } }'.replace('$z', JSON.stringify(zone)) }), readKey.headers);
+    const answer = await post(
+      JSON.stringify({
+        query: '{ metricStats(bucket: { unit: DAY, timeZone: $z }) { count } }'.replace('$z', JSON.stringify(zone)),
+      }),
+      readKey.headers,
+    );
     assert.ok(answer.body.length < 10_000, `answer of ${answer.body.length} bytes: ${answer.body.slice(0, 300)}`);
   });
 });
 
 describe('4. lists without `first` count at their server-side maximum', () => {
   test('15 aliases of metricStats with groups are refused by cost before running', async () => {
-    const aliases = Array.from({ length: 15 }, (_, i) => `s${i}: metricStats(groupBy: [USER_ID]) { userId count sentiments { value count } }`);
+    const aliases = Array.from(
+      { length: 15 },
+      (_, i) => `s${i}: metricStats(groupBy: [USER_ID]) { userId count sentiments { value count } }`,
+    );
     const answer = await post(JSON.stringify({ query: `{ ${aliases.join(' ')} }` }), readKey.headers);
-    const parsed = JSON.parse(answer.body) as { data?: unknown; errors?: Array<{ extensions?: { code?: string; found?: number } }> };
+    const parsed = JSON.parse(answer.body) as {
+      data?: unknown;
+      errors?: Array<{ extensions?: { code?: string; found?: number } }>;
+    };
     assert.equal(parsed.errors?.[0]?.extensions?.code, 'COST_LIMIT_EXCEEDED', answer.body.slice(0, 300));
     assert.ok((parsed.errors?.[0]?.extensions?.found ?? 0) > 15 * 1000, answer.body.slice(0, 300));
     assert.equal(parsed.data, undefined);
   });
 
   test('one metricStats with groups fits', async () => {
-    const answer = await post(JSON.stringify({ query: '{ metricStats(groupBy: [USER_ID]) { userId count sentiments { value count } } }' }), readKey.headers);
+    const answer = await post(
+      JSON.stringify({ query: '{ metricStats(groupBy: [USER_ID]) { userId count sentiments { value count } } }' }),
+      readKey.headers,
+    );
     assert.equal(answer.status, 200, answer.body.slice(0, 300));
     assert.equal((JSON.parse(answer.body) as { data: { metricStats: unknown[] } }).data.metricStats.length, 5);
   });
 });
 
 describe('5. media types are read the same way on every request', () => {
-  for (const contentType of ['Application/JSON', 'application/json ; charset=utf-8', 'APPLICATION/JSON;CHARSET=UTF-8']) {
+  for (const contentType of [
+    'Application/JSON',
+    'application/json ; charset=utf-8',
+    'APPLICATION/JSON;CHARSET=UTF-8',
+  ]) {
     test(`Content-Type: ${contentType}: the first answer and the repeated answer are the same`, async () => {
       const body = JSON.stringify({ query: '{ metrics(first: 2) { totalCount edges { node { eventId } } } }' });
       const answers = [];
@@ -229,17 +308,27 @@ describe('6. forged cursors are BAD_USER_INPUT on `after`', () => {
   ];
   for (const [name, cursor] of cursors) {
     test(name, async () => {
-      const orderBy = name.includes('talkedTime') ? 'orderBy: [{ field: TALKED_TIME, direction: DESC }]' : name.includes('created_at') ? 'orderBy: [{ field: CREATED_AT, direction: DESC }]' : '';
+      const orderBy = name.includes('talkedTime')
+        ? 'orderBy: [{ field: TALKED_TIME, direction: DESC }]'
+        : name.includes('created_at')
+          ? 'orderBy: [{ field: CREATED_AT, direction: DESC }]'
+          : '';
       const query = `{ metrics(first: 2, after: ${JSON.stringify(cursor)} ${orderBy}) { edges { node { eventId } } } }`;
       const answer = await post(JSON.stringify({ query }), readKey.headers);
-      const parsed = JSON.parse(answer.body) as { errors?: Array<{ extensions?: { code?: string; argument?: string } }> };
+      const parsed = JSON.parse(answer.body) as {
+        errors?: Array<{ extensions?: { code?: string; argument?: string } }>;
+      };
       assert.equal(parsed.errors?.[0]?.extensions?.code, 'BAD_USER_INPUT', answer.body.slice(0, 400));
       assert.equal(parsed.errors?.[0]?.extensions?.argument, 'after');
     });
   }
 
   test('a cursor the service issued still works', async () => {
-    const first = await service.gql<{ metrics: { pageInfo: { endCursor: string } } }>('{ metrics(first: 3) { pageInfo { endCursor } } }', {}, readKey.headers);
+    const first = await service.gql<{ metrics: { pageInfo: { endCursor: string } } }>(
+      '{ metrics(first: 3) { pageInfo { endCursor } } }',
+      {},
+      readKey.headers,
+    );
     const next = await service.gql<{ metrics: { edges: unknown[] } }>(
       'query($a: String) { metrics(first: 3, after: $a) { edges { node { eventId } } } }',
       { a: first.metrics.pageInfo.endCursor },
@@ -252,14 +341,20 @@ describe('6. forged cursors are BAD_USER_INPUT on `after`', () => {
 describe('7. text after the JSON is not quoted back', () => {
   for (const tail of ['SECRETTAIL', ' SECRETTAIL', '{"x":"SECRETTAIL"}']) {
     test(JSON.stringify(tail), async () => {
-      const answer = await post(`{"query":"{ __typename }"}${tail}`, { ...readKey.headers, accept: 'application/graphql-response+json' });
+      const answer = await post(`{"query":"{ __typename }"}${tail}`, {
+        ...readKey.headers,
+        accept: 'application/graphql-response+json',
+      });
       assert.equal(answer.status, 400, answer.body);
       assert.doesNotMatch(answer.body, /SECRETTAIL/);
       assert.match(answer.body, /position \d+/);
     });
   }
   test('a long invalid body is not quoted back either', async () => {
-    const answer = await post(`{"query":"{ __typename }","variables":{"a":"${'SECRET'.repeat(50_000)}"}`, { ...readKey.headers, accept: 'application/graphql-response+json' });
+    const answer = await post(`{"query":"{ __typename }","variables":{"a":"${'SECRET'.repeat(50_000)}"}`, {
+      ...readKey.headers,
+      accept: 'application/graphql-response+json',
+    });
     assert.equal(answer.status, 400);
     assert.ok(answer.body.length < 2_000, answer.body.slice(0, 300));
   });
@@ -270,12 +365,30 @@ describe('8. NUL and broken UTF-16 in text arguments are BAD_USER_INPUT', () => 
     ['revokeApiKey(id)', 'mutation($v: ID!) { revokeApiKey(id: $v) { id } }', {}, {}],
     ['createApiKey(name)', 'mutation($v: String!) { createApiKey(name: $v, scopes: [read]) { key } }', {}, {}],
     ['userSummary(userId)', 'query($v: String!) { userSummary(userId: $v) { count } }', {}, {}],
-    ['metrics(where: userId.equals)', 'query($v: String!) { metrics(where: { userId: { equals: $v } }) { totalCount } }', {}, {}],
-    ['metrics(where: sessionId.contains)', 'query($v: String!) { metrics(where: { sessionId: { contains: $v } }) { totalCount } }', {}, {}],
-    ['metricStats(bucket.timeZone)', 'query($v: String!) { metricStats(bucket: { unit: DAY, timeZone: $v }) { count } }', {}, {}],
+    [
+      'metrics(where: userId.equals)',
+      'query($v: String!) { metrics(where: { userId: { equals: $v } }) { totalCount } }',
+      {},
+      {},
+    ],
+    [
+      'metrics(where: sessionId.contains)',
+      'query($v: String!) { metrics(where: { sessionId: { contains: $v } }) { totalCount } }',
+      {},
+      {},
+    ],
+    [
+      'metricStats(bucket.timeZone)',
+      'query($v: String!) { metricStats(bucket: { unit: DAY, timeZone: $v }) { count } }',
+      {},
+      {},
+    ],
   ];
   for (const [name, query] of cases) {
-    for (const [label, value] of [['NUL', 'a\u0000b'], ['a lone surrogate', 'a\ud800b']] as const) {
+    for (const [label, value] of [
+      ['NUL', 'a\u0000b'],
+      ['a lone surrogate', 'a\ud800b'],
+    ] as const) {
       test(`${name} with ${label}`, async () => {
         const headers = query.startsWith('mutation') ? adminKey.headers : readKey.headers;
         const response = await service.request(query, { v: value }, { ...headers, accept: 'application/json' });
@@ -287,13 +400,22 @@ describe('8. NUL and broken UTF-16 in text arguments are BAD_USER_INPUT', () => 
 });
 
 test('metric(id) with NUL is no record (null), not an error: the id never reaches SQL', async () => {
-  const response = await service.request('query($v: ID!) { metric(id: $v) { id } }', { v: 'a\u0000b' }, readKey.headers);
+  const response = await service.request(
+    'query($v: ID!) { metric(id: $v) { id } }',
+    { v: 'a\u0000b' },
+    readKey.headers,
+  );
   assert.deepEqual({ data: response.data, errors: response.errors }, { data: { metric: null }, errors: undefined });
 });
 
 test('a variable inside a filter literal filters (graphql-jit read it as absent, and the filter matched every record)', async () => {
-  const query = 'query($v: String!) { metrics(first: 100, where: { userId: { equals: $v } }) { totalCount edges { node { userId } } } }';
-  const data = await service.gql<{ metrics: { totalCount: number; edges: Array<{ node: { userId: string } }> } }>(query, { v: 'user-2' }, readKey.headers);
+  const query =
+    'query($v: String!) { metrics(first: 100, where: { userId: { equals: $v } }) { totalCount edges { node { userId } } } }';
+  const data = await service.gql<{ metrics: { totalCount: number; edges: Array<{ node: { userId: string } }> } }>(
+    query,
+    { v: 'user-2' },
+    readKey.headers,
+  );
   assert.equal(data.metrics.totalCount, 8);
   assert.ok(data.metrics.edges.every((edge) => edge.node.userId === 'user-2'));
 });
@@ -303,7 +425,12 @@ describe('9. a body over the limit gets its 413', () => {
     const body = Buffer.alloc(LIMIT * 2, 0x20);
     body.write('{"query":"{ __typename }","variables":{"a":"');
     const statuses = await Promise.all(
-      Array.from({ length: 20 }, () => post(body, ingestKey.headers).then((answer) => answer.status, (error: Error) => error.message)),
+      Array.from({ length: 20 }, () =>
+        post(body, ingestKey.headers).then(
+          (answer) => answer.status,
+          (error: Error) => error.message,
+        ),
+      ),
     );
     assert.deepEqual(statuses, Array(20).fill(413));
   });
@@ -313,7 +440,11 @@ describe('9. a body over the limit gets its 413', () => {
     body.write('{"query":"{ __typename }","variables":{"a":"');
     const statuses = await Promise.all(
       Array.from({ length: 20 }, () =>
-        fetch(`${service.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...ingestKey.headers }, body }).then(
+        fetch(`${service.url}/graphql`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...ingestKey.headers },
+          body,
+        }).then(
           async (response) => (await response.arrayBuffer(), response.status),
           (error: Error) => `${error.message}: ${String(error.cause)}`,
         ),
@@ -355,21 +486,68 @@ describe('cold and warm answers are the same', () => {
   // parsed and validated from Yoga's cache) gets the same status, content type and body, request ids aside.
   const read = '{ metrics(first: 2) { totalCount edges { node { eventId } } pageInfo { endCursor } } }';
   const corpus: Array<[string, () => { body: string; headers: Record<string, string> }]> = [
-    ...['application/json', 'application/graphql-response+json', '*/*', 'application/graphql-response+json, application/json', 'text/html'].map(
-      (accept): [string, () => { body: string; headers: Record<string, string> }] => [
-        `Accept: ${accept}`,
-        () => ({ body: JSON.stringify({ query: read }), headers: { ...readKey.headers, accept } }),
-      ],
-    ),
+    ...[
+      'application/json',
+      'application/graphql-response+json',
+      '*/*',
+      'application/graphql-response+json, application/json',
+      'text/html',
+    ].map((accept): [string, () => { body: string; headers: Record<string, string> }] => [
+      `Accept: ${accept}`,
+      () => ({ body: JSON.stringify({ query: read }), headers: { ...readKey.headers, accept } }),
+    ]),
     ['no key', () => ({ body: JSON.stringify({ query: read }), headers: {} })],
     ['a key without the scope', () => ({ body: JSON.stringify({ query: read }), headers: ingestKey.headers })],
-    ['past the cost limit', () => ({ body: JSON.stringify({ query: `{ a: metrics(first: 1000) { edges { node { id } } } b: metrics(first: 1000) { edges { node { id } } } }` }), headers: readKey.headers })],
-    ['a field that does not exist', () => ({ body: JSON.stringify({ query: '{ metricz { id } }' }), headers: readKey.headers })],
-    ['a variable of the wrong type', () => ({ body: JSON.stringify({ query: 'query($n: Int) { metrics(first: $n) { totalCount } }', variables: { n: 'ten' } }), headers: readKey.headers })],
-    ['a page argument out of range', () => ({ body: JSON.stringify({ query: '{ metrics(first: 5000) { totalCount } }' }), headers: readKey.headers })],
-    ['an operation name that is not there', () => ({ body: JSON.stringify({ query: 'query A { __typename }', operationName: 'B' }), headers: readKey.headers })],
-    ['extra members in the body', () => ({ body: JSON.stringify({ query: read, extensions: {}, variables: null }), headers: readKey.headers })],
-    ['a cursor page', () => ({ body: JSON.stringify({ query: 'query($a: String) { metrics(first: 2, after: $a) { edges { node { eventId } } } }', variables: { a: Buffer.from(JSON.stringify({ o: 'TIMESTAMP:DESC', v: [2_000_000_000, 1_000] })).toString('base64url') } }), headers: readKey.headers })],
+    [
+      'past the cost limit',
+      () => ({
+        body: JSON.stringify({
+          query: `{ a: metrics(first: 1000) { edges { node { id } } } b: metrics(first: 1000) { edges { node { id } } } }`,
+        }),
+        headers: readKey.headers,
+      }),
+    ],
+    [
+      'a field that does not exist',
+      () => ({ body: JSON.stringify({ query: '{ metricz { id } }' }), headers: readKey.headers }),
+    ],
+    [
+      'a variable of the wrong type',
+      () => ({
+        body: JSON.stringify({
+          query: 'query($n: Int) { metrics(first: $n) { totalCount } }',
+          variables: { n: 'ten' },
+        }),
+        headers: readKey.headers,
+      }),
+    ],
+    [
+      'a page argument out of range',
+      () => ({ body: JSON.stringify({ query: '{ metrics(first: 5000) { totalCount } }' }), headers: readKey.headers }),
+    ],
+    [
+      'an operation name that is not there',
+      () => ({
+        body: JSON.stringify({ query: 'query A { __typename }', operationName: 'B' }),
+        headers: readKey.headers,
+      }),
+    ],
+    [
+      'extra members in the body',
+      () => ({ body: JSON.stringify({ query: read, extensions: {}, variables: null }), headers: readKey.headers }),
+    ],
+    [
+      'a cursor page',
+      () => ({
+        body: JSON.stringify({
+          query: 'query($a: String) { metrics(first: 2, after: $a) { edges { node { eventId } } } }',
+          variables: {
+            a: Buffer.from(JSON.stringify({ o: 'TIMESTAMP:DESC', v: [2_000_000_000, 1_000] })).toString('base64url'),
+          },
+        }),
+        headers: readKey.headers,
+      }),
+    ],
   ];
   const normalized = (answer: RawAnswer) => ({
     status: answer.status,
@@ -380,7 +558,8 @@ describe('cold and warm answers are the same', () => {
     test(name, async () => {
       const { body, headers } = make();
       const answers = [];
-      for (let i = 0; i < 3; i++) answers.push(normalized(await post(body, { accept: 'application/json', ...headers })));
+      for (let i = 0; i < 3; i++)
+        answers.push(normalized(await post(body, { accept: 'application/json', ...headers })));
       assert.deepEqual(answers[1], answers[0]);
       assert.deepEqual(answers[2], answers[0]);
     });
@@ -403,12 +582,21 @@ describe('one pipeline', () => {
     const base = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
     try {
       const read = JSON.stringify({ query: '{ metrics(first: 2) { totalCount } }' });
-      const large = JSON.stringify({ query: 'mutation($r: [UserMetricInput!]!) { ingestMetrics(records: $r) { accepted duplicates } }', variables: { r: Array.from({ length: 600 }, (_, i) => record({ eventId: `probe-${i}` })) } });
+      const large = JSON.stringify({
+        query: 'mutation($r: [UserMetricInput!]!) { ingestMetrics(records: $r) { accepted duplicates } }',
+        variables: { r: Array.from({ length: 600 }, (_, i) => record({ eventId: `probe-${i}` })) },
+      });
       const send = (body: string, headers: Record<string, string>) =>
-        fetch(`${base}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body }).then((r) => r.text());
+        fetch(`${base}/graphql`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...headers },
+          body,
+        }).then((r) => r.text());
       for (let i = 0; i < 3; i++) await send(read, readKey.headers);
       for (let i = 0; i < 2; i++) await send(large, ingestKey.headers);
-      await fetch(`${base}/graphql?query=${encodeURIComponent('{ __typename }')}`, { headers: { ...readKey.headers } }).then((r) => r.text());
+      await fetch(`${base}/graphql?query=${encodeURIComponent('{ __typename }')}`, {
+        headers: { ...readKey.headers },
+      }).then((r) => r.text());
       assert.deepEqual(seen, [...Array(3).fill('POST /graphql'), ...Array(2).fill('POST /graphql'), 'GET /graphql']);
     } finally {
       await new Promise<void>((resolve) => server.close(() => resolve()));

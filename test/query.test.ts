@@ -5,9 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { picker, sleep } from './support/fixtures.js';
 import { database } from '../src/db/client.js';
-import { INGEST, type TestService, nowSeconds, startTestService } from './support/harness.js';
+import { picker, sleep } from './support/fixtures.js';
+import { INGEST, nowSeconds, startTestService, type TestService } from './support/harness.js';
 
 const SEED = Number(process.env.TEST_SEED ?? 20261127);
 
@@ -16,8 +16,39 @@ let total = 0;
 /** The latest created_at of each ingested batch (ISO text with microseconds), oldest first. */
 let batchTimes: string[] = [];
 
-const USER_IDS = ['alice', 'Alice', 'ALICE', 'alicia', 'bob', 'bobby', 'a%b', 'a_b', 'axb', 'a\\b', '100%', '50_50', 'user_1', 'user_10', 'userX1', 'ümlaut', '😀emoji', ' spaced ', 'carol', 'dave'];
-const SENTIMENTS = ['positive', 'negative', 'neutral', 'Positive', 'POSITIVE', 'pos%itive', 'mixed_up', 'mixedXup', '😀happy'];
+const USER_IDS = [
+  'alice',
+  'Alice',
+  'ALICE',
+  'alicia',
+  'bob',
+  'bobby',
+  'a%b',
+  'a_b',
+  'axb',
+  'a\\b',
+  '100%',
+  '50_50',
+  'user_1',
+  'user_10',
+  'userX1',
+  'ümlaut',
+  '😀emoji',
+  ' spaced ',
+  'carol',
+  'dave',
+];
+const SENTIMENTS = [
+  'positive',
+  'negative',
+  'neutral',
+  'Positive',
+  'POSITIVE',
+  'pos%itive',
+  'mixed_up',
+  'mixedXup',
+  '😀happy',
+];
 const TALKED = [0, 1, 59, 60, 61, 300, 3600, 86_399, 86_400];
 
 before(async () => {
@@ -75,13 +106,23 @@ interface Page {
   pageInfo: { hasNextPage: boolean; endCursor: string | null };
 }
 
-async function page(vars: { where?: unknown; orderBy?: unknown; first?: number; after?: string | null; count?: boolean }): Promise<Page> {
+async function page(vars: {
+  where?: unknown;
+  orderBy?: unknown;
+  first?: number;
+  after?: string | null;
+  count?: boolean;
+}): Promise<Page> {
   const data = await service.gql<{ metrics: Page }>(PAGE, { count: false, ...vars });
   return data.metrics;
 }
 
 /** Every id the query returns, page by page, checking pageInfo on the way. */
-async function allIds(where: unknown, orderBy: unknown, first: number): Promise<{ ids: number[]; totalCount: number; pages: number }> {
+async function allIds(
+  where: unknown,
+  orderBy: unknown,
+  first: number,
+): Promise<{ ids: number[]; totalCount: number; pages: number }> {
   const ids: number[] = [];
   const seen = new Set<number>();
   let after: string | null = null;
@@ -110,7 +151,9 @@ async function allIds(where: unknown, orderBy: unknown, first: number): Promise<
 }
 
 async function sqlIds(where: string, params: unknown[] = [], orderBy = 'id'): Promise<number[]> {
-  return (await service.sql<{ id: number }>(`SELECT id FROM user_metrics WHERE ${where} ORDER BY ${orderBy}`, params)).map((r) => r.id);
+  return (
+    await service.sql<{ id: number }>(`SELECT id FROM user_metrics WHERE ${where} ORDER BY ${orderBy}`, params)
+  ).map((r) => r.id);
 }
 
 // Filters ---------------------------------------------------------------------------------------------------------
@@ -131,28 +174,123 @@ const sentiment = (condition: string) => `(CASE WHEN voice_sentiment IS NULL THE
 function filterCases(): FilterCase[] {
   return [
     // userId: every operator, case-sensitive, % and _ literal
-    { name: 'userId equals', where: { userId: { equals: 'alice' } }, sql: `user_id = $1`, params: ['alice'], expect: 'some' },
-    { name: 'userId equals is case-sensitive', where: { userId: { equals: 'Alice' } }, sql: `user_id = $1`, params: ['Alice'], expect: 'some' },
-    { name: 'userId equals keeps spaces', where: { userId: { equals: ' spaced ' } }, sql: `user_id = $1`, params: [' spaced '], expect: 'some' },
+    {
+      name: 'userId equals',
+      where: { userId: { equals: 'alice' } },
+      sql: `user_id = $1`,
+      params: ['alice'],
+      expect: 'some',
+    },
+    {
+      name: 'userId equals is case-sensitive',
+      where: { userId: { equals: 'Alice' } },
+      sql: `user_id = $1`,
+      params: ['Alice'],
+      expect: 'some',
+    },
+    {
+      name: 'userId equals keeps spaces',
+      where: { userId: { equals: ' spaced ' } },
+      sql: `user_id = $1`,
+      params: [' spaced '],
+      expect: 'some',
+    },
     { name: 'userId equals nothing stored', where: { userId: { equals: 'nobody' } }, sql: `FALSE`, expect: 'none' },
-    { name: 'userId in', where: { userId: { in: ['alice', 'bob', 'nobody'] } }, sql: `user_id IN ('alice', 'bob')`, expect: 'some' },
+    {
+      name: 'userId in',
+      where: { userId: { in: ['alice', 'bob', 'nobody'] } },
+      sql: `user_id IN ('alice', 'bob')`,
+      expect: 'some',
+    },
     { name: 'userId in []', where: { userId: { in: [] } }, sql: `FALSE`, expect: 'none' },
-    { name: 'userId notIn', where: { userId: { notIn: ['alice', 'Alice', 'a%b'] } }, sql: `user_id NOT IN ('alice', 'Alice', 'a%b')`, expect: 'some' },
+    {
+      name: 'userId notIn',
+      where: { userId: { notIn: ['alice', 'Alice', 'a%b'] } },
+      sql: `user_id NOT IN ('alice', 'Alice', 'a%b')`,
+      expect: 'some',
+    },
     { name: 'userId notIn []', where: { userId: { notIn: [] } }, sql: `TRUE`, expect: 'all' },
-    { name: 'userId startsWith', where: { userId: { startsWith: 'ali' } }, sql: `left(user_id, 3) = 'ali'`, expect: 'some' },
-    { name: 'userId startsWith is case-sensitive', where: { userId: { startsWith: 'A' } }, sql: `left(user_id, 1) = 'A'`, expect: 'some' },
-    { name: 'userId startsWith % is literal', where: { userId: { startsWith: 'a%' } }, sql: `left(user_id, 2) = 'a%'`, expect: 'some' },
-    { name: 'userId startsWith _ is literal', where: { userId: { startsWith: 'a_' } }, sql: `left(user_id, 2) = 'a_'`, expect: 'some' },
-    { name: 'userId startsWith user_ (not userX)', where: { userId: { startsWith: 'user_' } }, sql: `left(user_id, 5) = 'user_'`, expect: 'some' },
-    { name: 'userId startsWith a backslash is literal', where: { userId: { startsWith: 'a\\' } }, sql: `left(user_id, 2) = $1`, params: ['a\\'], expect: 'some' },
+    {
+      name: 'userId startsWith',
+      where: { userId: { startsWith: 'ali' } },
+      sql: `left(user_id, 3) = 'ali'`,
+      expect: 'some',
+    },
+    {
+      name: 'userId startsWith is case-sensitive',
+      where: { userId: { startsWith: 'A' } },
+      sql: `left(user_id, 1) = 'A'`,
+      expect: 'some',
+    },
+    {
+      name: 'userId startsWith % is literal',
+      where: { userId: { startsWith: 'a%' } },
+      sql: `left(user_id, 2) = 'a%'`,
+      expect: 'some',
+    },
+    {
+      name: 'userId startsWith _ is literal',
+      where: { userId: { startsWith: 'a_' } },
+      sql: `left(user_id, 2) = 'a_'`,
+      expect: 'some',
+    },
+    {
+      name: 'userId startsWith user_ (not userX)',
+      where: { userId: { startsWith: 'user_' } },
+      sql: `left(user_id, 5) = 'user_'`,
+      expect: 'some',
+    },
+    {
+      name: 'userId startsWith a backslash is literal',
+      where: { userId: { startsWith: 'a\\' } },
+      sql: `left(user_id, 2) = $1`,
+      params: ['a\\'],
+      expect: 'some',
+    },
     { name: 'userId startsWith empty', where: { userId: { startsWith: '' } }, sql: `TRUE`, expect: 'all' },
-    { name: 'userId startsWith an emoji', where: { userId: { startsWith: '😀' } }, sql: `left(user_id, 1) = '😀'`, expect: 'some' },
-    { name: 'userId contains', where: { userId: { contains: 'li' } }, sql: `strpos(user_id, 'li') > 0`, expect: 'some' },
-    { name: 'userId contains is case-sensitive', where: { userId: { contains: 'LIC' } }, sql: `strpos(user_id, 'LIC') > 0`, expect: 'some' },
-    { name: 'userId contains % is literal', where: { userId: { contains: '%' } }, sql: `strpos(user_id, '%') > 0`, expect: 'some' },
-    { name: 'userId contains _ is literal', where: { userId: { contains: '_' } }, sql: `strpos(user_id, '_') > 0`, expect: 'some' },
-    { name: 'userId contains 0_', where: { userId: { contains: '0_' } }, sql: `strpos(user_id, '0_') > 0`, expect: 'some' },
-    { name: 'userId contains a backslash', where: { userId: { contains: '\\' } }, sql: `strpos(user_id, $1) > 0`, params: ['\\'], expect: 'some' },
+    {
+      name: 'userId startsWith an emoji',
+      where: { userId: { startsWith: '😀' } },
+      sql: `left(user_id, 1) = '😀'`,
+      expect: 'some',
+    },
+    {
+      name: 'userId contains',
+      where: { userId: { contains: 'li' } },
+      sql: `strpos(user_id, 'li') > 0`,
+      expect: 'some',
+    },
+    {
+      name: 'userId contains is case-sensitive',
+      where: { userId: { contains: 'LIC' } },
+      sql: `strpos(user_id, 'LIC') > 0`,
+      expect: 'some',
+    },
+    {
+      name: 'userId contains % is literal',
+      where: { userId: { contains: '%' } },
+      sql: `strpos(user_id, '%') > 0`,
+      expect: 'some',
+    },
+    {
+      name: 'userId contains _ is literal',
+      where: { userId: { contains: '_' } },
+      sql: `strpos(user_id, '_') > 0`,
+      expect: 'some',
+    },
+    {
+      name: 'userId contains 0_',
+      where: { userId: { contains: '0_' } },
+      sql: `strpos(user_id, '0_') > 0`,
+      expect: 'some',
+    },
+    {
+      name: 'userId contains a backslash',
+      where: { userId: { contains: '\\' } },
+      sql: `strpos(user_id, $1) > 0`,
+      params: ['\\'],
+      expect: 'some',
+    },
     {
       name: 'userId: several operators in one filter all hold',
       where: { userId: { startsWith: 'a', contains: 'i', notIn: ['alice'] } },
@@ -161,13 +299,43 @@ function filterCases(): FilterCase[] {
     },
     // sessionId
     { name: 'sessionId equals', where: { sessionId: { equals: 's-7' } }, sql: `session_id = 's-7'`, expect: 'some' },
-    { name: 'sessionId in', where: { sessionId: { in: ['s-1', 'S-1'] } }, sql: `session_id IN ('s-1', 'S-1')`, expect: 'some' },
-    { name: 'sessionId notIn', where: { sessionId: { notIn: ['s-1', 's-2'] } }, sql: `session_id NOT IN ('s-1', 's-2')`, expect: 'some' },
-    { name: 'sessionId startsWith sess_', where: { sessionId: { startsWith: 'sess_' } }, sql: `left(session_id, 5) = 'sess_'`, expect: 'some' },
-    { name: 'sessionId contains %', where: { sessionId: { contains: 's%' } }, sql: `strpos(session_id, 's%') > 0`, expect: 'some' },
+    {
+      name: 'sessionId in',
+      where: { sessionId: { in: ['s-1', 'S-1'] } },
+      sql: `session_id IN ('s-1', 'S-1')`,
+      expect: 'some',
+    },
+    {
+      name: 'sessionId notIn',
+      where: { sessionId: { notIn: ['s-1', 's-2'] } },
+      sql: `session_id NOT IN ('s-1', 's-2')`,
+      expect: 'some',
+    },
+    {
+      name: 'sessionId startsWith sess_',
+      where: { sessionId: { startsWith: 'sess_' } },
+      sql: `left(session_id, 5) = 'sess_'`,
+      expect: 'some',
+    },
+    {
+      name: 'sessionId contains %',
+      where: { sessionId: { contains: 's%' } },
+      sql: `strpos(session_id, 's%') > 0`,
+      expect: 'some',
+    },
     // voiceSentiment: nulls match only isNull: true
-    { name: 'voiceSentiment equals', where: { voiceSentiment: { equals: 'positive' } }, sql: `voice_sentiment = 'positive'`, expect: 'some' },
-    { name: 'voiceSentiment in', where: { voiceSentiment: { in: ['positive', 'neutral'] } }, sql: `voice_sentiment IN ('positive', 'neutral')`, expect: 'some' },
+    {
+      name: 'voiceSentiment equals',
+      where: { voiceSentiment: { equals: 'positive' } },
+      sql: `voice_sentiment = 'positive'`,
+      expect: 'some',
+    },
+    {
+      name: 'voiceSentiment in',
+      where: { voiceSentiment: { in: ['positive', 'neutral'] } },
+      sql: `voice_sentiment IN ('positive', 'neutral')`,
+      expect: 'some',
+    },
     { name: 'voiceSentiment in []', where: { voiceSentiment: { in: [] } }, sql: `FALSE`, expect: 'none' },
     {
       name: 'voiceSentiment notIn does not match nulls',
@@ -175,27 +343,82 @@ function filterCases(): FilterCase[] {
       sql: `voice_sentiment IS NOT NULL AND voice_sentiment <> 'positive'`,
       expect: 'some',
     },
-    { name: 'voiceSentiment notIn [] does not match nulls', where: { voiceSentiment: { notIn: [] } }, sql: `voice_sentiment IS NOT NULL`, expect: 'some' },
-    { name: 'voiceSentiment startsWith pos% (literal)', where: { voiceSentiment: { startsWith: 'pos%' } }, sql: `left(voice_sentiment, 4) = 'pos%'`, expect: 'some' },
-    { name: 'voiceSentiment startsWith is case-sensitive', where: { voiceSentiment: { startsWith: 'P' } }, sql: `left(voice_sentiment, 1) = 'P'`, expect: 'some' },
-    { name: 'voiceSentiment contains _ (literal)', where: { voiceSentiment: { contains: 'd_' } }, sql: `strpos(voice_sentiment, 'd_') > 0`, expect: 'some' },
-    { name: 'voiceSentiment contains', where: { voiceSentiment: { contains: 'itive' } }, sql: `strpos(voice_sentiment, 'itive') > 0`, expect: 'some' },
-    { name: 'voiceSentiment isNull true', where: { voiceSentiment: { isNull: true } }, sql: `voice_sentiment IS NULL`, expect: 'some' },
-    { name: 'voiceSentiment isNull false', where: { voiceSentiment: { isNull: false } }, sql: `voice_sentiment IS NOT NULL`, expect: 'some' },
-    { name: 'voiceSentiment isNull true and equals', where: { voiceSentiment: { isNull: true, equals: 'positive' } }, sql: `FALSE`, expect: 'none' },
+    {
+      name: 'voiceSentiment notIn [] does not match nulls',
+      where: { voiceSentiment: { notIn: [] } },
+      sql: `voice_sentiment IS NOT NULL`,
+      expect: 'some',
+    },
+    {
+      name: 'voiceSentiment startsWith pos% (literal)',
+      where: { voiceSentiment: { startsWith: 'pos%' } },
+      sql: `left(voice_sentiment, 4) = 'pos%'`,
+      expect: 'some',
+    },
+    {
+      name: 'voiceSentiment startsWith is case-sensitive',
+      where: { voiceSentiment: { startsWith: 'P' } },
+      sql: `left(voice_sentiment, 1) = 'P'`,
+      expect: 'some',
+    },
+    {
+      name: 'voiceSentiment contains _ (literal)',
+      where: { voiceSentiment: { contains: 'd_' } },
+      sql: `strpos(voice_sentiment, 'd_') > 0`,
+      expect: 'some',
+    },
+    {
+      name: 'voiceSentiment contains',
+      where: { voiceSentiment: { contains: 'itive' } },
+      sql: `strpos(voice_sentiment, 'itive') > 0`,
+      expect: 'some',
+    },
+    {
+      name: 'voiceSentiment isNull true',
+      where: { voiceSentiment: { isNull: true } },
+      sql: `voice_sentiment IS NULL`,
+      expect: 'some',
+    },
+    {
+      name: 'voiceSentiment isNull false',
+      where: { voiceSentiment: { isNull: false } },
+      sql: `voice_sentiment IS NOT NULL`,
+      expect: 'some',
+    },
+    {
+      name: 'voiceSentiment isNull true and equals',
+      where: { voiceSentiment: { isNull: true, equals: 'positive' } },
+      sql: `FALSE`,
+      expect: 'none',
+    },
     // timestamp and talkedTime: every number operator
     ...numberCases('timestamp', '"timestamp"'),
     ...numberCases('talkedTime', 'talked_time'),
     { name: 'talkedTime equals 0', where: { talkedTime: { equals: 0 } }, sql: `talked_time = 0`, expect: 'some' },
-    { name: 'talkedTime gte 86400', where: { talkedTime: { gte: 86_400 } }, sql: `talked_time = 86400`, expect: 'some' },
-    { name: 'talkedTime in [0, 86400]', where: { talkedTime: { in: [0, 86_400] } }, sql: `talked_time IN (0, 86400)`, expect: 'some' },
+    {
+      name: 'talkedTime gte 86400',
+      where: { talkedTime: { gte: 86_400 } },
+      sql: `talked_time = 86400`,
+      expect: 'some',
+    },
+    {
+      name: 'talkedTime in [0, 86400]',
+      where: { talkedTime: { in: [0, 86_400] } },
+      sql: `talked_time IN (0, 86400)`,
+      expect: 'some',
+    },
     { name: 'talkedTime in []', where: { talkedTime: { in: [] } }, sql: `FALSE`, expect: 'none' },
     { name: 'timestamp in []', where: { timestamp: { in: [] } }, sql: `FALSE`, expect: 'none' },
     // booleans
     { name: 'microphoneUsed true', where: { microphoneUsed: true }, sql: `microphone_used`, expect: 'some' },
     { name: 'microphoneUsed false', where: { microphoneUsed: false }, sql: `NOT microphone_used`, expect: 'some' },
     { name: 'speakerUsed true', where: { speakerUsed: true }, sql: `speaker_used`, expect: 'some' },
-    { name: 'microphoneUsed and speakerUsed', where: { microphoneUsed: false, speakerUsed: true }, sql: `NOT microphone_used AND speaker_used`, expect: 'some' },
+    {
+      name: 'microphoneUsed and speakerUsed',
+      where: { microphoneUsed: false, speakerUsed: true },
+      sql: `NOT microphone_used AND speaker_used`,
+      expect: 'some',
+    },
     // AND / OR / NOT
     { name: 'empty AND matches everything', where: { AND: [] }, sql: `TRUE`, expect: 'all' },
     { name: 'empty OR matches nothing', where: { OR: [] }, sql: `FALSE`, expect: 'none' },
@@ -209,23 +432,36 @@ function filterCases(): FilterCase[] {
     },
     {
       name: 'fields and AND in one filter all hold',
-      where: { microphoneUsed: true, AND: [{ voiceSentiment: { isNull: false } }], OR: [{ userId: { equals: 'bob' } }, { userId: { equals: 'carol' } }] },
+      where: {
+        microphoneUsed: true,
+        AND: [{ voiceSentiment: { isNull: false } }],
+        OR: [{ userId: { equals: 'bob' } }, { userId: { equals: 'carol' } }],
+      },
       sql: `microphone_used AND voice_sentiment IS NOT NULL AND user_id IN ('bob', 'carol')`,
       expect: 'some',
     },
     {
       name: 'OR of three',
-      where: { OR: [{ userId: { equals: 'bob' } }, { voiceSentiment: { equals: 'neutral' } }, { talkedTime: { equals: 60 } }] },
+      where: {
+        OR: [{ userId: { equals: 'bob' } }, { voiceSentiment: { equals: 'neutral' } }, { talkedTime: { equals: 60 } }],
+      },
       sql: `user_id = 'bob' OR voice_sentiment = 'neutral' OR talked_time = 60`,
       expect: 'some',
     },
     {
       name: 'OR nesting AND',
-      where: { OR: [{ AND: [{ userId: { equals: 'alice' } }, { speakerUsed: false }] }, { sessionId: { startsWith: 'sess' } }] },
+      where: {
+        OR: [{ AND: [{ userId: { equals: 'alice' } }, { speakerUsed: false }] }, { sessionId: { startsWith: 'sess' } }],
+      },
       sql: `(user_id = 'alice' AND NOT speaker_used) OR left(session_id, 4) = 'sess'`,
       expect: 'some',
     },
-    { name: 'NOT userId equals', where: { NOT: { userId: { equals: 'alice' } } }, sql: `user_id <> 'alice'`, expect: 'some' },
+    {
+      name: 'NOT userId equals',
+      where: { NOT: { userId: { equals: 'alice' } } },
+      sql: `user_id <> 'alice'`,
+      expect: 'some',
+    },
     {
       name: 'NOT voiceSentiment equals does not match nulls',
       where: { NOT: { voiceSentiment: { equals: 'positive' } } },
@@ -238,9 +474,24 @@ function filterCases(): FilterCase[] {
       sql: `voice_sentiment IN ('positive', 'negative')`,
       expect: 'some',
     },
-    { name: 'NOT voiceSentiment notIn [] does not match nulls', where: { NOT: { voiceSentiment: { notIn: [] } } }, sql: `FALSE`, expect: 'none' },
-    { name: 'NOT voiceSentiment in [] does not match nulls', where: { NOT: { voiceSentiment: { in: [] } } }, sql: `voice_sentiment IS NOT NULL`, expect: 'some' },
-    { name: 'NOT voiceSentiment isNull true', where: { NOT: { voiceSentiment: { isNull: true } } }, sql: `voice_sentiment IS NOT NULL`, expect: 'some' },
+    {
+      name: 'NOT voiceSentiment notIn [] does not match nulls',
+      where: { NOT: { voiceSentiment: { notIn: [] } } },
+      sql: `FALSE`,
+      expect: 'none',
+    },
+    {
+      name: 'NOT voiceSentiment in [] does not match nulls',
+      where: { NOT: { voiceSentiment: { in: [] } } },
+      sql: `voice_sentiment IS NOT NULL`,
+      expect: 'some',
+    },
+    {
+      name: 'NOT voiceSentiment isNull true',
+      where: { NOT: { voiceSentiment: { isNull: true } } },
+      sql: `voice_sentiment IS NOT NULL`,
+      expect: 'some',
+    },
     {
       name: 'NOT voiceSentiment contains does not match nulls',
       where: { NOT: { voiceSentiment: { contains: 'itive' } } },
@@ -290,14 +541,50 @@ function numberCases(field: 'timestamp' | 'talkedTime', column: string): FilterC
   // Values from the fixture's own range, read back by SQL before the cases run.
   const v = numberValues[field];
   return [
-    { name: `${field} equals`, where: { [field]: { equals: v.common } }, sql: `${column} = $1`, params: [v.common], expect: 'some' },
-    { name: `${field} in`, where: { [field]: { in: [v.common, v.low, v.high, -1] } }, sql: `${column} IN ($1, $2, $3)`, params: [v.common, v.low, v.high], expect: 'some' },
+    {
+      name: `${field} equals`,
+      where: { [field]: { equals: v.common } },
+      sql: `${column} = $1`,
+      params: [v.common],
+      expect: 'some',
+    },
+    {
+      name: `${field} in`,
+      where: { [field]: { in: [v.common, v.low, v.high, -1] } },
+      sql: `${column} IN ($1, $2, $3)`,
+      params: [v.common, v.low, v.high],
+      expect: 'some',
+    },
     { name: `${field} gt`, where: { [field]: { gt: v.mid } }, sql: `${column} > $1`, params: [v.mid], expect: 'some' },
-    { name: `${field} gte`, where: { [field]: { gte: v.mid } }, sql: `${column} >= $1`, params: [v.mid], expect: 'some' },
+    {
+      name: `${field} gte`,
+      where: { [field]: { gte: v.mid } },
+      sql: `${column} >= $1`,
+      params: [v.mid],
+      expect: 'some',
+    },
     { name: `${field} lt`, where: { [field]: { lt: v.mid } }, sql: `${column} < $1`, params: [v.mid], expect: 'some' },
-    { name: `${field} lte`, where: { [field]: { lte: v.mid } }, sql: `${column} <= $1`, params: [v.mid], expect: 'some' },
-    { name: `${field} range gte..lt`, where: { [field]: { gte: v.low, lt: v.high } }, sql: `${column} >= $1 AND ${column} < $2`, params: [v.low, v.high], expect: 'some' },
-    { name: `${field} range gt..lte`, where: { [field]: { gt: v.low, lte: v.high } }, sql: `${column} > $1 AND ${column} <= $2`, params: [v.low, v.high], expect: 'some' },
+    {
+      name: `${field} lte`,
+      where: { [field]: { lte: v.mid } },
+      sql: `${column} <= $1`,
+      params: [v.mid],
+      expect: 'some',
+    },
+    {
+      name: `${field} range gte..lt`,
+      where: { [field]: { gte: v.low, lt: v.high } },
+      sql: `${column} >= $1 AND ${column} < $2`,
+      params: [v.low, v.high],
+      expect: 'some',
+    },
+    {
+      name: `${field} range gt..lte`,
+      where: { [field]: { gt: v.low, lte: v.high } },
+      sql: `${column} > $1 AND ${column} <= $2`,
+      params: [v.low, v.high],
+      expect: 'some',
+    },
     { name: `${field} empty range`, where: { [field]: { gt: v.high, lt: v.low } }, sql: `FALSE`, expect: 'none' },
     { name: `${field} lte max`, where: { [field]: { lte: v.max } }, sql: `TRUE`, expect: 'all' },
   ];
@@ -314,7 +601,13 @@ function createdAtCases(): FilterCase[] {
   const ms = (iso: string) => new Date(iso).toISOString(); // truncated to milliseconds, as a client would send it
   const between = (a: string, b: string) => new Date((Date.parse(a) + Date.parse(b)) / 2).toISOString();
   const last = batchTimes.at(-1) as string;
-  const c = (name: string, where: unknown, sql: string, params: unknown[], expect: FilterCase['expect']): FilterCase => ({
+  const c = (
+    name: string,
+    where: unknown,
+    sql: string,
+    params: unknown[],
+    expect: FilterCase['expect'],
+  ): FilterCase => ({
     name: `createdAt ${name}`,
     where: { createdAt: where },
     sql,
@@ -322,10 +615,22 @@ function createdAtCases(): FilterCase[] {
     expect,
   });
   return [
-    c('gt between batches', { gt: between(third as string, batchTimes[3] as string) }, `created_at > $1::timestamptz`, [between(third as string, batchTimes[3] as string)], 'some'),
+    c(
+      'gt between batches',
+      { gt: between(third as string, batchTimes[3] as string) },
+      `created_at > $1::timestamptz`,
+      [between(third as string, batchTimes[3] as string)],
+      'some',
+    ),
     c('gte a batch (ms)', { gte: ms(fifth as string) }, `created_at >= $1::timestamptz`, [ms(fifth as string)], 'some'),
     c('lt a batch (ms)', { lt: ms(third as string) }, `created_at < $1::timestamptz`, [ms(third as string)], 'some'),
-    c('lte the microsecond batch (ms)', { lte: ms(second as string) }, `created_at <= $1::timestamptz`, [ms(second as string)], 'some'),
+    c(
+      'lte the microsecond batch (ms)',
+      { lte: ms(second as string) },
+      `created_at <= $1::timestamptz`,
+      [ms(second as string)],
+      'some',
+    ),
     c(
       'range',
       { gte: between(batchTimes[0] as string, second as string), lt: between(fifth as string, last) },
@@ -340,9 +645,13 @@ function createdAtCases(): FilterCase[] {
 test('the fixture is what the filter and order tests need', async () => {
   assert.ok(total >= 2900, `rows: ${total}`);
   assert.ok(batchTimes.length >= 6, `distinct created_at values: ${batchTimes.length}`);
-  const [nulls] = await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM user_metrics WHERE voice_sentiment IS NULL');
+  const [nulls] = await service.sql<{ n: number }>(
+    'SELECT count(*)::int AS n FROM user_metrics WHERE voice_sentiment IS NULL',
+  );
   assert.ok((nulls?.n ?? 0) > 100, 'many null voiceSentiment rows');
-  const [shared] = await service.sql<{ n: number }>('SELECT max(c)::int AS n FROM (SELECT count(*) AS c FROM user_metrics GROUP BY created_at) g');
+  const [shared] = await service.sql<{ n: number }>(
+    'SELECT max(c)::int AS n FROM (SELECT count(*) AS c FROM user_metrics GROUP BY created_at) g',
+  );
   assert.ok((shared?.n ?? 0) >= 1000, 'a batch shares one created_at');
 });
 
@@ -369,7 +678,9 @@ test('every filter operator and combination matches an independent SQL count, ac
     if (totalCount !== expected.length || got.length !== expected.length || got.some((id, i) => id !== expected[i])) {
       const missing = expected.filter((id) => !got.includes(id)).length;
       const extra = got.filter((id) => !expected.includes(id)).length;
-      failures.push(`${c.name}: SQL ${expected.length}, totalCount ${totalCount}, ids ${got.length} (${missing} missing, ${extra} extra)`);
+      failures.push(
+        `${c.name}: SQL ${expected.length}, totalCount ${totalCount}, ids ${got.length} (${missing} missing, ${extra} extra)`,
+      );
     }
   }
   assert.deepEqual(failures, []);
@@ -380,7 +691,11 @@ test('startsWith can use an index (a LIKE prefix with % and _ escaped, as the se
     await session.query('SET enable_seqscan = off');
     try {
       const explain = async (column: string, prefix: string) =>
-        (await session.query<{ 'QUERY PLAN': string }>(`EXPLAIN SELECT id FROM user_metrics WHERE ${column} LIKE $1`, [`${prefix}%`]))
+        (
+          await session.query<{ 'QUERY PLAN': string }>(`EXPLAIN SELECT id FROM user_metrics WHERE ${column} LIKE $1`, [
+            `${prefix}%`,
+          ])
+        )
           .map((r) => r['QUERY PLAN'])
           .join('\n');
       return { userId: await explain('user_id', 'a\\%'), sessionId: await explain('session_id', 'sess\\_') };
@@ -393,7 +708,10 @@ test('startsWith can use an index (a LIKE prefix with % and _ escaped, as the se
 });
 
 test('filter mistakes are errors that name the argument', async () => {
-  const notIn = await service.request(PAGE, { count: false, where: { NOT: [{ userId: { equals: 'a' } }, { userId: { equals: 'b' } }] } });
+  const notIn = await service.request(PAGE, {
+    count: false,
+    where: { NOT: [{ userId: { equals: 'a' } }, { userId: { equals: 'b' } }] },
+  });
   assert.ok(notIn.errors?.length, 'NOT takes one filter, not a list');
   const nul = await service.request(PAGE, { count: false, where: { userId: { equals: 'a\u0000' } } });
   assert.equal(nul.errors?.[0]?.extensions?.code, 'BAD_USER_INPUT', JSON.stringify(nul.errors));
@@ -404,7 +722,8 @@ test('filter mistakes are errors that name the argument', async () => {
 
 const COLUMN = { TIMESTAMP: '"timestamp"', TALKED_TIME: 'talked_time', CREATED_AT: 'created_at' } as const;
 type Order = Array<{ field: keyof typeof COLUMN; direction: 'ASC' | 'DESC' }>;
-const orderSql = (order: Order) => [...order.map((o) => `${COLUMN[o.field]} ${o.direction}`), `id ${order[0]?.direction ?? 'DESC'}`].join(', ');
+const orderSql = (order: Order) =>
+  [...order.map((o) => `${COLUMN[o.field]} ${o.direction}`), `id ${order[0]?.direction ?? 'DESC'}`].join(', ');
 
 const ORDERS: Order[] = [
   [{ field: 'TIMESTAMP', direction: 'ASC' }],
@@ -413,10 +732,23 @@ const ORDERS: Order[] = [
   [{ field: 'TALKED_TIME', direction: 'DESC' }],
   [{ field: 'CREATED_AT', direction: 'ASC' }],
   [{ field: 'CREATED_AT', direction: 'DESC' }],
-  [{ field: 'TALKED_TIME', direction: 'ASC' }, { field: 'TIMESTAMP', direction: 'DESC' }],
-  [{ field: 'CREATED_AT', direction: 'DESC' }, { field: 'TALKED_TIME', direction: 'ASC' }],
-  [{ field: 'CREATED_AT', direction: 'ASC' }, { field: 'TIMESTAMP', direction: 'ASC' }],
-  [{ field: 'TIMESTAMP', direction: 'DESC' }, { field: 'CREATED_AT', direction: 'ASC' }, { field: 'TALKED_TIME', direction: 'DESC' }],
+  [
+    { field: 'TALKED_TIME', direction: 'ASC' },
+    { field: 'TIMESTAMP', direction: 'DESC' },
+  ],
+  [
+    { field: 'CREATED_AT', direction: 'DESC' },
+    { field: 'TALKED_TIME', direction: 'ASC' },
+  ],
+  [
+    { field: 'CREATED_AT', direction: 'ASC' },
+    { field: 'TIMESTAMP', direction: 'ASC' },
+  ],
+  [
+    { field: 'TIMESTAMP', direction: 'DESC' },
+    { field: 'CREATED_AT', direction: 'ASC' },
+    { field: 'TALKED_TIME', direction: 'DESC' },
+  ],
 ];
 
 test('paging through every row with first=137 follows SQL ORDER BY of the same keys, for every order, without skips or repeats', async () => {
@@ -434,15 +766,25 @@ test('paging through every row with first=137 follows SQL ORDER BY of the same k
 test('the default order is newest timestamp first, ties by id; first defaults to 100', async () => {
   const expected = await sqlIds('TRUE', [], '"timestamp" DESC, id DESC LIMIT 100');
   const p = await page({});
-  assert.deepEqual(p.edges.map((e) => Number(e.node.id)), expected);
+  assert.deepEqual(
+    p.edges.map((e) => Number(e.node.id)),
+    expected,
+  );
   assert.equal(p.pageInfo.hasNextPage, true);
   const { ids } = await allIds({ voiceSentiment: { isNull: true } }, null, 250);
   assert.deepEqual(ids, await sqlIds('voice_sentiment IS NULL', [], '"timestamp" DESC, id DESC'));
 });
 
 test('paging a filtered, multi-key order matches SQL', async () => {
-  const order: Order = [{ field: 'TALKED_TIME', direction: 'DESC' }, { field: 'CREATED_AT', direction: 'ASC' }];
-  const { ids, totalCount } = await allIds({ OR: [{ voiceSentiment: { isNull: true } }, { microphoneUsed: true }] }, order, 61);
+  const order: Order = [
+    { field: 'TALKED_TIME', direction: 'DESC' },
+    { field: 'CREATED_AT', direction: 'ASC' },
+  ];
+  const { ids, totalCount } = await allIds(
+    { OR: [{ voiceSentiment: { isNull: true } }, { microphoneUsed: true }] },
+    order,
+    61,
+  );
   const expected = await sqlIds('voice_sentiment IS NULL OR microphone_used', [], orderSql(order));
   assert.equal(totalCount, expected.length);
   assert.deepEqual(ids, expected);
@@ -454,7 +796,11 @@ test('any edge cursor continues right after its row', async () => {
   const first = await page({ orderBy: order, first: 400 });
   for (const k of [0, 57, 99, 150, 399]) {
     const next = await page({ orderBy: order, first: 20, after: first.edges[k]?.cursor });
-    assert.deepEqual(next.edges.map((e) => Number(e.node.id)), expected.slice(k + 1, k + 21), `after edge ${k}`);
+    assert.deepEqual(
+      next.edges.map((e) => Number(e.node.id)),
+      expected.slice(k + 1, k + 21),
+      `after edge ${k}`,
+    );
   }
 });
 
@@ -469,7 +815,10 @@ test('hasNextPage is false on the exact last page and true only when another row
   const short = await page({ where, first: n - 1 });
   assert.equal(short.pageInfo.hasNextPage, true);
   const lastOne = await page({ where, first: 1, after: short.pageInfo.endCursor });
-  assert.deepEqual(lastOne.edges.map((e) => Number(e.node.id)), expected.slice(n - 1));
+  assert.deepEqual(
+    lastOne.edges.map((e) => Number(e.node.id)),
+    expected.slice(n - 1),
+  );
   assert.equal(lastOne.pageInfo.hasNextPage, false);
   const beyond = await page({ where, first: 5, after: lastOne.pageInfo.endCursor });
   assert.deepEqual(beyond, { edges: [], pageInfo: { hasNextPage: false, endCursor: null } });
@@ -484,7 +833,11 @@ test('rows sharing one created_at (one batch) and rows apart by microseconds pag
   for (const direction of ['ASC', 'DESC'] as const) {
     const order: Order = [{ field: 'CREATED_AT', direction }];
     const expected = await sqlIds(`created_at <= $1::timestamptz`, [batchTimes[2]], orderSql(order));
-    const { ids } = await allIds({ createdAt: { lte: new Date(Date.parse(batchTimes[2] as string) + 1).toISOString() } }, order, 7);
+    const { ids } = await allIds(
+      { createdAt: { lte: new Date(Date.parse(batchTimes[2] as string) + 1).toISOString() } },
+      order,
+      7,
+    );
     assert.deepEqual(ids, expected, direction);
   }
 });
@@ -496,7 +849,10 @@ test('a cursor belongs to its order: reusing it with another orderBy is an error
     [{ field: 'TALKED_TIME', direction: 'ASC' }],
     [{ field: 'TIMESTAMP', direction: 'DESC' }],
     null,
-    [{ field: 'TIMESTAMP', direction: 'ASC' }, { field: 'TALKED_TIME', direction: 'ASC' }],
+    [
+      { field: 'TIMESTAMP', direction: 'ASC' },
+      { field: 'TALKED_TIME', direction: 'ASC' },
+    ],
   ]) {
     const response = await service.request(PAGE, { count: false, orderBy, after: cursor });
     const [error] = response.errors ?? [];
@@ -504,7 +860,11 @@ test('a cursor belongs to its order: reusing it with another orderBy is an error
     assert.match(error?.message ?? '', /order/);
   }
   for (const damaged of ['nonsense', Buffer.from('{"o":"TIMESTAMP:ASC","v":["x",1]}').toString('base64url'), '']) {
-    const response = await service.request(PAGE, { count: false, orderBy: [{ field: 'TIMESTAMP', direction: 'ASC' }], after: damaged });
+    const response = await service.request(PAGE, {
+      count: false,
+      orderBy: [{ field: 'TIMESTAMP', direction: 'ASC' }],
+      after: damaged,
+    });
     assert.equal(response.errors?.[0]?.extensions?.code, 'BAD_USER_INPUT', `${damaged}: ${JSON.stringify(response)}`);
   }
 });
@@ -518,7 +878,13 @@ test('first must be 1..1000, with an error that says so', async () => {
   }
   assert.equal((await page({ first: 1000 })).edges.length, 1000);
   assert.equal((await page({ first: 1 })).edges.length, 1);
-  const repeated = await service.request(PAGE, { count: false, orderBy: [{ field: 'TIMESTAMP', direction: 'ASC' }, { field: 'TIMESTAMP', direction: 'DESC' }] });
+  const repeated = await service.request(PAGE, {
+    count: false,
+    orderBy: [
+      { field: 'TIMESTAMP', direction: 'ASC' },
+      { field: 'TIMESTAMP', direction: 'DESC' },
+    ],
+  });
   assert.equal(repeated.errors?.[0]?.extensions?.code, 'BAD_USER_INPUT');
 });
 

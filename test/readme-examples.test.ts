@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { createTestDatabase, usingPostgres, type TestDatabase } from './support/harness.js';
+import { createTestDatabase, type TestDatabase, usingPostgres } from './support/harness.js';
 import { freePort } from './support/pg-server.js';
 import { PROJECT_ROOT } from './support/process.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
@@ -71,12 +71,19 @@ function normaliseText(text: string): string {
     .trim();
 }
 
-const VOLATILE_KEYS: Record<string, string> = { id: '<id>', cursor: '<cursor>', endCursor: '<cursor>', createdAt: '<time>', requestId: '<request id>' };
+const VOLATILE_KEYS: Record<string, string> = {
+  id: '<id>',
+  cursor: '<cursor>',
+  endCursor: '<cursor>',
+  createdAt: '<time>',
+  requestId: '<request id>',
+};
 
 function normaliseJson(value: unknown, key?: string): unknown {
   if (key !== undefined && key in VOLATILE_KEYS && value !== null) return VOLATILE_KEYS[key];
   if (Array.isArray(value)) return value.map((v) => normaliseJson(v));
-  if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, normaliseJson(v, k)]));
+  if (value && typeof value === 'object')
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, normaliseJson(v, k)]));
   return value;
 }
 
@@ -94,12 +101,20 @@ function compare(block: Block, actual: string, what: string): void {
     } catch {
       assert.fail(`${where}: README shows JSON, the command printed:\n${actual.slice(0, 3000)}`);
     }
-    assert.deepEqual(normaliseJson(got), normaliseJson(JSON.parse(block.text)), `${where}: printed\n${actual.slice(0, 3000)}`);
+    assert.deepEqual(
+      normaliseJson(got),
+      normaliseJson(JSON.parse(block.text)),
+      `${where}: printed\n${actual.slice(0, 3000)}`,
+    );
     return;
   }
   if (events(block.text).length > 0) {
-    const expected = events(block.text).map((line) => (line.startsWith('data: {') ? `data: ${JSON.stringify(normaliseJson(JSON.parse(line.slice(6))))}` : line));
-    const got = events(actual).map((line) => (line.startsWith('data: {') ? `data: ${JSON.stringify(normaliseJson(JSON.parse(line.slice(6))))}` : line));
+    const expected = events(block.text).map((line) =>
+      line.startsWith('data: {') ? `data: ${JSON.stringify(normaliseJson(JSON.parse(line.slice(6))))}` : line,
+    );
+    const got = events(actual).map((line) =>
+      line.startsWith('data: {') ? `data: ${JSON.stringify(normaliseJson(JSON.parse(line.slice(6))))}` : line,
+    );
     assert.deepEqual(got, expected, `${where}: printed\n${actual.slice(0, 3000)}`);
     return;
   }
@@ -124,7 +139,11 @@ function command(text: string): string {
 
 function bash(text: string, timeoutMs = 120_000): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn('bash', ['-e', '-o', 'pipefail', '-c', command(text)], { cwd: workdir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('bash', ['-e', '-o', 'pipefail', '-c', command(text)], {
+      cwd: workdir,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
@@ -139,7 +158,12 @@ function bash(text: string, timeoutMs = 120_000): Promise<Run> {
 }
 
 function startBackground(block: Block): void {
-  const child = spawn('bash', ['-c', command(block.text)], { cwd: workdir, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const child = spawn('bash', ['-c', command(block.text)], {
+    cwd: workdir,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
   // stdout only: what a reader sees of the stream. curl's progress meter (stderr, when its output is not a terminal)
   // interleaved with it would land in the middle of an event line, as it did once in CI.
   let output = '';
@@ -151,19 +175,44 @@ function startBackground(block: Block): void {
 
 before(async () => {
   workdir = fs.mkdtempSync(path.join(os.tmpdir(), 'metrics-readme-'));
-  for (const name of ['package.json', 'scripts', 'examples', 'node_modules', 'dist', 'src', 'prisma', 'prisma.config.ts', 'tsconfig.json', 'tsconfig.build.json', 'package-lock.json']) {
-    if (fs.existsSync(path.join(PROJECT_ROOT, name))) fs.symlinkSync(path.join(PROJECT_ROOT, name), path.join(workdir, name));
+  for (const name of [
+    'package.json',
+    'scripts',
+    'examples',
+    'node_modules',
+    'dist',
+    'src',
+    'prisma',
+    'prisma.config.ts',
+    'tsconfig.json',
+    'tsconfig.build.json',
+    'package-lock.json',
+  ]) {
+    if (fs.existsSync(path.join(PROJECT_ROOT, name)))
+      fs.symlinkSync(path.join(PROJECT_ROOT, name), path.join(workdir, name));
   }
   database = await createTestDatabase();
   const wirePort = usingPostgres ? undefined : await freePort();
   service = await startServiceProcess(
-    database.url ? { DATABASE_URL: database.url, LOG_LEVEL: 'warn' } : { DATA_DIR: database.dataDir, EMBEDDED_DB_PORT: String(wirePort), LOG_LEVEL: 'warn' },
+    database.url
+      ? { DATABASE_URL: database.url, LOG_LEVEL: 'warn' }
+      : { DATA_DIR: database.dataDir, EMBEDDED_DB_PORT: String(wirePort), LOG_LEVEL: 'warn' },
   );
   const base: Record<string, string> = {};
   for (const [name, value] of Object.entries(process.env)) {
-    if (value !== undefined && !['DATABASE_URL', 'DATA_DIR', 'PORT', 'EMBEDDED_DB_PORT', 'TEST_DATABASE_URL', 'NODE_OPTIONS'].includes(name) && !name.startsWith('npm_')) base[name] = value;
+    if (
+      value !== undefined &&
+      !['DATABASE_URL', 'DATA_DIR', 'PORT', 'EMBEDDED_DB_PORT', 'TEST_DATABASE_URL', 'NODE_OPTIONS'].includes(name) &&
+      !name.startsWith('npm_')
+    )
+      base[name] = value;
   }
-  env = { ...base, NODE_ENV: 'test', DATABASE_URL: database.url ?? `postgresql://postgres@127.0.0.1:${wirePort}/postgres`, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}` };
+  env = {
+    ...base,
+    NODE_ENV: 'test',
+    DATABASE_URL: database.url ?? `postgresql://postgres@127.0.0.1:${wirePort}/postgres`,
+    PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`,
+  };
 });
 
 after(async () => {
@@ -176,10 +225,16 @@ after(async () => {
 test('README marks the examples it shows output for, and every marked block is where a reader meets it', () => {
   const blocks = markedBlocks(fs.readFileSync(README, 'utf8'));
   assert.ok(blocks.filter((b) => b.kind === 'run').length >= 8, 'expected at least 8 examples that run');
-  assert.ok(blocks.some((b) => b.kind === 'output of background'), 'the subscription example is checked');
+  assert.ok(
+    blocks.some((b) => b.kind === 'output of background'),
+    'the subscription example is checked',
+  );
   for (const [i, block] of blocks.entries()) {
     if (block.kind === 'output' || block.kind === 'stderr') {
-      assert.ok(blocks.slice(0, i).some((b) => b.kind.startsWith('run')), `README.md:${block.line}: output before any run block`);
+      assert.ok(
+        blocks.slice(0, i).some((b) => b.kind.startsWith('run')),
+        `README.md:${block.line}: output before any run block`,
+      );
     }
   }
 });
@@ -199,27 +254,47 @@ test("README's shell examples print what README shows", { timeout: 600_000 }, as
       const run = await bash(block.text);
       last = { block, run };
       const expectsFailure = blocks[blocks.indexOf(block) + 1]?.kind === 'stderr';
-      if (!expectsFailure) assert.equal(run.code, 0, `README.md:${block.line} exited ${run.code}:\n${command(block.text)}\n--- stdout\n${run.stdout.slice(-2000)}\n--- stderr\n${run.stderr.slice(-2000)}`);
+      if (!expectsFailure)
+        assert.equal(
+          run.code,
+          0,
+          `README.md:${block.line} exited ${run.code}:\n${command(block.text)}\n--- stdout\n${run.stdout.slice(-2000)}\n--- stderr\n${run.stderr.slice(-2000)}`,
+        );
       else assert.notEqual(run.code, 0, `README.md:${block.line} was expected to fail`);
-      if (/^\s*\{/.test(run.stdout)) assert.doesNotMatch(run.stdout, /"errors"/, `README.md:${block.line} answered with errors: ${run.stdout.slice(0, 2000)}`);
+      if (/^\s*\{/.test(run.stdout))
+        assert.doesNotMatch(
+          run.stdout,
+          /"errors"/,
+          `README.md:${block.line} answered with errors: ${run.stdout.slice(0, 2000)}`,
+        );
     } else if (block.kind === 'background') {
       startBackground(block);
       // Subscribed when the stream has opened (Yoga's first keep-alive), or after a second.
       const deadline = Date.now() + 5000;
-      while (Date.now() < deadline && background.at(-1)!.output() === '' && background.at(-1)!.errors() === '') await new Promise((resolve) => setTimeout(resolve, 50));
+      while (Date.now() < deadline && background.at(-1)!.output() === '' && background.at(-1)!.errors() === '')
+        await new Promise((resolve) => setTimeout(resolve, 50));
       await new Promise((resolve) => setTimeout(resolve, 300));
     } else if (block.kind === 'output' || block.kind === 'stderr') {
       if (skipping) continue;
       assert.ok(last, `README.md:${block.line}: no command ran before it`);
-      compare(block, block.kind === 'output' ? last.run.stdout : last.run.stderr, `output of README.md:${last.block.line}`);
+      compare(
+        block,
+        block.kind === 'output' ? last.run.stdout : last.run.stderr,
+        `output of README.md:${last.block.line}`,
+      );
       compared++;
     } else {
       const listener = background.at(-1);
       assert.ok(listener, `README.md:${block.line}: no background command before it`);
       const wanted = events(block.text).length;
       const deadline = Date.now() + 2000;
-      while (Date.now() < deadline && events(listener.output()).length < wanted) await new Promise((resolve) => setTimeout(resolve, 50));
-      compare(block, listener.output(), `output of README.md:${listener.block.line} (its stderr: ${listener.errors().slice(-500)})`);
+      while (Date.now() < deadline && events(listener.output()).length < wanted)
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      compare(
+        block,
+        listener.output(),
+        `output of README.md:${listener.block.line} (its stderr: ${listener.errors().slice(-500)})`,
+      );
       compared++;
     }
   }

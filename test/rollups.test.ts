@@ -11,9 +11,16 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { database } from '../src/db/client.js';
 import { misalignedSlots, rebuildRollups, refreshSketches } from '../src/services/rollups.js';
-import { type MetricDimension, type StatsArgs, type StatsFigure, metricStats, planStatsSql, resolveTimeZone } from '../src/services/stats.js';
+import {
+  type MetricDimension,
+  metricStats,
+  planStatsSql,
+  resolveTimeZone,
+  type StatsArgs,
+  type StatsFigure,
+} from '../src/services/stats.js';
 import { picker } from './support/fixtures.js';
-import { INGEST, type TestService, startTestService } from './support/harness.js';
+import { INGEST, startTestService, type TestService } from './support/harness.js';
 
 const SEED = Number(process.env.TEST_SEED ?? 20261202);
 const LIMITS = { maxGroups: 1000 };
@@ -30,7 +37,15 @@ interface MetricRecord {
   voiceSentiment: string | null;
 }
 
-const ZONES = ['UTC', 'Europe/Berlin', 'America/New_York', 'Asia/Kathmandu', 'Asia/Kolkata', 'Australia/Lord_Howe', 'America/St_Johns'];
+const ZONES = [
+  'UTC',
+  'Europe/Berlin',
+  'America/New_York',
+  'Asia/Kathmandu',
+  'Asia/Kolkata',
+  'Australia/Lord_Howe',
+  'America/St_Johns',
+];
 const SENTIMENTS = ['positive', 'neutral', 'negative', 'Mixed', '', null];
 
 /** [from, to) windows in unix seconds, each around a change day or spread over the year. */
@@ -45,8 +60,23 @@ const WINDOWS = [
 ];
 
 /** The figures the rollups hold exactly, and those their sketches give. */
-const ADDING_FIGURES: StatsFigure[] = ['count', 'talkedSum', 'talkedAvg', 'talkedMin', 'talkedMax', 'microphoneRate', 'speakerRate', 'sentiments'];
-const SKETCH_FIGURES: StatsFigure[] = ['count', 'talkedSum', 'distinctUsersApprox', 'talkedP50Approx', 'talkedP95Approx'];
+const ADDING_FIGURES: StatsFigure[] = [
+  'count',
+  'talkedSum',
+  'talkedAvg',
+  'talkedMin',
+  'talkedMax',
+  'microphoneRate',
+  'speakerRate',
+  'sentiments',
+];
+const SKETCH_FIGURES: StatsFigure[] = [
+  'count',
+  'talkedSum',
+  'distinctUsersApprox',
+  'talkedP50Approx',
+  'talkedP95Approx',
+];
 
 let service: TestService;
 const p = picker(SEED);
@@ -107,23 +137,39 @@ before(async () => {
       const batch: unknown[] = records.slice(i, i + 250);
       // Identities stored already, a record repeated within the batch, and records the rules refuse.
       for (let d = 0; d < 20 && sent.length > 0; d++) batch.push(p.pick(sent));
-      batch.push(batch[0], { ...records[i], talkedTime: -1 }, { ...records[i], timestamp: records[i]!.timestamp * 1000 });
+      batch.push(
+        batch[0],
+        { ...records[i], talkedTime: -1 },
+        { ...records[i], timestamp: records[i]!.timestamp * 1000 },
+      );
       const result = await ingest(batch);
       assert.equal(result.rejected.length, 2, 'two records of each batch are refused');
       sent.push(...records.slice(i, i + 250));
     }
   }
   // An atomic batch with a refused record stores nothing; an eventId resent with other content is a duplicate.
-  const atomic = await ingest([randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to), { ...randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to), talkedTime: -1 }], true);
+  const atomic = await ingest(
+    [
+      randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to),
+      { ...randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to), talkedTime: -1 },
+    ],
+    true,
+  );
   assert.equal(atomic.accepted, 0);
   const first = await ingest([{ ...randomRecord(WINDOWS[1]!.from, WINDOWS[1]!.to), eventId: 'evt-1' }]);
   const again = await ingest([{ ...randomRecord(WINDOWS[2]!.from, WINDOWS[2]!.to), eventId: 'evt-1', talkedTime: 7 }]);
   assert.deepEqual([first.accepted, again.accepted, again.duplicates], [1, 0, 1]);
   // Concurrent batches sharing half their records: each record is stored (and counted) once.
   const shared = Array.from({ length: 200 }, () => randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to));
-  const batches = Array.from({ length: 6 }, () => [...shared, ...Array.from({ length: 200 }, () => randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to))]);
+  const batches = Array.from({ length: 6 }, () => [
+    ...shared,
+    ...Array.from({ length: 200 }, () => randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to)),
+  ]);
   const results = await Promise.all(batches.map((batch) => ingest(batch)));
-  assert.equal(results.reduce((sum, r) => sum + r.accepted, 0), 200 + 6 * 200);
+  assert.equal(
+    results.reduce((sum, r) => sum + r.accepted, 0),
+    200 + 6 * 200,
+  );
 });
 
 after(async () => {
@@ -164,7 +210,10 @@ function randomQuestion(): StatsArgs {
   const groupBy = dimensions.filter(() => p.chance(0.3));
   if (p.chance(0.5)) groupBy.reverse();
   // Hours only over a range of days, so that a question stays within the group limit.
-  const unit = where?.timestamp && 'lt' in range ? p.pick(['HOUR', 'DAY', 'WEEK', 'MONTH'] as const) : p.pick(['DAY', 'WEEK', 'MONTH'] as const);
+  const unit =
+    where?.timestamp && 'lt' in range
+      ? p.pick(['HOUR', 'DAY', 'WEEK', 'MONTH'] as const)
+      : p.pick(['DAY', 'WEEK', 'MONTH'] as const);
   const bucket = p.chance(0.85) ? { unit, timeZone: p.pick(ZONES) } : null;
   return { where, groupBy, bucket, figures: new Set(p.chance(0.6) ? ADDING_FIGURES : SKETCH_FIGURES) };
 }
@@ -204,19 +253,38 @@ test('questions the rollups cannot answer exactly read the raw rows', async () =
   assert.equal(plan({ figures, where: { userId: { equals: 'user-1' } } }), false);
   assert.equal(plan({ figures, where: { talkedTime: { gt: 10 } } }), false);
   assert.equal(plan({ figures, where: { timestamp: { equals: WINDOWS[0]!.from } } }), false);
-  assert.equal(plan({ figures, where: { OR: [{ timestamp: { gte: 1_800_000_001 } }, { speakerUsed: true }] } }), false, 'a cut inside OR');
-  assert.equal(plan({ figures, where: { timestamp: { gte: 1_800_000_001, lt: 1_800_000_100 } } }), false, 'no whole slot');
+  assert.equal(
+    plan({ figures, where: { OR: [{ timestamp: { gte: 1_800_000_001 } }, { speakerUsed: true }] } }),
+    false,
+    'a cut inside OR',
+  );
+  assert.equal(
+    plan({ figures, where: { timestamp: { gte: 1_800_000_001, lt: 1_800_000_100 } } }),
+    false,
+    'no whole slot',
+  );
   assert.equal(plan({ figures: new Set(['distinctUsers']) }), false, 'exact distinct counts need rows');
   assert.equal(plan({ figures: new Set(['talkedP95']) }), false, 'exact percentiles need rows');
   assert.equal(plan({ figures: new Set(['talkedP95Approx']) }), true);
-  assert.equal(plan({ figures: new Set(['talkedP95Approx']), groupBy: ['VOICE_SENTIMENT'] }), false, 'sketches keep no dimension');
+  assert.equal(
+    plan({ figures: new Set(['talkedP95Approx']), groupBy: ['VOICE_SENTIMENT'] }),
+    false,
+    'sketches keep no dimension',
+  );
 
   // Newfoundland changed its clocks at 00:01 local time until 2011: those slots straddle two of its hours (or days).
   const stJohns = await misalignedSlots('America/St_Johns');
-  assert.ok(stJohns.includes(at('2010-11-07T02:30:00Z')) && stJohns.every((slot) => slot < at('2012-01-01T00:00:00Z')), JSON.stringify(stJohns));
+  assert.ok(
+    stJohns.includes(at('2010-11-07T02:30:00Z')) && stJohns.every((slot) => slot < at('2012-01-01T00:00:00Z')),
+    JSON.stringify(stJohns),
+  );
   assert.deepEqual(await misalignedSlots('Asia/Kathmandu'), []);
   const newfoundland = (where: StatsArgs['where']) =>
-    planStatsSql({ figures, where, bucket: { unit: 'DAY', timeZone: 'America/St_Johns' }, maxGroups: 10 }, 'auto', stJohns).rollups;
+    planStatsSql(
+      { figures, where, bucket: { unit: 'DAY', timeZone: 'America/St_Johns' }, maxGroups: 10 },
+      'auto',
+      stJohns,
+    ).rollups;
   assert.equal(newfoundland({ timestamp: { gte: at('2026-01-01T00:00:00Z') } }), true);
   assert.equal(newfoundland({ timestamp: { gte: at('2010-01-01T00:00:00Z'), lt: at('2011-01-01T00:00:00Z') } }), false);
   assert.equal(newfoundland(null), false, 'an unbounded range holds the misaligned slots');
@@ -235,10 +303,22 @@ test('approximate figures: distinct users within 2%, p50 and p95 within 1% of th
     voiceSentiment: null,
   }));
   for (let i = 0; i < crowd.length; i += 500) await ingest(crowd.slice(i, i + 500));
-  const figures = new Set<StatsFigure>(['count', 'distinctUsers', 'distinctUsersApprox', 'talkedP50', 'talkedP95', 'talkedP50Approx', 'talkedP95Approx']);
+  const figures = new Set<StatsFigure>([
+    'count',
+    'distinctUsers',
+    'distinctUsersApprox',
+    'talkedP50',
+    'talkedP95',
+    'talkedP50Approx',
+    'talkedP95Approx',
+  ]);
   const questions: StatsArgs[] = [
     { where: { timestamp: { gte: day, lt: day + 86_400 } }, figures },
-    { where: { timestamp: { gte: day, lt: day + 86_400 } }, bucket: { unit: 'HOUR', timeZone: 'Asia/Kathmandu' }, figures },
+    {
+      where: { timestamp: { gte: day, lt: day + 86_400 } },
+      bucket: { unit: 'HOUR', timeZone: 'Asia/Kathmandu' },
+      figures,
+    },
     { bucket: { unit: 'MONTH', timeZone: 'Europe/Berlin' }, figures },
     { groupBy: ['VOICE_SENTIMENT', 'SPEAKER_USED'], figures },
   ];
@@ -246,8 +326,14 @@ test('approximate figures: distinct users within 2%, p50 and p95 within 1% of th
   for (const args of questions) {
     for (const group of await metricStats(args, LIMITS)) {
       const what = `${JSON.stringify(args.bucket ?? args.groupBy)} ${group.bucketStart?.toISOString() ?? group.voiceSentiment}`;
-      assert.ok(Math.abs(group.distinctUsersApprox - group.distinctUsers) <= 0.02 * group.distinctUsers, `${what}: ${group.distinctUsersApprox} users for ${group.distinctUsers}`);
-      for (const [approx, exact] of [[group.talkedTime.p50Approx, group.talkedTime.p50], [group.talkedTime.p95Approx, group.talkedTime.p95]] as const) {
+      assert.ok(
+        Math.abs(group.distinctUsersApprox - group.distinctUsers) <= 0.02 * group.distinctUsers,
+        `${what}: ${group.distinctUsersApprox} users for ${group.distinctUsers}`,
+      );
+      for (const [approx, exact] of [
+        [group.talkedTime.p50Approx, group.talkedTime.p50],
+        [group.talkedTime.p95Approx, group.talkedTime.p95],
+      ] as const) {
         assert.ok(Math.abs(approx - exact) <= 0.01 * exact, `${what}: ${approx} for ${exact}`);
       }
       checked++;
@@ -288,9 +374,15 @@ test('GraphQL: a question computes only the figures it selects, and says which a
     assert.ok(narrow.metricStats.length > 24);
     const sql = statements.at(-1) ?? '';
     assert.match(sql, /metric_rollups/, 'answered from rollups');
-    assert.doesNotMatch(sql, /percentile_cont|DISTINCT|metric_user_bits|metric_talked|jsonb_agg/i, 'no percentile, distinct count or sentiment split');
+    assert.doesNotMatch(
+      sql,
+      /percentile_cont|DISTINCT|metric_user_bits|metric_talked|jsonb_agg/i,
+      'no percentile, distinct count or sentiment split',
+    );
 
-    const approx = await service.gql<{ metricStats: Array<{ count: number; distinctUsersApprox: number; talkedTime: { p95Approx: number } }> }>(
+    const approx = await service.gql<{
+      metricStats: Array<{ count: number; distinctUsersApprox: number; talkedTime: { p95Approx: number } }>;
+    }>(
       `query($where: MetricFilter) { metricStats(where: $where) { count distinctUsersApprox talkedTime { p95Approx } } }`,
       { where },
     );
@@ -318,9 +410,17 @@ test('a sketch is used only while it covers its slot: a record stored after it i
   const figures = new Set<StatsFigure>(SKETCH_FIGURES);
   const args: StatsArgs = { where, bucket: { unit: 'HOUR', timeZone: 'Asia/Kathmandu' }, figures };
   await refreshSketches(null, null);
-  const [fresh] = await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM metric_rollup_sketches WHERE slot_start >= $1 AND slot_start < $2', [where.timestamp.gte, where.timestamp.lt]);
+  const [fresh] = await service.sql<{ n: number }>(
+    'SELECT count(*)::int AS n FROM metric_rollup_sketches WHERE slot_start >= $1 AND slot_start < $2',
+    [where.timestamp.gte, where.timestamp.lt],
+  );
   assert.ok((fresh?.n ?? 0) > 100, 'sketches built');
-  await ingest(Array.from({ length: 30 }, () => ({ ...randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to), userId: `late-${p.int(0, 1e9)}` })));
+  await ingest(
+    Array.from({ length: 30 }, () => ({
+      ...randomRecord(WINDOWS[0]!.from, WINDOWS[0]!.to),
+      userId: `late-${p.int(0, 1e9)}`,
+    })),
+  );
   assert.deepEqual(await metricStats(args, LIMITS), await metricStats(args, LIMITS, 'raw'));
   const [stale] = await service.sql<{ n: number }>(`
     SELECT count(*)::int AS n FROM metric_rollup_sketches s
@@ -333,7 +433,10 @@ test('rebuild recomputes a range from raw rows; rollups outlive deleted raw rows
   const from = WINDOWS[0]!.from;
   const to = WINDOWS[0]!.to;
   // Damage both tables within the range (as a bug would), then rebuild it.
-  await service.sql('UPDATE metric_rollups SET count = count + 5 WHERE slot_start >= $1 AND slot_start < $2', [from, to]);
+  await service.sql('UPDATE metric_rollups SET count = count + 5 WHERE slot_start >= $1 AND slot_start < $2', [
+    from,
+    to,
+  ]);
   await service.sql('DELETE FROM metric_rollup_sketches WHERE slot_start >= $1 AND slot_start < $2', [from, to]);
   assert.notDeepEqual(await rollupDifferences(), { rollups: 0, sketches: 0 });
   const slots = await rebuildRollups(from + 100, to - 100);

@@ -5,10 +5,10 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import { test } from 'node:test';
 import os from 'node:os';
 import path from 'node:path';
-import { type GraphQLSchema, buildSchema } from 'graphql';
+import { test } from 'node:test';
+import { buildSchema, type GraphQLSchema } from 'graphql';
 import { SCHEMA_FILE, schemaText } from '../src/cli/export-schema.js';
 import { schema } from '../src/schema/index.js';
 
@@ -16,7 +16,8 @@ function firstDifference(expected: string, actual: string): string {
   const a = expected.split('\n');
   const b = actual.split('\n');
   for (let i = 0; i < Math.max(a.length, b.length); i++) {
-    if (a[i] !== b[i]) return `line ${i + 1}: the code gives ${JSON.stringify(a[i] ?? '(end of file)')}, the file has ${JSON.stringify(b[i] ?? '(end of file)')}`;
+    if (a[i] !== b[i])
+      return `line ${i + 1}: the code gives ${JSON.stringify(a[i] ?? '(end of file)')}, the file has ${JSON.stringify(b[i] ?? '(end of file)')}`;
   }
   return 'no difference';
 }
@@ -33,14 +34,19 @@ test('schema.graphql matches the schema the code builds (run `npm run schema:exp
 
 test('the file is a valid schema with the same types as the code', () => {
   const fromFile = buildSchema(fs.readFileSync(SCHEMA_FILE, 'utf8'));
-  const names = (s: GraphQLSchema) => Object.keys(s.getTypeMap()).filter((n) => !n.startsWith('__')).sort();
+  const names = (s: GraphQLSchema) =>
+    Object.keys(s.getTypeMap())
+      .filter((n) => !n.startsWith('__'))
+      .sort();
   assert.deepEqual(names(fromFile), names(schema));
   assert.equal(fromFile.getMutationType()?.getFields().ingestMetrics?.type.toString(), 'IngestMetricsResult!');
 });
 
 test('schema:export --check passes on the committed file and fails on a stale one', () => {
   const check = (file: string) =>
-    spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/export-schema.ts', '--check', '--file', file], { encoding: 'utf8' });
+    spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/export-schema.ts', '--check', '--file', file], {
+      encoding: 'utf8',
+    });
   const current = check(SCHEMA_FILE);
   assert.equal(current.status, 0, `${current.stdout}${current.stderr}`);
 

@@ -12,9 +12,17 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { FaultProxy } from './support/fault-proxy.js';
-import { type Outcome, INGEST_MUTATION, acknowledged, errorCodes, get, makeBatch, postJson } from './support/http-client.js';
-import { PgServer, ownPostgresUnavailable } from './support/pg-server.js';
 import { seededRandom } from './support/fixtures.js';
+import {
+  acknowledged,
+  errorCodes,
+  get,
+  INGEST_MUTATION,
+  makeBatch,
+  type Outcome,
+  postJson,
+} from './support/http-client.js';
+import { ownPostgresUnavailable, PgServer } from './support/pg-server.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 
 /** Retry jitter from a fixed seed (SET_CHECK_SEED to change it): the same waits on every run. */
@@ -82,7 +90,10 @@ interface Figures {
   seconds: number;
 }
 
-test('every acknowledged record is stored exactly once through resets, blackholes and PostgreSQL restarts', { skip, timeout: DEADLINE_MS + 60_000 }, async () => {
+test('every acknowledged record is stored exactly once through resets, blackholes and PostgreSQL restarts', {
+  skip,
+  timeout: DEADLINE_MS + 60_000,
+}, async () => {
   assert.ok(pg && proxy && service);
   const db = pg;
   const faults = proxy;
@@ -108,9 +119,14 @@ test('every acknowledged record is stored exactly once through resets, blackhole
     const records = makeBatch(prefix, size);
     for (const record of records) sent.add(record.eventId as string);
     for (let attempt = 0; ; attempt++) {
-      if (Date.now() - started > DEADLINE_MS) throw new Error(`batch ${prefix} not acknowledged after ${attempt} attempts before the deadline`);
+      if (Date.now() - started > DEADLINE_MS)
+        throw new Error(`batch ${prefix} not acknowledged after ${attempt} attempts before the deadline`);
       attempts++;
-      const outcome: Outcome = await postJson(graphqlUrl, { query: INGEST_MUTATION, variables: { records } }, { timeoutMs: 20_000 });
+      const outcome: Outcome = await postJson(
+        graphqlUrl,
+        { query: INGEST_MUTATION, variables: { records } },
+        { timeoutMs: 20_000 },
+      );
       const ack = acknowledged(outcome, size);
       if (ack) {
         for (const record of records) acked.add(record.eventId as string);
@@ -151,7 +167,14 @@ test('every acknowledged record is stored exactly once through resets, blackhole
   for (let i = 0; i < RESTARTS; i++) {
     events.push({ at: (i + 0.5) / (RESTARTS + 0.5) - 0.1, name: 'restart', run: () => db.restart(300) });
   }
-  events.push({ at: 0.35, name: 'blackhole', run: async () => { faults.blackhole(2500); await pause(2500); } });
+  events.push({
+    at: 0.35,
+    name: 'blackhole',
+    run: async () => {
+      faults.blackhole(2500);
+      await pause(2500);
+    },
+  });
   events.push({ at: 0.8, name: 'reset all', run: async () => void faults.resetAll() });
   events.sort((a, b) => a.at - b.at);
   const fired: string[] = [];
@@ -214,7 +237,10 @@ test('every acknowledged record is stored exactly once through resets, blackhole
   assert.equal(unsentStored.length, 0, `stored but never sent: ${unsentStored.slice(0, 10).join(', ')}`);
   assert.equal(acked.size, totalRecords, 'every batch was acknowledged in the end');
   assert.equal(rows.length, acked.size, 'stored exactly the acknowledged records');
-  assert.ok(db.restarts >= 2, `PostgreSQL was restarted at least twice during the run (${db.restarts}; fired: ${fired.join(', ')})`);
+  assert.ok(
+    db.restarts >= 2,
+    `PostgreSQL was restarted at least twice during the run (${db.restarts}; fired: ${fired.join(', ')})`,
+  );
   assert.ok(faults.stats.resets > 0, 'connections were reset during the run');
   assert.ok(answered503 > 0, 'the outages reached the clients as 503 UNAVAILABLE');
 
@@ -226,7 +252,11 @@ test('every acknowledged record is stored exactly once through resets, blackhole
     if (ready.kind === 'response' && ready.status === 200) break;
     await pause(200);
   }
-  assert.equal(ready?.kind === 'response' && ready.status, 200, `/ready answers 200 after the faults: ${JSON.stringify(ready)}`);
+  assert.equal(
+    ready?.kind === 'response' && ready.status,
+    200,
+    `/ready answers 200 after the faults: ${JSON.stringify(ready)}`,
+  );
   svc.child.kill('SIGTERM');
   const exit = await svc.exited;
   assert.equal(exit.code, 0, `exit code after SIGTERM:\n${svc.output().slice(-3000)}`);

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { loadConfig } from '../src/config.js';
 import { picker } from './support/fixtures.js';
-import { INGEST, type TestService, startTestService } from './support/harness.js';
+import { INGEST, startTestService, type TestService } from './support/harness.js';
 
 const SEED = Number(process.env.TEST_SEED ?? 20261203);
 const MAX_GROUPS = 100;
@@ -111,8 +111,23 @@ before(async () => {
     }
   }
   // Records at the exact edges of the autumn hours and of a local midnight.
-  for (const iso of ['2026-10-25T00:00:00Z', '2026-10-25T00:59:59Z', '2026-10-25T01:00:00Z', '2026-10-25T01:59:59Z', '2026-03-28T23:00:00Z', '2026-03-28T22:59:59Z']) {
-    fixture.push({ userId: 'bob', sessionId: 'edge', timestamp: at(iso), talkedTime: 30, microphoneUsed: true, speakerUsed: true, voiceSentiment: null });
+  for (const iso of [
+    '2026-10-25T00:00:00Z',
+    '2026-10-25T00:59:59Z',
+    '2026-10-25T01:00:00Z',
+    '2026-10-25T01:59:59Z',
+    '2026-03-28T23:00:00Z',
+    '2026-03-28T22:59:59Z',
+  ]) {
+    fixture.push({
+      userId: 'bob',
+      sessionId: 'edge',
+      timestamp: at(iso),
+      talkedTime: 30,
+      microphoneUsed: true,
+      speakerUsed: true,
+      voiceSentiment: null,
+    });
   }
   for (let i = 0; i < fixture.length; i += 200) {
     const data = await service.gql(INGEST, { records: fixture.slice(i, i + 200) });
@@ -153,7 +168,9 @@ function localParts(seconds: number, timeZone: string) {
     });
     formatters.set(timeZone, format);
   }
-  const parts = Object.fromEntries(format.formatToParts(new Date(seconds * 1000)).map((part) => [part.type, part.value]));
+  const parts = Object.fromEntries(
+    format.formatToParts(new Date(seconds * 1000)).map((part) => [part.type, part.value]),
+  );
   return {
     year: Number(parts.year),
     month: Number(parts.month),
@@ -267,7 +284,10 @@ function expectedGroups(c: StatsCase, records: Fixture[] = fixture): Group[] {
   const zone = c.bucket?.timeZone ?? 'UTC';
   const groups = new Map<string, { key: unknown[]; records: Fixture[] }>();
   for (const r of records.filter(c.matches ?? (() => true))) {
-    const key: unknown[] = [c.bucket ? bucketStart(r.timestamp, c.bucket.unit, zone) : null, ...groupBy.map((d) => r[FIELD_OF[d]])];
+    const key: unknown[] = [
+      c.bucket ? bucketStart(r.timestamp, c.bucket.unit, zone) : null,
+      ...groupBy.map((d) => r[FIELD_OF[d]]),
+    ];
     const id = JSON.stringify(key);
     const group = groups.get(id) ?? { key, records: [] };
     group.records.push(r);
@@ -295,7 +315,8 @@ function expectedGroups(c: StatsCase, records: Fixture[] = fixture): Group[] {
     });
 }
 
-const close = (actual: number, expected: number) => Math.abs(actual - expected) <= 1e-9 * Math.max(1, Math.abs(expected));
+const close = (actual: number, expected: number) =>
+  Math.abs(actual - expected) <= 1e-9 * Math.max(1, Math.abs(expected));
 
 function assertGroups(actual: Group[], expected: Group[], label: string): void {
   const keyOf = (g: Group) =>
@@ -311,7 +332,10 @@ function assertGroups(actual: Group[], expected: Group[], label: string): void {
     assert.equal(a.talkedTime.min, e.talkedTime.min, `${where}: talkedTime.min`);
     assert.equal(a.talkedTime.max, e.talkedTime.max, `${where}: talkedTime.max`);
     for (const field of ['avg', 'p50', 'p95'] as const) {
-      assert.ok(close(a.talkedTime[field], e.talkedTime[field]), `${where}: talkedTime.${field} ${a.talkedTime[field]} != ${e.talkedTime[field]}`);
+      assert.ok(
+        close(a.talkedTime[field], e.talkedTime[field]),
+        `${where}: talkedTime.${field} ${a.talkedTime[field]} != ${e.talkedTime[field]}`,
+      );
     }
     assert.ok(close(a.microphoneUsageRate, e.microphoneUsageRate), `${where}: microphoneUsageRate`);
     assert.ok(close(a.speakerUsageRate, e.speakerUsageRate), `${where}: speakerUsageRate`);
@@ -325,7 +349,11 @@ function assertGroups(actual: Group[], expected: Group[], label: string): void {
 }
 
 async function stats(c: StatsCase): Promise<Group[]> {
-  const data = await service.gql<{ metricStats: Group[] }>(STATS, { where: c.where, groupBy: c.groupBy, bucket: c.bucket });
+  const data = await service.gql<{ metricStats: Group[] }>(STATS, {
+    where: c.where,
+    groupBy: c.groupBy,
+    bucket: c.bucket,
+  });
   return data.metricStats;
 }
 
@@ -354,8 +382,13 @@ test('grouped by user, by sentiment and microphone, by speaker then user; filter
   await check('by user', { groupBy: ['USER_ID'] });
   await check('by user, filtered', {
     groupBy: ['USER_ID'],
-    where: { OR: [{ voiceSentiment: { in: ['positive', 'Mixed'] } }, { talkedTime: { gte: 600 } }], microphoneUsed: true },
-    matches: (r) => ((r.voiceSentiment !== null && ['positive', 'Mixed'].includes(r.voiceSentiment)) || r.talkedTime >= 600) && r.microphoneUsed,
+    where: {
+      OR: [{ voiceSentiment: { in: ['positive', 'Mixed'] } }, { talkedTime: { gte: 600 } }],
+      microphoneUsed: true,
+    },
+    matches: (r) =>
+      ((r.voiceSentiment !== null && ['positive', 'Mixed'].includes(r.voiceSentiment)) || r.talkedTime >= 600) &&
+      r.microphoneUsed,
   });
   const bySentiment = await check('by sentiment and microphone', { groupBy: ['VOICE_SENTIMENT', 'MICROPHONE_USED'] });
   assert.equal(bySentiment.at(-1)?.voiceSentiment, null, 'the group without a sentiment comes last');
@@ -373,7 +406,7 @@ test('grouped by user, by sentiment and microphone, by speaker then user; filter
   });
 });
 
-test('user ids come in byte order, not a locale\'s', async () => {
+test("user ids come in byte order, not a locale's", async () => {
   const groups = await stats({ groupBy: ['USER_ID'] });
   assert.deepEqual(
     groups.map((g) => g.userId),
@@ -392,7 +425,10 @@ test('per-day buckets in Europe/Berlin across the March change: local days, a 23
     assert.ok(starts.includes(start), `a local day starts at ${start}: ${starts.join(', ')}`);
   }
   // The record one second before local midnight of the 29th is in the 28th; the one at midnight in the 29th.
-  const edge = await stats({ where: { sessionId: { equals: 'edge' }, timestamp: { lt: at('2026-04-01T00:00:00Z') } }, bucket: { unit: 'DAY', timeZone: 'Europe/Berlin' } });
+  const edge = await stats({
+    where: { sessionId: { equals: 'edge' }, timestamp: { lt: at('2026-04-01T00:00:00Z') } },
+    bucket: { unit: 'DAY', timeZone: 'Europe/Berlin' },
+  });
   assert.deepEqual(
     edge.map((g) => [g.bucketStart, g.count]),
     [
@@ -414,7 +450,10 @@ test('hour buckets in Europe/Berlin across the October change: the repeated 02:0
   });
   const starts = groups.map((g) => g.bucketStart);
   // Local 02:00 CEST is 00:00 UTC; local 02:00 CET is 01:00 UTC.
-  assert.ok(starts.includes('2026-10-25T00:00:00.000Z') && starts.includes('2026-10-25T01:00:00.000Z'), starts.join(', '));
+  assert.ok(
+    starts.includes('2026-10-25T00:00:00.000Z') && starts.includes('2026-10-25T01:00:00.000Z'),
+    starts.join(', '),
+  );
   const edge = await stats({
     where: { sessionId: { equals: 'edge' }, timestamp: { gte: at('2026-10-01T00:00:00Z') } },
     bucket: { unit: 'HOUR', timeZone: 'Europe/Berlin' },
@@ -427,7 +466,10 @@ test('hour buckets in Europe/Berlin across the October change: the repeated 02:0
     ],
   );
   // The day of the change has 25 hours and is one DAY bucket.
-  await check('Berlin days, October', { ...inRange('2026-10-24T00:00:00Z', '2026-10-27T00:00:00Z'), bucket: { unit: 'DAY', timeZone: 'Europe/Berlin' } });
+  await check('Berlin days, October', {
+    ...inRange('2026-10-24T00:00:00Z', '2026-10-27T00:00:00Z'),
+    bucket: { unit: 'DAY', timeZone: 'Europe/Berlin' },
+  });
   await check('Berlin hours by sentiment, October', {
     ...inRange('2026-10-24T23:00:00Z', '2026-10-25T03:00:00Z'),
     groupBy: ['VOICE_SENTIMENT'],
@@ -442,14 +484,20 @@ test('America/New_York: days across the March change, hours across the November 
   });
   const starts = days.map((g) => g.bucketStart);
   // EST (UTC-5) until 2026-03-08 07:00 UTC, EDT (UTC-4) after.
-  assert.ok(starts.includes('2026-03-08T05:00:00.000Z') && starts.includes('2026-03-09T04:00:00.000Z'), starts.join(', '));
+  assert.ok(
+    starts.includes('2026-03-08T05:00:00.000Z') && starts.includes('2026-03-09T04:00:00.000Z'),
+    starts.join(', '),
+  );
   const hours = await check('New York hours, November', {
     ...inRange('2026-11-01T03:00:00Z', '2026-11-01T09:00:00Z'),
     bucket: { unit: 'HOUR', timeZone: 'America/New_York' },
   });
   // Local 01:00 EDT is 05:00 UTC, local 01:00 EST is 06:00 UTC: two buckets.
   const hourStarts = hours.map((g) => g.bucketStart);
-  assert.ok(hourStarts.includes('2026-11-01T05:00:00.000Z') && hourStarts.includes('2026-11-01T06:00:00.000Z'), hourStarts.join(', '));
+  assert.ok(
+    hourStarts.includes('2026-11-01T05:00:00.000Z') && hourStarts.includes('2026-11-01T06:00:00.000Z'),
+    hourStarts.join(', '),
+  );
   await check('New York days by microphone, November', {
     ...inRange('2026-10-31T12:00:00Z', '2026-11-02T12:00:00Z'),
     groupBy: ['MICROPHONE_USED'],
@@ -462,19 +510,29 @@ test('hour buckets in a half-hour zone follow local hours', async () => {
     ...inRange('2026-03-27T00:00:00Z', '2026-03-27T12:00:00Z'),
     bucket: { unit: 'HOUR', timeZone: 'Asia/Kolkata' },
   });
-  assert.ok(groups.length > 0 && groups.every((g) => g.bucketStart?.endsWith(':30:00.000Z')), 'UTC+05:30: local hours start at :30 UTC');
+  assert.ok(
+    groups.length > 0 && groups.every((g) => g.bucketStart?.endsWith(':30:00.000Z')),
+    'UTC+05:30: local hours start at :30 UTC',
+  );
 });
 
-test('week buckets start on Monday in the zone; month buckets follow the zone\'s calendar', async () => {
+test("week buckets start on Monday in the zone; month buckets follow the zone's calendar", async () => {
   for (const timeZone of ['UTC', 'Europe/Berlin', 'America/New_York']) {
     const weeks = await check(`weeks in ${timeZone}`, { bucket: { unit: 'WEEK', timeZone } });
     for (const week of weeks) {
       const p = localParts(Date.parse(week.bucketStart as string) / 1000, timeZone);
-      assert.deepEqual([p.isoWeekday, p.hour, p.minute], [1, 0, 0], `${week.bucketStart} is a Monday, 00:00 in ${timeZone}`);
+      assert.deepEqual(
+        [p.isoWeekday, p.hour, p.minute],
+        [1, 0, 0],
+        `${week.bucketStart} is a Monday, 00:00 in ${timeZone}`,
+      );
     }
     await check(`months in ${timeZone}`, { bucket: { unit: 'MONTH', timeZone } });
   }
-  await check('microphone usage per week', { groupBy: ['MICROPHONE_USED'], bucket: { unit: 'WEEK', timeZone: 'Europe/Berlin' } });
+  await check('microphone usage per week', {
+    groupBy: ['MICROPHONE_USED'],
+    bucket: { unit: 'WEEK', timeZone: 'Europe/Berlin' },
+  });
   await check('months by user, Berlin', {
     groupBy: ['USER_ID'],
     bucket: { unit: 'MONTH', timeZone: 'Europe/Berlin' },
@@ -485,13 +543,21 @@ test('week buckets start on Monday in the zone; month buckets follow the zone\'s
 
 test('minute buckets, and the default zone is UTC', async () => {
   await check('minutes, one user, repeated hour', {
-    where: { userId: { equals: 'bob' }, timestamp: { gte: at('2026-10-24T23:00:00Z'), lt: at('2026-10-25T03:00:00Z') } },
-    matches: (r) => r.userId === 'bob' && r.timestamp >= at('2026-10-24T23:00:00Z') && r.timestamp < at('2026-10-25T03:00:00Z'),
+    where: {
+      userId: { equals: 'bob' },
+      timestamp: { gte: at('2026-10-24T23:00:00Z'), lt: at('2026-10-25T03:00:00Z') },
+    },
+    matches: (r) =>
+      r.userId === 'bob' && r.timestamp >= at('2026-10-24T23:00:00Z') && r.timestamp < at('2026-10-25T03:00:00Z'),
     bucket: { unit: 'MINUTE', timeZone: 'Europe/Berlin' },
   });
   const march = inRange('2026-03-01T00:00:00Z', '2026-04-01T00:00:00Z');
   const withDefault = await stats({ where: march.where, bucket: { unit: 'DAY' } });
-  assertGroups(withDefault, expectedGroups({ ...march, bucket: { unit: 'DAY', timeZone: 'UTC' } }), 'days, default zone');
+  assertGroups(
+    withDefault,
+    expectedGroups({ ...march, bucket: { unit: 'DAY', timeZone: 'UTC' } }),
+    'days, default zone',
+  );
   assert.ok(withDefault.every((g) => g.bucketStart?.endsWith('T00:00:00.000Z')));
 });
 
@@ -499,7 +565,17 @@ test('time zone names: tz-database names only, with a clear error for anything e
   // Names are matched without regard to case, as PostgreSQL does.
   const lower = await stats({ bucket: { unit: 'WEEK', timeZone: 'europe/berlin' } });
   assertGroups(lower, expectedGroups({ bucket: { unit: 'WEEK', timeZone: 'Europe/Berlin' } }), 'lower-case zone name');
-  for (const timeZone of ['Mars/Olympus_Mons', '+02', 'UTC+2', 'CEST', 'EDT', '', 'Europe/Berlin ', 'posix/Europe/Berlin', 'localtime']) {
+  for (const timeZone of [
+    'Mars/Olympus_Mons',
+    '+02',
+    'UTC+2',
+    'CEST',
+    'EDT',
+    '',
+    'Europe/Berlin ',
+    'posix/Europe/Berlin',
+    'localtime',
+  ]) {
     const response = await service.request(STATS, { bucket: { unit: 'DAY', timeZone } });
     assert.equal(response.data, null, `${JSON.stringify(timeZone)} is refused`);
     const error = response.errors?.[0];
@@ -515,7 +591,10 @@ test('an empty result is an empty list', async () => {
   assert.deepEqual(await stats(none), []);
   assert.deepEqual(await stats({ ...none, groupBy: ['USER_ID', 'VOICE_SENTIMENT'] }), []);
   assert.deepEqual(await stats({ ...none, bucket: { unit: 'HOUR', timeZone: 'Europe/Berlin' } }), []);
-  assert.deepEqual(await stats({ where: { timestamp: { gt: at('2026-12-01T00:00:00Z') } }, groupBy: ['SESSION_ID'] }), []);
+  assert.deepEqual(
+    await stats({ where: { timestamp: { gt: at('2026-12-01T00:00:00Z') } }, groupBy: ['SESSION_ID'] }),
+    [],
+  );
 });
 
 test('the group limit: exactly MAX_STAT_GROUPS groups are allowed, one more is an error naming it', async () => {
@@ -557,7 +636,20 @@ test('userSummary: the figures of one user, first and last seen, sessions; null 
     const summary = data.userSummary;
     const expected = figuresOf(mine);
     const [group] = expectedGroups({ groupBy: ['USER_ID'] }, mine);
-    assertGroups([{ ...summary, sessionId: null, voiceSentiment: null, microphoneUsed: null, speakerUsed: null, bucketStart: null }], [group as Group], `userSummary ${c.userId}`);
+    assertGroups(
+      [
+        {
+          ...summary,
+          sessionId: null,
+          voiceSentiment: null,
+          microphoneUsed: null,
+          speakerUsed: null,
+          bucketStart: null,
+        },
+      ],
+      [group as Group],
+      `userSummary ${c.userId}`,
+    );
     assert.equal(summary.userId, c.userId);
     assert.equal(summary.sessionCount, expected.distinctSessions);
     assert.equal(summary.distinctUsers, 1);
@@ -566,7 +658,10 @@ test('userSummary: the figures of one user, first and last seen, sessions; null 
   }
   assert.equal((await service.gql(SUMMARY, { userId: 'nobody' })).userSummary, null);
   assert.equal((await service.gql(SUMMARY, { userId: 'BOB' })).userSummary, null, 'ids are case-sensitive');
-  assert.equal((await service.gql(SUMMARY, { userId: 'bob', where: { userId: { equals: 'adam' } } })).userSummary, null);
+  assert.equal(
+    (await service.gql(SUMMARY, { userId: 'bob', where: { userId: { equals: 'adam' } } })).userSummary,
+    null,
+  );
   // Text that cannot reach PostgreSQL is a client mistake naming the argument, like every text argument's.
   const nul = await service.request(SUMMARY, { userId: 'bob\u0000' });
   assert.equal(nul.errors?.[0]?.extensions?.code, 'BAD_USER_INPUT', JSON.stringify(nul.errors));

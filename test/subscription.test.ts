@@ -11,9 +11,9 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { createLogger } from '../src/logger.js';
-import { SubscriberTooSlowError, createMetricEvents } from '../src/services/events.js';
+import { createMetricEvents, SubscriberTooSlowError } from '../src/services/events.js';
 import type { StoredMetric } from '../src/services/record.js';
-import { INGEST, type TestService, nowSeconds, record, startTestService, usingPostgres } from './support/harness.js';
+import { INGEST, nowSeconds, record, startTestService, type TestService, usingPostgres } from './support/harness.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -22,7 +22,8 @@ const EVENT_TIMEOUT_MS = 10_000;
 /** How long "nothing else arrives" is watched for. */
 const QUIET_MS = 400;
 
-const FIELDS = 'id eventId userId sessionId timestamp occurredAt talkedTime microphoneUsed speakerUsed voiceSentiment createdAt';
+const FIELDS =
+  'id eventId userId sessionId timestamp occurredAt talkedTime microphoneUsed speakerUsed voiceSentiment createdAt';
 const SUBSCRIPTION = /* GraphQL */ `
   subscription Live($where: MetricFilter) { metricIngested(where: $where) { ${FIELDS} } }`;
 
@@ -90,8 +91,14 @@ async function subscribe(baseUrl: string, where?: Record<string, unknown>): Prom
           const block = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
           const lines = block.split('\n');
-          const type = lines.find((l) => l.startsWith('event:'))?.slice(6).trim();
-          const data = lines.filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+          const type = lines
+            .find((l) => l.startsWith('event:'))
+            ?.slice(6)
+            .trim();
+          const data = lines
+            .filter((l) => l.startsWith('data:'))
+            .map((l) => l.slice(5).trimStart())
+            .join('\n');
           if (type === 'next') events.push(JSON.parse(data) as SseEvent);
           else if (type === 'complete') complete = true;
           wake();
@@ -127,7 +134,9 @@ async function subscribe(baseUrl: string, where?: Record<string, unknown>): Prom
       const out: Metric[] = [];
       while (out.length < count) {
         const event = await next().catch((error: Error) => {
-          throw new Error(`${error.message} after ${out.length} of ${count} records: ${JSON.stringify(out.map((m) => m.id))}`);
+          throw new Error(
+            `${error.message} after ${out.length} of ${count} records: ${JSON.stringify(out.map((m) => m.id))}`,
+          );
         });
         assert.ok(event.data?.metricIngested, `a record, not ${JSON.stringify(event)}`);
         out.push(event.data.metricIngested);
@@ -166,7 +175,12 @@ let counter = 0;
 /** A valid record with an eventId of its own. */
 function fresh(overrides: Record<string, unknown> = {}): Record<string, unknown> & { eventId: string } {
   counter++;
-  return record({ eventId: `live-${counter}`, timestamp: nowSeconds() - 600 + counter, talkedTime: counter % 500, ...overrides }) as Record<string, unknown> & {
+  return record({
+    eventId: `live-${counter}`,
+    timestamp: nowSeconds() - 600 + counter,
+    talkedTime: counter % 500,
+    ...overrides,
+  }) as Record<string, unknown> & {
     eventId: string;
   };
 }
@@ -185,14 +199,18 @@ async function ingest(records: Record<string, unknown>[], options: { atomic?: bo
 
 /** The stored ids of these eventIds, in the order stored. */
 async function storedIds(eventIds: string[]): Promise<string[]> {
-  const rows = await service.sql<{ id: number }>('SELECT id FROM user_metrics WHERE event_id = ANY($1::text[]) ORDER BY id', [eventIds]);
+  const rows = await service.sql<{ id: number }>(
+    'SELECT id FROM user_metrics WHERE event_id = ANY($1::text[]) ORDER BY id',
+    [eventIds],
+  );
   return rows.map((r) => String(r.id));
 }
 
 /** What the metric(id) query returns for these ids: the subscription must deliver the same records. */
 async function asQueried(ids: string[]): Promise<Metric[]> {
   const out: Metric[] = [];
-  for (const id of ids) out.push((await service.gql(`query ($id: ID!) { metric(id: $id) { ${FIELDS} } }`, { id })).metric as Metric);
+  for (const id of ids)
+    out.push((await service.gql(`query ($id: ID!) { metric(id: $id) { ${FIELDS} } }`, { id })).metric as Metric);
   return out;
 }
 
@@ -206,8 +224,14 @@ test('receives what is stored after it subscribes, each record once, in the orde
   assert.equal((await ingest(later)).accepted, 4);
   const received = await stream.records(11);
   // Within a batch the service inserts in its own order: the order stored is the id order, batch after batch.
-  const expectedIds = [...(await storedIds(first.map((r) => r.eventId))), ...(await storedIds(later.map((r) => r.eventId)))];
-  assert.deepEqual(received.map((m) => m.id), expectedIds);
+  const expectedIds = [
+    ...(await storedIds(first.map((r) => r.eventId))),
+    ...(await storedIds(later.map((r) => r.eventId))),
+  ];
+  assert.deepEqual(
+    received.map((m) => m.id),
+    expectedIds,
+  );
   assert.deepEqual(received, await asQueried(expectedIds));
   assert.ok(!received.some((m) => m.eventId === before.eventId), 'what was stored before subscribing is not sent');
   await stream.quiet();
@@ -216,7 +240,9 @@ test('receives what is stored after it subscribes, each record once, in the orde
 
 test('only records matching its filter; several subscribers each get their own', async () => {
   const byUser = await open({ userId: { equals: 'filter-a' }, voiceSentiment: { isNull: true } });
-  const byOr = await open({ OR: [{ talkedTime: { gte: 400 } }, { speakerUsed: true, sessionId: { startsWith: 'sess-x' } }] });
+  const byOr = await open({
+    OR: [{ talkedTime: { gte: 400 } }, { speakerUsed: true, sessionId: { startsWith: 'sess-x' } }],
+  });
   const everything = await open();
   const records = Array.from({ length: 24 }, (_, i) =>
     fresh({
@@ -232,7 +258,10 @@ test('only records matching its filter; several subscribers each get their own',
   const rows = await asQueried(ids);
   const expectA = rows.filter((m) => m.userId === 'filter-a' && m.voiceSentiment === null);
   const expectOr = rows.filter((m) => m.talkedTime >= 400 || (m.speakerUsed && m.sessionId.startsWith('sess-x')));
-  assert.ok(expectA.length > 0 && expectA.length < rows.length && expectOr.length > 0 && expectOr.length < rows.length, 'the filters select some, not all');
+  assert.ok(
+    expectA.length > 0 && expectA.length < rows.length && expectOr.length > 0 && expectOr.length < rows.length,
+    'the filters select some, not all',
+  );
   assert.deepEqual(await byUser.records(expectA.length), expectA);
   assert.deepEqual(await byOr.records(expectOr.length), expectOr);
   assert.deepEqual(await everything.records(rows.length), rows);
@@ -276,48 +305,56 @@ test('a filter the metrics query would refuse is refused here too', async () => 
   stream.close();
 });
 
-test(
-  'two instances sharing Redis: records ingested through either reach subscribers of both, once each, in order',
-  { skip: usingPostgres ? false : 'needs TEST_DATABASE_URL: two service processes cannot share the embedded database' },
-  async () => {
-    assert.ok(service.config.databaseUrl, 'the service runs on PostgreSQL');
-    second = await startServiceProcess({
-      DATABASE_URL: service.config.databaseUrl,
-      REDIS_URL,
-      REDIS_CHANNEL_PREFIX: CHANNEL_PREFIX,
-      SHUTDOWN_TIMEOUT_MS: '2000',
-    });
-    assert.match(second.output(), /"liveUpdates":"redis"/, 'the second instance uses Redis');
-    const onFirst = await open();
-    const onSecond = await open(undefined, second.url);
-    const filteredOnSecond = await open({ userId: { equals: 'remote-b' } }, second.url);
+test('two instances sharing Redis: records ingested through either reach subscribers of both, once each, in order', {
+  skip: usingPostgres ? false : 'needs TEST_DATABASE_URL: two service processes cannot share the embedded database',
+}, async () => {
+  assert.ok(service.config.databaseUrl, 'the service runs on PostgreSQL');
+  second = await startServiceProcess({
+    DATABASE_URL: service.config.databaseUrl,
+    REDIS_URL,
+    REDIS_CHANNEL_PREFIX: CHANNEL_PREFIX,
+    SHUTDOWN_TIMEOUT_MS: '2000',
+  });
+  assert.match(second.output(), /"liveUpdates":"redis"/, 'the second instance uses Redis');
+  const onFirst = await open();
+  const onSecond = await open(undefined, second.url);
+  const filteredOnSecond = await open({ userId: { equals: 'remote-b' } }, second.url);
 
-    const batches = [
-      { via: undefined, records: Array.from({ length: 5 }, (_, i) => fresh({ userId: i % 2 ? 'remote-a' : 'remote-b' })) },
-      { via: second.url, records: Array.from({ length: 6 }, (_, i) => fresh({ userId: i % 2 ? 'remote-a' : 'remote-b' })) },
-      { via: undefined, records: Array.from({ length: 3 }, () => fresh({ userId: 'remote-b' })) },
-    ];
-    const expectedIds: string[] = [];
-    for (const batch of batches) {
-      assert.equal((await ingest(batch.records, { url: batch.via })).accepted, batch.records.length);
-      expectedIds.push(...(await storedIds(batch.records.map((r) => r.eventId))));
-    }
-    // A batch sent again through the other instance: all duplicates, nothing sent.
-    assert.equal((await ingest(batches[0]?.records ?? [], { url: second.url })).duplicates, 5);
+  const batches = [
+    {
+      via: undefined,
+      records: Array.from({ length: 5 }, (_, i) => fresh({ userId: i % 2 ? 'remote-a' : 'remote-b' })),
+    },
+    {
+      via: second.url,
+      records: Array.from({ length: 6 }, (_, i) => fresh({ userId: i % 2 ? 'remote-a' : 'remote-b' })),
+    },
+    { via: undefined, records: Array.from({ length: 3 }, () => fresh({ userId: 'remote-b' })) },
+  ];
+  const expectedIds: string[] = [];
+  for (const batch of batches) {
+    assert.equal((await ingest(batch.records, { url: batch.via })).accepted, batch.records.length);
+    expectedIds.push(...(await storedIds(batch.records.map((r) => r.eventId))));
+  }
+  // A batch sent again through the other instance: all duplicates, nothing sent.
+  assert.equal((await ingest(batches[0]?.records ?? [], { url: second.url })).duplicates, 5);
 
-    const rows = await asQueried(expectedIds);
-    assert.deepEqual(await onFirst.records(rows.length), rows);
-    assert.deepEqual(await onSecond.records(rows.length), rows);
-    const remoteB = rows.filter((m) => m.userId === 'remote-b');
-    assert.deepEqual(await filteredOnSecond.records(remoteB.length), remoteB);
-    await Promise.all([onFirst.quiet(), onSecond.quiet(), filteredOnSecond.quiet()]);
-    for (const s of [onFirst, onSecond, filteredOnSecond]) s.close();
-    await second.kill();
-  },
-);
+  const rows = await asQueried(expectedIds);
+  assert.deepEqual(await onFirst.records(rows.length), rows);
+  assert.deepEqual(await onSecond.records(rows.length), rows);
+  const remoteB = rows.filter((m) => m.userId === 'remote-b');
+  assert.deepEqual(await filteredOnSecond.records(remoteB.length), remoteB);
+  await Promise.all([onFirst.quiet(), onSecond.quiet(), filteredOnSecond.quiet()]);
+  for (const s of [onFirst, onSecond, filteredOnSecond]) s.close();
+  await second.kill();
+});
 
 test('the live-update hub: registered on subscribe, a reader too far behind is dropped with a clear error', async () => {
-  const events = await createMetricEvents({ channelPrefix: 'unused:', logger: createLogger('silent'), maxQueuedPerSubscriber: 3 });
+  const events = await createMetricEvents({
+    channelPrefix: 'unused:',
+    logger: createLogger('silent'),
+    maxQueuedPerSubscriber: 3,
+  });
   const metric = (id: number): StoredMetric => ({
     id,
     eventId: null,
@@ -338,7 +375,10 @@ test('the live-update hub: registered on subscribe, a reader too far behind is d
   events.publish([metric(4), metric(5)]);
   assert.equal((await odd.next()).value?.id, 5);
   // `slow` never read: 5 records waiting, more than 3.
-  await assert.rejects(slow.next(), (error: unknown) => error instanceof SubscriberTooSlowError && error.code === 'SUBSCRIBER_TOO_SLOW');
+  await assert.rejects(
+    slow.next(),
+    (error: unknown) => error instanceof SubscriberTooSlowError && error.code === 'SUBSCRIBER_TOO_SLOW',
+  );
   assert.deepEqual(await slow.next(), { value: undefined, done: true });
   await odd.return?.();
   events.publish([metric(7)]);

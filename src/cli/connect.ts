@@ -3,8 +3,8 @@
  * policy and messages that say what to do when the embedded database is busy.
  */
 import type { Config } from '../config.js';
-import { type Database, connectDatabase, disconnectDatabase } from '../db/client.js';
-import { MigrationError, ensureSchema } from '../db/migrations.js';
+import { connectDatabase, type Database, disconnectDatabase } from '../db/client.js';
+import { ensureSchema, MigrationError } from '../db/migrations.js';
 
 /** An error the user can act on: printed as is, without a stack. */
 export class ToolError extends Error {

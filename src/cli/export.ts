@@ -5,17 +5,17 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { type GraphQLInputType, coerceInputValue, isInputType } from 'graphql';
+import { coerceInputValue, type GraphQLInputType, isInputType } from 'graphql';
+import { formatCount, Progress } from '../bulk/progress.js';
+import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db/client.js';
 import { schema } from '../schema/index.js';
-import type { MetricFilter } from '../services/metric-filter.js';
 import { exportMetrics } from '../services/metric-export.js';
-import { PROGRESS_MODES, UsageError, choiceOption, integerOption, parseCommandLine } from './args.js';
-import { close, runTool, write } from './support.js';
+import type { MetricFilter } from '../services/metric-filter.js';
+import { choiceOption, integerOption, PROGRESS_MODES, parseCommandLine, UsageError } from './args.js';
 import { connectForTool, describeDatabase } from './connect.js';
-import { Progress, formatCount } from '../bulk/progress.js';
-import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
+import { close, runTool, write } from './support.js';
 
 const USAGE = `usage: npm run export -- [options]
 

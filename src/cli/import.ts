@@ -7,23 +7,23 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { loadConfig } from '../config.js';
-import { disconnectDatabase } from '../db/client.js';
-import { type BulkMethod, openBulkWriter } from '../services/bulk-import.js';
-import { PROGRESS_MODES, UsageError, choiceOption, integerOption, parseCommandLine } from './args.js';
-import { close, runTool } from './support.js';
-import { ToolError, connectForTool, describeDatabase } from './connect.js';
-import { type CsvRecord, CsvReader, LineSplitter, csvField } from '../bulk/csv.js';
+import { CsvReader, type CsvRecord, csvField, LineSplitter } from '../bulk/csv.js';
 import { BatchLoader } from '../bulk/loader.js';
-import { Progress, formatBytes, formatCount } from '../bulk/progress.js';
+import { formatBytes, formatCount, Progress } from '../bulk/progress.js';
 import {
-  type CsvLayout,
   CsvHeaderError,
-  type LineProblem,
+  type CsvLayout,
   csvLayout,
+  type LineProblem,
   recordFromCsv,
   recordFromJson,
 } from '../bulk/records.js';
+import { loadConfig } from '../config.js';
+import { disconnectDatabase } from '../db/client.js';
+import { type BulkMethod, openBulkWriter } from '../services/bulk-import.js';
+import { choiceOption, integerOption, PROGRESS_MODES, parseCommandLine, UsageError } from './args.js';
+import { connectForTool, describeDatabase, ToolError } from './connect.js';
+import { close, runTool } from './support.js';
 
 const USAGE = `usage: npm run import -- <file> [options]
 

@@ -12,10 +12,10 @@
 import { loadConfig } from '../config.js';
 import { connectDatabase, database, disconnectDatabase } from '../db/client.js';
 import { ensureSchema } from '../db/migrations.js';
-import { type ApiKeyInfo, SCOPES, createApiKey, listApiKeys, revokeApiKey } from '../services/api-keys.js';
+import { type ApiKeyInfo, createApiKey, listApiKeys, revokeApiKey, SCOPES } from '../services/api-keys.js';
 import { InputError } from '../services/errors.js';
+import { parseCommandLine, UsageError } from './args.js';
 import { ToolError } from './connect.js';
-import { UsageError, parseCommandLine } from './args.js';
 import { runTool } from './support.js';
 
 const USAGE = `usage: npm run -s keys -- <command>   (in the Docker image: metrics-service keys <command>)

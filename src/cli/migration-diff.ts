@@ -22,14 +22,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { readMigrations, type LocalMigration } from '../db/migrations.js';
-import { UsageError, parseCommandLine } from './args.js';
+import { type LocalMigration, readMigrations } from '../db/migrations.js';
+import { parseCommandLine, UsageError } from './args.js';
 import {
-  startSchemaEngine,
-  tempDatabaseFactory,
   type SchemaEngine,
   type StartedEngine,
+  startSchemaEngine,
   type TempDatabaseFactory,
+  tempDatabaseFactory,
 } from './schema-engine.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

@@ -5,10 +5,10 @@
  */
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db/client.js';
-import { UsageError, parseCommandLine } from './args.js';
-import { runTool } from './support.js';
+import { rebuildRollups, SLOT_SECONDS } from '../services/rollups.js';
+import { parseCommandLine, UsageError } from './args.js';
 import { connectForTool, describeDatabase } from './connect.js';
-import { SLOT_SECONDS, rebuildRollups } from '../services/rollups.js';
+import { runTool } from './support.js';
 
 const USAGE = `usage: npm run rollups -- rebuild [--from <time>] [--to <time>]
 

@@ -13,9 +13,8 @@
  *   engine's introspection selects. Ours reports such columns as text.
  */
 import fs from 'node:fs';
-import path from 'node:path';
 import { createRequire } from 'node:module';
-import pg from 'pg';
+import path from 'node:path';
 import { PrismaPg } from '@prisma/adapter-pg';
 import {
   bindMigrationAwareSqlAdapterFactory,
@@ -23,8 +22,10 @@ import {
   type SqlMigrationAwareDriverAdapterFactory,
 } from '@prisma/driver-adapter-utils';
 import type { SchemaEngine } from '@prisma/schema-engine-wasm/schema_engine_bg';
+import pg from 'pg';
 
 export type { SchemaEngine };
+
 type SchemaEngineModule = typeof import('@prisma/schema-engine-wasm/schema_engine_bg');
 
 const require = createRequire(import.meta.url);

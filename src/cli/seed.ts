@@ -4,17 +4,17 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { createRandom, demoDay, demoDayCount, makeUsers } from '../bulk/demo-data.js';
+import { BatchLoader } from '../bulk/loader.js';
+import { formatCount, Progress } from '../bulk/progress.js';
+import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
 import { loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db/client.js';
 import { type BulkMethod, openBulkWriter } from '../services/bulk-import.js';
-import { PROGRESS_MODES, UsageError, choiceOption, integerOption, parseCommandLine } from './args.js';
-import { close, runTool, write } from './support.js';
-import { connectForTool, describeDatabase } from './connect.js';
-import { createRandom, demoDay, demoDayCount, makeUsers } from '../bulk/demo-data.js';
-import { BatchLoader } from '../bulk/loader.js';
-import { Progress, formatCount } from '../bulk/progress.js';
-import { CSV_HEADER, csvLine, ndjsonLine } from '../bulk/records.js';
 import type { MetricRecordInput } from '../services/validation.js';
+import { choiceOption, integerOption, PROGRESS_MODES, parseCommandLine, UsageError } from './args.js';
+import { connectForTool, describeDatabase } from './connect.js';
+import { close, runTool, write } from './support.js';
 
 const USAGE = `usage: npm run seed -- --users N --days D [options]
 

@@ -19,7 +19,7 @@ import { loadConfig } from '../config.js';
 import { type Database, openDatabase } from '../db/client.js';
 import { startEmbeddedWireServer } from '../db/embedded-wire.js';
 import { migrate } from '../db/migrations.js';
-import { UsageError, parseCommandLine } from './args.js';
+import { parseCommandLine, UsageError } from './args.js';
 import { runTool } from './support.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

@@ -27,8 +27,16 @@ interface Asset {
 const FILES: Array<{ url: string; file: () => string; contentType: string }> = [
   { url: '/app.js', file: () => ownFile('app.js'), contentType: 'text/javascript; charset=utf-8' },
   { url: '/style.css', file: () => ownFile('style.css'), contentType: 'text/css; charset=utf-8' },
-  { url: '/vendor/uPlot.iife.min.js', file: () => vendorFile('uplot/dist/uPlot.iife.min.js'), contentType: 'text/javascript; charset=utf-8' },
-  { url: '/vendor/uPlot.min.css', file: () => vendorFile('uplot/dist/uPlot.min.css'), contentType: 'text/css; charset=utf-8' },
+  {
+    url: '/vendor/uPlot.iife.min.js',
+    file: () => vendorFile('uplot/dist/uPlot.iife.min.js'),
+    contentType: 'text/javascript; charset=utf-8',
+  },
+  {
+    url: '/vendor/uPlot.min.css',
+    file: () => vendorFile('uplot/dist/uPlot.min.css'),
+    contentType: 'text/css; charset=utf-8',
+  },
 ];
 
 /**
@@ -106,12 +114,22 @@ export function useDashboard(): Plugin {
     onRequest({ request, url, endResponse, fetchAPI }) {
       if (url.pathname !== DASHBOARD_PATH && !url.pathname.startsWith(`${DASHBOARD_PATH}/`)) return;
       if (request.method !== 'GET' && request.method !== 'HEAD') {
-        endResponse(new fetchAPI.Response('Only GET and HEAD are allowed here.\n', { status: 405, headers: { allow: 'GET, HEAD', 'content-type': 'text/plain; charset=utf-8' } }));
+        endResponse(
+          new fetchAPI.Response('Only GET and HEAD are allowed here.\n', {
+            status: 405,
+            headers: { allow: 'GET, HEAD', 'content-type': 'text/plain; charset=utf-8' },
+          }),
+        );
         return;
       }
       const found = assets?.get(url.pathname.slice(DASHBOARD_PATH.length));
       if (!found) {
-        endResponse(new fetchAPI.Response(`${missing ?? 'Not found.'}\n`, { status: 404, headers: { 'content-type': 'text/plain; charset=utf-8' } }));
+        endResponse(
+          new fetchAPI.Response(`${missing ?? 'Not found.'}\n`, {
+            status: 404,
+            headers: { 'content-type': 'text/plain; charset=utf-8' },
+          }),
+        );
         return;
       }
       const versioned = found.versioned && url.searchParams.get('v') === found.etag.slice(1, -1);
@@ -132,7 +150,9 @@ export function useDashboard(): Plugin {
       const body = gzip ? found.gzipped : found.body;
       if (gzip) headers['content-encoding'] = 'gzip';
       headers['content-length'] = String(body.length);
-      endResponse(new fetchAPI.Response(request.method === 'HEAD' ? null : new Uint8Array(body), { status: 200, headers }));
+      endResponse(
+        new fetchAPI.Response(request.method === 'HEAD' ? null : new Uint8Array(body), { status: 200, headers }),
+      );
     },
   };
 }

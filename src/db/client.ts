@@ -5,16 +5,16 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import pg from 'pg';
-import { Gauge } from 'prom-client';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
+import pg from 'pg';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
-import { classifyDatabaseError } from './errors.js';
-import { copyInOneWrite } from './copy.js';
-import { PrismaClient } from '../generated/prisma/client.js';
+import { Gauge } from 'prom-client';
 import { redactUrl } from '../config.js';
+import { PrismaClient } from '../generated/prisma/client.js';
 import { registry } from '../observability/metrics.js';
+import { copyInOneWrite } from './copy.js';
+import { classifyDatabaseError } from './errors.js';
 
 /** One connection, held for a unit of work (a migration run; a batch stored with COPY in one transaction). */
 export interface SqlSession {
@@ -86,7 +86,6 @@ const CLIENT_TIMEOUT_GRACE_MS = 5_000;
 // PostgreSQL returns int8 as text; our int8 values (unix seconds, counts) are within 2^53.
 pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
 
-
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
   return options.url ? openPostgres(options.url, options) : openEmbedded(options.dataDir ?? '.data', options);
 }
@@ -102,7 +101,9 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
     // Keepalives let the kernel notice a peer that vanished without a FIN (a killed VM, a dropped route).
     keepAlive: true,
     // Sent in the start-up packet: every connection of the pool has the limits from its first statement on.
-    ...(statementTimeout > 0 ? { statement_timeout: statementTimeout, query_timeout: statementTimeout + CLIENT_TIMEOUT_GRACE_MS } : {}),
+    ...(statementTimeout > 0
+      ? { statement_timeout: statementTimeout, query_timeout: statementTimeout + CLIENT_TIMEOUT_GRACE_MS }
+      : {}),
     ...(transactionTimeout > 0 ? { idle_in_transaction_session_timeout: transactionTimeout } : {}),
   });
   // An idle client losing its connection (database restart) must not crash the process; the pool replaces it. A client
@@ -119,7 +120,12 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
     prisma,
     pool,
     async queryDirect<Row>(text: string, params: unknown[], name?: string, queryOptions?: QueryOptions) {
-      const config = { text, values: params, name, types: queryOptions?.timestampsAsText ? TIMESTAMPS_AS_TEXT : undefined };
+      const config = {
+        text,
+        values: params,
+        name,
+        types: queryOptions?.timestampsAsText ? TIMESTAMPS_AS_TEXT : undefined,
+      };
       return (await pool.query(config)).rows as Row[];
     },
     async withSession(work) {
@@ -174,7 +180,8 @@ async function openEmbedded(dataDir: string, options: DatabaseOptions): Promise<
   // PGlite has one session, so SET holds for every later query. PGlite 0.5 runs queries on the JavaScript thread
   // without timers and does not enforce statement_timeout (measured); it is set so that SHOW reports the limit.
   // idle_in_transaction_session_timeout is left alone: enforced, it would end the only session there is.
-  if (options.statementTimeoutMs) await pglite.exec(`SET statement_timeout = ${Math.floor(options.statementTimeoutMs)}`);
+  if (options.statementTimeoutMs)
+    await pglite.exec(`SET statement_timeout = ${Math.floor(options.statementTimeoutMs)}`);
   const prisma = new PrismaClient({
     adapter: new PrismaPGlite(pglite),
     ...(options.transactionTimeoutMs ? { transactionOptions: { timeout: options.transactionTimeoutMs } } : {}),

@@ -106,7 +106,11 @@ const COPY_TEXT_PART = 32_768;
  * Runs `statement` (a `COPY ... FROM STDIN`) with `data` in COPY's text format, as one string or in parts (CopyText);
  * resolves with the rows copied.
  */
-export function copyInOneWrite(client: pg.ClientBase, statement: string, data: string | readonly string[]): Promise<number> {
+export function copyInOneWrite(
+  client: pg.ClientBase,
+  statement: string,
+  data: string | readonly string[],
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const query = new CopyInOneWrite(statement, data, (error) => (error ? reject(error) : resolve(query.rowCount)));
     // pg's types describe its own Query; a query object with `submit` is what it documents for custom queries.

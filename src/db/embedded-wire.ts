@@ -214,7 +214,9 @@ class ReplyScanner {
 
   /** The session is idle: the reply ended with ReadyForQuery 'I', so another connection may have it. */
   get idle(): boolean {
-    return this.lastType === MSG.readyForQuery && this.status === code('I') && this.headerBytes === 0 && this.bodyLeft === 0;
+    return (
+      this.lastType === MSG.readyForQuery && this.status === code('I') && this.headerBytes === 0 && this.bodyLeft === 0
+    );
   }
 
   /** The backend waits for COPY data from this connection. */
@@ -280,7 +282,9 @@ class WireConnection {
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
-    socket.on('error', (error) => options.logger?.debug({ err: error, connection: id }, 'Embedded database client connection failed'));
+    socket.on('error', (error) =>
+      options.logger?.debug({ err: error, connection: id }, 'Embedded database client connection failed'),
+    );
     socket.on('close', () => this.onClose());
   }
 
@@ -315,7 +319,8 @@ class WireConnection {
       if (this.inputLength < headerSize) return;
       const head = this.peek(headerSize);
       const size = this.started ? 1 + head.readInt32BE(1) : head.readInt32BE(0);
-      if (this.started ? size < 5 : size < 8 || size > MAX_STARTUP_PACKET) throw new Error(`invalid message length ${size}`);
+      if (this.started ? size < 5 : size < 8 || size > MAX_STARTUP_PACKET)
+        throw new Error(`invalid message length ${size}`);
       if (this.inputLength < size) return;
       const message = this.take(size);
       if (this.started) this.onMessage(message);
@@ -352,7 +357,10 @@ class WireConnection {
       return;
     }
     if (requestCode >> 16 !== 3) {
-      this.fail('0A000', `unsupported frontend protocol ${requestCode >> 16}.${requestCode & 0xffff}: the server supports 3.0`);
+      this.fail(
+        '0A000',
+        `unsupported frontend protocol ${requestCode >> 16}.${requestCode & 0xffff}: the server supports 3.0`,
+      );
       return;
     }
     if (this.options.tooMany) {
@@ -383,7 +391,11 @@ class WireConnection {
       }
       if (type === MSG.copyDone || type === MSG.copyFail) {
         if (this.copyUploadBytes > this.options.maxCopyBytes) {
-          this.copyUpload.push(copyFail(`more than ${this.options.maxCopyBytes} bytes of COPY data on the embedded database port (npm run import loads big files)`));
+          this.copyUpload.push(
+            copyFail(
+              `more than ${this.options.maxCopyBytes} bytes of COPY data on the embedded database port (npm run import loads big files)`,
+            ),
+          );
         }
         this.jobs.push({ bytes: Buffer.concat(this.copyUpload), dropCopyInResponse: true });
         this.copyUpload = undefined;
@@ -455,7 +467,13 @@ class WireConnection {
         const [portal, afterPortal] = splitCString(message, 5);
         const [statement, rest] = splitCString(message, afterPortal);
         if (portal.length === 0 && statement.length === 0) return message;
-        return buildMessage(type, [this.rename(portal), Buffer.from([0]), this.rename(statement), Buffer.from([0]), message.subarray(rest)]);
+        return buildMessage(type, [
+          this.rename(portal),
+          Buffer.from([0]),
+          this.rename(statement),
+          Buffer.from([0]),
+          message.subarray(rest),
+        ]);
       }
       case MSG.describe:
       case MSG.close: {
@@ -523,7 +541,10 @@ class WireConnection {
         }),
       );
     } catch (error) {
-      this.options.logger?.warn({ err: error, connection: this.id }, 'The embedded database failed a client request; closing that connection');
+      this.options.logger?.warn(
+        { err: error, connection: this.id },
+        'The embedded database failed a client request; closing that connection',
+      );
       this.fail('XX000', `embedded database error: ${(error as Error).message}`);
       return undefined;
     }
@@ -549,16 +570,24 @@ class WireConnection {
         await this.db.runExclusive(async () => {
           const discard = { onRawData: () => {} };
           // A CopyFail ends a COPY; a Sync ends a half-sent extended query (and is answered harmlessly otherwise).
-          await this.db.execProtocolRawStream(Buffer.concat([...(this.inCopy ? [copyFail('client connection closed')] : []), SYNC]), discard);
+          await this.db.execProtocolRawStream(
+            Buffer.concat([...(this.inCopy ? [copyFail('client connection closed')] : []), SYNC]),
+            discard,
+          );
           if (this.db.isInTransaction()) await this.db.execProtocolRawStream(simpleQuery('ROLLBACK'), discard);
           if (this.statements.size > 0) {
-            const closes = [...this.statements].map((name) => buildMessage(MSG.close, [Buffer.from('S'), Buffer.from(name, 'latin1'), Buffer.from([0])]));
+            const closes = [...this.statements].map((name) =>
+              buildMessage(MSG.close, [Buffer.from('S'), Buffer.from(name, 'latin1'), Buffer.from([0])]),
+            );
             await this.db.execProtocolRawStream(Buffer.concat([...closes, SYNC]), discard);
           }
         });
       }
     } catch (error) {
-      this.options.logger?.warn({ err: error, connection: this.id }, 'Could not clean up after an embedded database client');
+      this.options.logger?.warn(
+        { err: error, connection: this.id },
+        'Could not clean up after an embedded database client',
+      );
     } finally {
       this.session.releaseFrom(this);
       this.statements.clear();
@@ -584,7 +613,10 @@ class WireConnection {
         { connection: this.id, idleMs: this.options.idleTimeoutMs },
         'Ended an embedded database client that held the database idle inside a transaction (the service waits meanwhile)',
       );
-      this.fail('25P03', 'terminating connection due to idle-in-transaction timeout (the embedded database is shared with the service)');
+      this.fail(
+        '25P03',
+        'terminating connection due to idle-in-transaction timeout (the embedded database is shared with the service)',
+      );
     }, this.options.idleTimeoutMs);
     this.idleTimer.unref();
   }
@@ -665,5 +697,11 @@ function copyFail(reason: string): Buffer {
 
 function errorResponse(sqlState: string, message: string): Buffer {
   const field = (key: string, value: string) => Buffer.concat([Buffer.from(key), Buffer.from(value), Buffer.from([0])]);
-  return buildMessage(code('E'), [field('S', 'FATAL'), field('V', 'FATAL'), field('C', sqlState), field('M', message), Buffer.from([0])]);
+  return buildMessage(code('E'), [
+    field('S', 'FATAL'),
+    field('V', 'FATAL'),
+    field('C', sqlState),
+    field('M', message),
+    Buffer.from([0]),
+  ]);
 }

@@ -33,7 +33,12 @@ const SOCKET_CODES = new Set([
 const PRISMA_UNAVAILABLE_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2037']);
 
 /** Prisma driver-adapter error kinds for the same. */
-const ADAPTER_UNAVAILABLE_KINDS = new Set(['DatabaseNotReachable', 'ConnectionClosed', 'SocketTimeout', 'TooManyConnections']);
+const ADAPTER_UNAVAILABLE_KINDS = new Set([
+  'DatabaseNotReachable',
+  'ConnectionClosed',
+  'SocketTimeout',
+  'TooManyConnections',
+]);
 
 /**
  * Messages of errors that carry no code: pg's client and pool, PGlite after close. Matched on the start of the
@@ -59,7 +64,11 @@ const UNAVAILABLE_MESSAGES = [
 function sqlStateFault(code: string): DatabaseFault | undefined {
   if (code === '57014') return { kind: 'timeout', reason: `${code} statement cancelled` };
   if (code === '25P03') return { kind: 'timeout', reason: `${code} idle-in-transaction timeout` };
-  if (code.startsWith('08') || code.startsWith('53') || ['57P01', '57P02', '57P03', '57P05', '40001', '40P01'].includes(code)) {
+  if (
+    code.startsWith('08') ||
+    code.startsWith('53') ||
+    ['57P01', '57P02', '57P03', '57P05', '40001', '40P01'].includes(code)
+  ) {
     return { kind: 'unavailable', reason: code };
   }
   return undefined;

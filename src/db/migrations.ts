@@ -96,7 +96,9 @@ function compare(local: LocalMigration[], rows: AppliedRow[]): MigrationStatus {
   return {
     applied: local.filter((m) => finished.has(m.name)).map((m) => m.name),
     pending: local.filter((m) => !finished.has(m.name)).map((m) => m.name),
-    modified: local.filter((m) => finished.has(m.name) && finished.get(m.name)?.checksum !== m.checksum).map((m) => m.name),
+    modified: local
+      .filter((m) => finished.has(m.name) && finished.get(m.name)?.checksum !== m.checksum)
+      .map((m) => m.name),
     unknown: [...finished.keys()].filter((name) => !localNames.has(name)),
     failed: live.filter((row) => row.finished_at === null).map((row) => row.migration_name),
   };
@@ -161,7 +163,10 @@ async function applyOne(session: SqlSession, migration: LocalMigration): Promise
   } catch (error) {
     await session.exec('ROLLBACK').catch(() => {});
     const reason = error instanceof Error ? error.message : String(error);
-    throw new MigrationError(`Migration ${migration.name} failed and was rolled back (nothing of it was applied): ${reason}`, migration.name);
+    throw new MigrationError(
+      `Migration ${migration.name} failed and was rolled back (nothing of it was applied): ${reason}`,
+      migration.name,
+    );
   }
 }
 
@@ -169,7 +174,11 @@ async function applyOne(session: SqlSession, migration: LocalMigration): Promise
  * The schema policy every process that serves or writes data follows: with `migrateOnStart`, apply what is pending;
  * without, refuse (MigrationError naming the command) while anything is pending. Never serve an older schema silently.
  */
-export async function ensureSchema(db: Database, migrateOnStart: boolean, dir: string = MIGRATIONS_DIR): Promise<MigrateResult> {
+export async function ensureSchema(
+  db: Database,
+  migrateOnStart: boolean,
+  dir: string = MIGRATIONS_DIR,
+): Promise<MigrateResult> {
   if (migrateOnStart) return migrate(db, dir);
   const status = await migrationStatus(db, dir);
   if (status.pending.length > 0) {

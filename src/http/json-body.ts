@@ -32,7 +32,9 @@ const CLOSE_OBJECT = 0x7d;
 const CLOSE_ARRAY = 0x5d;
 
 function badRequest(message: string, extensions: Record<string, unknown> = {}): GraphQLError {
-  return new GraphQLError(message, { extensions: { code: 'BAD_REQUEST', ...extensions, http: { status: 400, spec: true } } });
+  return new GraphQLError(message, {
+    extensions: { code: 'BAD_REQUEST', ...extensions, http: { status: 400, spec: true } },
+  });
 }
 
 /** Counts values and tracks depth over chunks of JSON text; strings are skipped, escapes included. */
@@ -76,7 +78,9 @@ class ShapeScan {
       else if (byte === OPEN_OBJECT || byte === OPEN_ARRAY) {
         values++;
         if (++depth > this.limits.maxDepth) {
-          throw badRequest(`The request body nests objects and lists more than ${this.limits.maxDepth} levels deep.`, { limit: this.limits.maxDepth });
+          throw badRequest(`The request body nests objects and lists more than ${this.limits.maxDepth} levels deep.`, {
+            limit: this.limits.maxDepth,
+          });
         }
       } else if (byte === CLOSE_OBJECT || byte === CLOSE_ARRAY) depth--;
       else if (byte === COMMA && ++values > this.limits.maxValues) {
@@ -128,7 +132,9 @@ export async function parseJsonBody(request: Request, limits: JsonBodyLimits): P
     throw badRequest(`The request body is not valid JSON: ${jsonSyntaxReason(String((error as Error).message))}.`);
   }
   if (body === null || typeof body !== 'object') {
-    throw badRequest(`The request body must be a JSON object with \`query\`, not ${body === null ? 'null' : typeof body}.`);
+    throw badRequest(
+      `The request body must be a JSON object with \`query\`, not ${body === null ? 'null' : typeof body}.`,
+    );
   }
   return body;
 }
@@ -144,7 +150,8 @@ function isJsonPost(request: Request): boolean {
 export function useJsonBodyParser(limits: JsonBodyLimits): Plugin {
   return {
     onRequestParse({ request, setRequestParser }) {
-      if (isJsonPost(request)) setRequestParser((req) => parseJsonBody(req, limits) as ReturnType<Parameters<typeof setRequestParser>[0]>);
+      if (isJsonPost(request))
+        setRequestParser((req) => parseJsonBody(req, limits) as ReturnType<Parameters<typeof setRequestParser>[0]>);
     },
   };
 }

@@ -12,9 +12,9 @@
  * One registry per process (module singleton): metrics count the process's work, whatever creates servers in it.
  * This module imports nothing of the service's: each owner of a figure registers its own metric here.
  */
-import { type OperationTypeNode, getOperationAST } from 'graphql';
+import { getOperationAST, type OperationTypeNode } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
 
 export const registry = new Registry();
 collectDefaultMetrics({ register: registry });
@@ -26,10 +26,9 @@ const requests = new Counter({
   registers: [registry],
 });
 
-
 const duration = new Histogram({
   name: 'graphql_request_duration_seconds',
-  help: 'Time from a GraphQL request\'s arrival to its response, by operation name and type.',
+  help: "Time from a GraphQL request's arrival to its response, by operation name and type.",
   labelNames: ['operation_name', 'operation_type'] as const,
   buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
   registers: [registry],
@@ -95,7 +94,10 @@ function observeRequest(
   request: { started: number; name?: string | undefined; type?: OperationTypeNode | 'unknown' | undefined },
   failed: boolean,
 ): void {
-  const labels = { operation_name: request.type ? operationLabel(request.name) : '(none)', operation_type: request.type ?? 'unknown' };
+  const labels = {
+    operation_name: request.type ? operationLabel(request.name) : '(none)',
+    operation_type: request.type ?? 'unknown',
+  };
   duration.observe(labels, (performance.now() - request.started) / 1000);
   requests.inc({ ...labels, outcome: failed ? 'error' : 'success' });
 }
@@ -112,7 +114,11 @@ export interface MetricsPluginOptions {
 export function useMetrics(options: MetricsPluginOptions = {}): Plugin {
   const endpoint = options.endpoint ?? '/metrics';
   const timings = new WeakMap<Request, RequestTiming>();
-  const noteOperation = (request: Request | undefined, document: Parameters<typeof getOperationAST>[0], operationName?: string | null) => {
+  const noteOperation = (
+    request: Request | undefined,
+    document: Parameters<typeof getOperationAST>[0],
+    operationName?: string | null,
+  ) => {
     const timing = request && timings.get(request);
     if (!timing) return;
     const operation = getOperationAST(document, operationName ?? undefined);
@@ -122,7 +128,12 @@ export function useMetrics(options: MetricsPluginOptions = {}): Plugin {
   return {
     async onRequest({ request, url, endResponse, fetchAPI }) {
       if (url.pathname === endpoint && request.method === 'GET') {
-        endResponse(new fetchAPI.Response(await registry.metrics(), { status: 200, headers: { 'content-type': registry.contentType } }));
+        endResponse(
+          new fetchAPI.Response(await registry.metrics(), {
+            status: 200,
+            headers: { 'content-type': registry.contentType },
+          }),
+        );
         return;
       }
       timings.set(request, { started: performance.now(), graphql: false, failed: false });

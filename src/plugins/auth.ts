@@ -15,14 +15,14 @@ import type { RequestContext } from '../context.js';
 import type { Logger } from '../logger.js';
 import {
   ANONYMOUS,
-  type Caller,
-  type Scope,
   anyApiKeyExists,
   apiKeyCreatedInThisProcess,
   authenticateApiKey,
-  hasScope,
+  type Caller,
   hashKey,
+  hasScope,
   isScope,
+  type Scope,
 } from '../services/api-keys.js';
 import { findOperation, httpError, rootFields } from './operation.js';
 
@@ -83,7 +83,8 @@ export class AuthPolicy {
       return {
         mode: 'off',
         level: 'warn',
-        message: 'Authentication is off (AUTH=off): anyone who can reach the service can read and write. Unset AUTH to require API keys',
+        message:
+          'Authentication is off (AUTH=off): anyone who can reach the service can read and write. Unset AUTH to require API keys',
       };
     }
     const why = setting === 'on' ? 'AUTH=on' : production ? 'NODE_ENV=production' : 'API keys exist';
@@ -93,17 +94,24 @@ export class AuthPolicy {
         return {
           mode: 'on',
           level: 'warn',
-          message: `Authentication is on (${why}) and no API key exists yet: every request will be refused. ` +
+          message:
+            `Authentication is on (${why}) and no API key exists yet: every request will be refused. ` +
             'Create one with `npm run keys -- create --scope read --name <name>`',
         };
       }
-      return { mode: 'on', level: 'info', message: `Authentication is on (${why}): requests need an API key (\`npm run keys -- list\`)` };
+      return {
+        mode: 'on',
+        level: 'info',
+        message: `Authentication is on (${why}): requests need an API key (\`npm run keys -- list\`)`,
+      };
     }
-    if (await this.required()) return { mode: 'on', level: 'info', message: `Authentication is on (${why}): requests need an API key` };
+    if (await this.required())
+      return { mode: 'on', level: 'info', message: `Authentication is on (${why}): requests need an API key` };
     return {
       mode: 'until-first-key',
       level: 'warn',
-      message: 'Authentication is off until the first API key is created (AUTH=auto, not production): anyone can read and write. ' +
+      message:
+        'Authentication is off until the first API key is created (AUTH=auto, not production): anyone can read and write. ' +
         'Create a key with `npm run keys -- create --scope admin --name <name>` to require keys',
     };
   }
@@ -130,16 +138,24 @@ function bearerKey(header: string): { key: string; hash: string } | null {
 }
 
 /** The caller an Authorization header names; throws the 401 when a key is required and missing, malformed or refused. */
-export async function identify(header: string | null | undefined, policy: AuthPolicy, setting: AuthSetting): Promise<Caller> {
+export async function identify(
+  header: string | null | undefined,
+  policy: AuthPolicy,
+  setting: AuthSetting,
+): Promise<Caller> {
   if (setting === 'off') return ANONYMOUS;
   if (header == null || header.trim() === '') {
     if (await policy.required()) {
-      throw unauthenticated('This service needs an API key: send it as the header `Authorization: Bearer <key>`.', false);
+      throw unauthenticated(
+        'This service needs an API key: send it as the header `Authorization: Bearer <key>`.',
+        false,
+      );
     }
     return ANONYMOUS;
   }
   const bearer = bearerKey(header);
-  if (!bearer) throw unauthenticated('The Authorization header must be `Bearer <key>`, with the API key after one space.', true);
+  if (!bearer)
+    throw unauthenticated('The Authorization header must be `Bearer <key>`, with the API key after one space.', true);
   const caller = await authenticateApiKey(bearer.key, bearer.hash);
   if (!caller) throw unauthenticated(KEY_REFUSED, true);
   return caller;
@@ -168,7 +184,9 @@ export function scopeError(
     if (scope && !hasScope(caller.scopes, scope)) missing.set(scope, [...(missing.get(scope) ?? []), field.name.value]);
   }
   if (missing.size === 0) return null;
-  const needs = [...missing.entries()].map(([scope, fields]) => `\`${scope}\` (for ${[...new Set(fields)].join(', ')})`);
+  const needs = [...missing.entries()].map(
+    ([scope, fields]) => `\`${scope}\` (for ${[...new Set(fields)].join(', ')})`,
+  );
   const who = caller.keyId ? `The API key ${caller.keyId}` : 'This caller';
   return httpError(
     `${who} lacks the scope ${needs.join(' and ')}; its scopes: ${caller.scopes.join(', ') || 'none'}.`,

@@ -19,24 +19,25 @@
  * Everything else (introspection, API-key administration, operations mixing other fields) runs on graphql-js's own
  * `execute`, without Yoga's copies. Subscriptions keep Yoga's executor.
  */
+
+import { MapperKind, mapSchema } from '@graphql-tools/utils';
 import {
+  BREAK,
   type DocumentNode,
   type ExecutionArgs,
   type ExecutionResult,
+  execute,
   GraphQLScalarType,
   type GraphQLSchema,
-  Kind,
-  type TypeNode,
-  type VariableDefinitionNode,
-  execute,
   getVariableValues,
   isInputObjectType,
+  Kind,
   type OperationDefinitionNode,
-  BREAK,
+  type TypeNode,
+  type VariableDefinitionNode,
   valueFromAST,
   visit,
 } from 'graphql';
-import { MapperKind, mapSchema } from '@graphql-tools/utils';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { Plugin } from 'graphql-yoga';
 import { findOperation } from './operation.js';
@@ -115,7 +116,10 @@ function compile(args: ExecutionArgs): Compiled | null {
   if (!operation || (operation.operation !== 'query' && operation.operation !== 'mutation')) return null;
   const allowed = operation.operation === 'query' ? COMPILED_QUERY_FIELDS : COMPILED_MUTATION_FIELDS;
   const fields = operation.selectionSet.selections;
-  if (fields.length === 0 || !fields.every((s) => s.kind === Kind.FIELD && allowed.has(s.name.value) && !s.directives?.length)) {
+  if (
+    fields.length === 0 ||
+    !fields.every((s) => s.kind === Kind.FIELD && allowed.has(s.name.value) && !s.directives?.length)
+  ) {
     return null;
   }
   // graphql-jit hands a literal's parseLiteral no variables: a variable inside an input object literal
@@ -126,7 +130,8 @@ function compile(args: ExecutionArgs): Compiled | null {
   for (const definition of variableDefinitions) {
     const type = args.schema.getType(namedType(definition.type));
     if (!isInputObjectType(type) || COMPILED_INPUT_TYPES.has(type.name)) continue;
-    if (operation.operation === 'query' && OPAQUE_INPUT_TYPES.has(type.name)) coercedFirst.push(definition.variable.name.value);
+    if (operation.operation === 'query' && OPAQUE_INPUT_TYPES.has(type.name))
+      coercedFirst.push(definition.variable.name.value);
     else return null;
   }
   const schema = operation.operation === 'query' ? withOpaqueFilters(args.schema) : args.schema;
@@ -175,7 +180,9 @@ function executeOperation(args: ExecutionArgs): ExecutionResult | Promise<Execut
   if (!entry) return execute(args);
   const variables = variablesFor(args, entry);
   if (variables === null) return execute(args);
-  const result = entry.query.query(args.rootValue, args.contextValue, variables) as ExecutionResult | Promise<ExecutionResult>;
+  const result = entry.query.query(args.rootValue, args.contextValue, variables) as
+    | ExecutionResult
+    | Promise<ExecutionResult>;
   // No `data` at all: the variables were refused before anything ran, so graphql-js can run it to word the errors.
   const settle = (r: ExecutionResult) => ('data' in r ? r : execute(args));
   return isPromiseLike(result) ? result.then(settle) : settle(result);

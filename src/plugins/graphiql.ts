@@ -28,7 +28,9 @@ const gzip = promisify(zlib.gzip);
 type Encoding = 'br' | 'gzip';
 
 /** Where the build keeps the files' compressed copies: dist/graphiql/, for the compiled module only. */
-const COMPRESSED_DIR = import.meta.url.endsWith('.js') ? fileURLToPath(new URL('../graphiql/', import.meta.url)) : undefined;
+const COMPRESSED_DIR = import.meta.url.endsWith('.js')
+  ? fileURLToPath(new URL('../graphiql/', import.meta.url))
+  : undefined;
 const EXTENSIONS: Record<Encoding, string> = { br: 'br', gzip: 'gz' };
 
 /** One file's body, identity and compressed, and how it is served. */
@@ -98,7 +100,9 @@ class Asset {
       'cache-control': this.cacheControl,
       vary: 'Accept-Encoding',
     };
-    let encoding: Encoding | undefined = (['br', 'gzip'] as const).find((e) => accepted.has(e) && this.compressed.has(e));
+    let encoding: Encoding | undefined = (['br', 'gzip'] as const).find(
+      (e) => accepted.has(e) && this.compressed.has(e),
+    );
     if (!encoding) encoding = accepted.has('gzip') ? 'gzip' : accepted.has('br') ? 'br' : undefined;
     // Each encoding has its own validator: a cache must not answer a gzip request with a brotli body's 304.
     const etag = encoding ? `${this.etag.slice(0, -1)}-${encoding}"` : this.etag;
@@ -141,7 +145,9 @@ const FONT_TYPES: Record<string, string> = { woff2: 'font/woff2', woff: 'font/wo
 /** A small icon instead of the bundle's 150 KB one. */
 const FAVICON =
   'data:image/svg+xml,' +
-  encodeURIComponent('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" fill="#e535ab"/></svg>');
+  encodeURIComponent(
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" fill="#e535ab"/></svg>',
+  );
 
 interface Bundle {
   /** By file name (`<digest>.<ext>`). */
@@ -161,13 +167,18 @@ function loadBundle(base: string): Promise<Bundle> {
     const files = new Map<string, Asset>();
     const add = (body: Buffer, ext: string, contentType: string) => {
       const name = `${digest(body)}.${ext}`;
-      const storedAs = COMPRESSED_DIR ? (encoding: Encoding) => path.join(COMPRESSED_DIR, `${name}.${EXTENSIONS[encoding]}`) : undefined;
+      const storedAs = COMPRESSED_DIR
+        ? (encoding: Encoding) => path.join(COMPRESSED_DIR, `${name}.${EXTENSIONS[encoding]}`)
+        : undefined;
       if (!files.has(name)) files.set(name, new Asset(body, contentType, IMMUTABLE, storedAs));
       return `${base}/${name}`;
     };
-    const css = parts.css.replace(/url\(\s*["']?data:font\/(woff2|woff|ttf);base64,([A-Za-z0-9+/=]+)["']?\s*\)/g, (_, ext: string, data: string) => {
-      return `url(${add(Buffer.from(data, 'base64'), ext, FONT_TYPES[ext] ?? 'application/octet-stream')})`;
-    });
+    const css = parts.css.replace(
+      /url\(\s*["']?data:font\/(woff2|woff|ttf);base64,([A-Za-z0-9+/=]+)["']?\s*\)/g,
+      (_, ext: string, data: string) => {
+        return `url(${add(Buffer.from(data, 'base64'), ext, FONT_TYPES[ext] ?? 'application/octet-stream')})`;
+      },
+    );
     // The same code render-graphiql puts inline: each worker is started from a Blob of its source.
     const js = `function prepareBlob(workerContent) {
   const blob = new Blob([workerContent], { type: 'application/javascript' });
@@ -244,7 +255,10 @@ export async function writeCompressedGraphiQL(endpoint: string, minify?: (code: 
 
 /** JSON inside a <script>: `</script>` or `<!--` in a default query must not end or change the script. */
 function scriptJson(value: unknown): string {
-  return JSON.stringify(value).replace(/</g, '\\u003c').replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029');
+  return JSON.stringify(value)
+    .replace(/</g, '\\u003c')
+    .replace(/\u2028/g, '\\u2028')
+    .replace(/\u2029/g, '\\u2029');
 }
 
 function escapeHtml(text: string): string {
@@ -291,11 +305,20 @@ export function useCompressedGraphiQL({ endpoint }: { endpoint: string }): Plugi
       const name = url.pathname.slice(prefix.length);
       return bundle.then(async ({ files }) => {
         const file = files.get(name);
-        endResponse(file ? await file.respond(request) : new Response('Not found', { status: 404, headers: { 'content-type': 'text/plain' } }));
+        endResponse(
+          file
+            ? await file.respond(request)
+            : new Response('Not found', { status: 404, headers: { 'content-type': 'text/plain' } }),
+        );
       });
     },
     onResponse({ request, response, setResponse }) {
-      if (request.method !== 'GET' || pages.size === 0 || !response.headers.get('content-type')?.startsWith('text/html')) return;
+      if (
+        request.method !== 'GET' ||
+        pages.size === 0 ||
+        !response.headers.get('content-type')?.startsWith('text/html')
+      )
+        return;
       const { pathname } = new URL(request.url);
       if (pathname !== endpoint && pathname !== `${endpoint}/`) return;
       return response

@@ -9,7 +9,7 @@
  * or which operation to run); an answer with `data`, even `data: null`, comes from execution and is left alone.
  */
 import { type ExecutionResult, GraphQLError } from 'graphql';
-import { type Plugin, isAsyncIterable } from 'graphql-yoga';
+import { isAsyncIterable, type Plugin } from 'graphql-yoga';
 
 function withCode(result: ExecutionResult): ExecutionResult | undefined {
   if ('data' in result || !result.errors?.some((error) => error.extensions?.code === undefined)) return undefined;

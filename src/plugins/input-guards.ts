@@ -12,12 +12,12 @@ import {
   type DocumentNode,
   type FragmentDefinitionNode,
   GraphQLError,
+  getOperationAST,
   Kind,
   type OperationDefinitionNode,
   type SelectionNode,
   type SelectionSetNode,
   type ValueNode,
-  getOperationAST,
 } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 
@@ -28,7 +28,9 @@ function literalBoolean(value: ValueNode, operation: OperationDefinitionNode, va
   if (value.kind !== Kind.VARIABLE) return undefined;
   const name = value.name.value;
   if (variables && Object.hasOwn(variables, name)) return variables[name];
-  const fallback = operation.variableDefinitions?.find((definition) => definition.variable.name.value === name)?.defaultValue;
+  const fallback = operation.variableDefinitions?.find(
+    (definition) => definition.variable.name.value === name,
+  )?.defaultValue;
   return fallback?.kind === Kind.BOOLEAN ? fallback.value : undefined;
 }
 
@@ -54,7 +56,8 @@ function selectsAField(
   return selectionSet.selections.some((selection) => {
     if (!included(selection, operation, variables)) return false;
     if (selection.kind === Kind.FIELD) return true;
-    if (selection.kind === Kind.INLINE_FRAGMENT) return selectsAField(selection.selectionSet, operation, fragments, variables, seen);
+    if (selection.kind === Kind.INLINE_FRAGMENT)
+      return selectsAField(selection.selectionSet, operation, fragments, variables, seen);
     const name = selection.name.value;
     const fragment = fragments.get(name);
     if (!fragment || seen.has(name)) return !fragment; // an unknown fragment: let validation report it
@@ -63,7 +66,11 @@ function selectsAField(
   });
 }
 
-export function subscriptionSelectsNothing(document: DocumentNode, operationName: string | null | undefined, variables: Variables): boolean {
+export function subscriptionSelectsNothing(
+  document: DocumentNode,
+  operationName: string | null | undefined,
+  variables: Variables,
+): boolean {
   const operation = getOperationAST(document, operationName ?? undefined);
   if (!operation || operation.operation !== 'subscription') return false;
   const fragments = new Map<string, FragmentDefinitionNode>();
@@ -131,7 +138,13 @@ export function useVariablesDepthLimit(maxDepth = MAX_VARIABLES_DEPTH): Plugin {
   return {
     onParams({ params, setResult }) {
       if (variablesTooDeep(params.variables, maxDepth)) {
-        setResult({ errors: [badInput(`The variables nest objects and lists more than ${maxDepth} levels deep, the most this service accepts.`)] });
+        setResult({
+          errors: [
+            badInput(
+              `The variables nest objects and lists more than ${maxDepth} levels deep, the most this service accepts.`,
+            ),
+          ],
+        });
       }
     },
   };
@@ -143,7 +156,9 @@ export function useEmptySubscriptionGuard(): Plugin {
       if (subscriptionSelectsNothing(args.document, args.operationName, args.variableValues)) {
         setResultAndStopExecution({
           errors: [
-            badInput('This subscription selects no field (each is left out by @skip or @include): select one, e.g. metricIngested.'),
+            badInput(
+              'This subscription selects no field (each is left out by @skip or @include): select one, e.g. metricIngested.',
+            ),
           ],
         });
       }

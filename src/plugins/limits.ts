@@ -17,16 +17,16 @@ import {
   GraphQLError,
   type GraphQLNamedType,
   type GraphQLSchema,
+  getNamedType,
+  getNullableType,
+  isCompositeType,
+  isInterfaceType,
+  isListType,
+  isObjectType,
   Kind,
   type OperationDefinitionNode,
   type SelectionSetNode,
   type ValidationContext,
-  getNamedType,
-  getNullableType,
-  isListType,
-  isCompositeType,
-  isInterfaceType,
-  isObjectType,
 } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { findOperation, fragmentsOf, rawArgument } from './operation.js';
@@ -76,15 +76,33 @@ function armor(plugin: ArmorPlugin, n: number, code: string, describe: (found: n
 /** Armor's depth, aliases, directives and tokens limits. */
 export function armorPlugins(limits: QueryLimits): Plugin[] {
   return [
-    armor(maxTokensPlugin, limits.maxTokens, 'TOKEN_LIMIT_EXCEEDED', () =>
-      `The query text has more than ${limits.maxTokens} tokens, the most this service parses. ` +
-      'Send large inputs as variables, not literals.'),
-    armor(maxDepthPlugin, limits.maxDepth, 'DEPTH_LIMIT_EXCEEDED', (found) =>
-      `The operation nests selections ${found ?? 'too many'} levels deep; at most ${limits.maxDepth} are allowed.`),
-    armor(maxAliasesPlugin, limits.maxAliases, 'ALIAS_LIMIT_EXCEEDED', (found) =>
-      `The operation uses ${found ?? 'too many'} aliases; at most ${limits.maxAliases} are allowed.`),
-    armor(maxDirectivesPlugin, limits.maxDirectives, 'DIRECTIVE_LIMIT_EXCEEDED', (found) =>
-      `The operation uses ${found ?? 'too many'} directives; at most ${limits.maxDirectives} are allowed.`),
+    armor(
+      maxTokensPlugin,
+      limits.maxTokens,
+      'TOKEN_LIMIT_EXCEEDED',
+      () =>
+        `The query text has more than ${limits.maxTokens} tokens, the most this service parses. ` +
+        'Send large inputs as variables, not literals.',
+    ),
+    armor(
+      maxDepthPlugin,
+      limits.maxDepth,
+      'DEPTH_LIMIT_EXCEEDED',
+      (found) =>
+        `The operation nests selections ${found ?? 'too many'} levels deep; at most ${limits.maxDepth} are allowed.`,
+    ),
+    armor(
+      maxAliasesPlugin,
+      limits.maxAliases,
+      'ALIAS_LIMIT_EXCEEDED',
+      (found) => `The operation uses ${found ?? 'too many'} aliases; at most ${limits.maxAliases} are allowed.`,
+    ),
+    armor(
+      maxDirectivesPlugin,
+      limits.maxDirectives,
+      'DIRECTIVE_LIMIT_EXCEEDED',
+      (found) => `The operation uses ${found ?? 'too many'} directives; at most ${limits.maxDirectives} are allowed.`,
+    ),
   ];
 }
 

@@ -9,14 +9,17 @@ import {
   type FieldNode,
   type FragmentDefinitionNode,
   GraphQLError,
+  getOperationAST,
   Kind,
   type OperationDefinitionNode,
   type SelectionSetNode,
   type ValueNode,
-  getOperationAST,
 } from 'graphql';
 
-export function findOperation(document: DocumentNode, operationName: string | null | undefined): OperationDefinitionNode | null {
+export function findOperation(
+  document: DocumentNode,
+  operationName: string | null | undefined,
+): OperationDefinitionNode | null {
   return getOperationAST(document, operationName ?? undefined) ?? null;
 }
 
@@ -63,7 +66,11 @@ export function rawArgument(
   return { present: true, value: rawValue(argument.value, operation, variables) };
 }
 
-function rawValue(node: ValueNode, operation: OperationDefinitionNode, variables: Readonly<Record<string, unknown>> | null | undefined): unknown {
+function rawValue(
+  node: ValueNode,
+  operation: OperationDefinitionNode,
+  variables: Readonly<Record<string, unknown>> | null | undefined,
+): unknown {
   switch (node.kind) {
     case Kind.VARIABLE: {
       const name = node.name.value;
@@ -98,5 +105,7 @@ export function httpError(
   extra: Record<string, unknown> = {},
   headers?: Record<string, string>,
 ): GraphQLError {
-  return new GraphQLError(message, { extensions: { code, ...extra, http: { status, ...(headers ? { headers } : {}) } } });
+  return new GraphQLError(message, {
+    extensions: { code, ...extra, http: { status, ...(headers ? { headers } : {}) } },
+  });
 }

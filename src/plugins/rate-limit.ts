@@ -41,7 +41,9 @@ class TokenBucket {
   }
 }
 
-export type RateDecision = { allowed: true } | { allowed: false; retryAfterSeconds: number; limitedBy: 'requests' | 'records' };
+export type RateDecision =
+  | { allowed: true }
+  | { allowed: false; retryAfterSeconds: number; limitedBy: 'requests' | 'records' };
 
 export class IngestRateLimiter {
   private readonly buckets = new Map<string, { requests?: TokenBucket; records?: TokenBucket }>();
@@ -54,7 +56,10 @@ export class IngestRateLimiter {
     if (!entry) {
       entry = {
         requests: requestsPerSecond > 0 ? new TokenBucket(requestsPerSecond, requestsPerSecond, now) : undefined,
-        records: recordsPerSecond > 0 ? new TokenBucket(recordsPerSecond, Math.max(recordsPerSecond, maxBatchSize), now) : undefined,
+        records:
+          recordsPerSecond > 0
+            ? new TokenBucket(recordsPerSecond, Math.max(recordsPerSecond, maxBatchSize), now)
+            : undefined,
       };
       this.buckets.set(keyId, entry);
     }

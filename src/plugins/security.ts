@@ -7,14 +7,15 @@
  *   onExecute       scopes (403), cost (400), ingest rate (429)    — before any resolver, so before any SQL
  *   result          "Did you mean" hints removed (production)
  */
+
+import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
+import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { AuthPolicy, scopeCheck, useAuthentication } from './auth.js';
-import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
-import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
-import { CSRF_HEADER, armorPlugins, costLimit, useBlockFieldSuggestions } from './limits.js';
+import { armorPlugins, CSRF_HEADER, costLimit, useBlockFieldSuggestions } from './limits.js';
 import { useIngestRateLimit } from './rate-limit.js';
 
 export type SecurityConfig = Pick<
@@ -58,7 +59,10 @@ function useExecutionCheck(check: ExecutionCheck): Plugin {
 
 export function createSecurity(config: SecurityConfig, logger: Logger): Security {
   const policy = new AuthPolicy({ setting: config.auth, production: config.nodeEnv === 'production' });
-  const executionChecks: ExecutionCheck[] = [scopeCheck, costLimit(config.maxCost, { maxStatGroups: config.maxStatGroups })];
+  const executionChecks: ExecutionCheck[] = [
+    scopeCheck,
+    costLimit(config.maxCost, { maxStatGroups: config.maxStatGroups }),
+  ];
   const plugins: Plugin[] = [
     // A request a browser may send cross-site without a CORS preflight must carry a header only a preflighted
     // request can have; an API key in Authorization counts.

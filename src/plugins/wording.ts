@@ -3,8 +3,8 @@
  * this service's words and codes, and every error message bounded: the rules stay theirs, the answers read like ours.
  */
 import { GraphQLError } from 'graphql';
-import { type Plugin, isAsyncIterable } from 'graphql-yoga';
-import { ECHO_MAX, clipEcho } from '../services/errors.js';
+import { isAsyncIterable, type Plugin } from 'graphql-yoga';
+import { clipEcho, ECHO_MAX } from '../services/errors.js';
 import { CSRF_HEADER } from './limits.js';
 
 /** Longest error message an answer carries; longer ones quote client text (graphql-js' coercion errors do). */
@@ -16,19 +16,26 @@ export function jsonSyntaxReason(message: string): string {
   return clipEcho(excerpt >= 0 ? message.slice(0, excerpt) : message, 120);
 }
 
-
 function withHttp(error: GraphQLError, message: string, extensions: Record<string, unknown>): GraphQLError {
-  return new GraphQLError(message, { nodes: error.nodes, path: error.path, extensions: { ...extensions, http: error.extensions.http } });
+  return new GraphQLError(message, {
+    nodes: error.nodes,
+    path: error.path,
+    extensions: { ...extensions, http: error.extensions.http },
+  });
 }
 
 export function useFrameworkErrorsInOurWords(options: { maxBodyBytes: number }): Plugin {
   const reword = (error: GraphQLError): GraphQLError => {
     const code = error.extensions?.code;
     if (code === 'REQUEST_ENTITY_TOO_LARGE') {
-      return withHttp(error, `The request body is larger than ${options.maxBodyBytes} bytes, the most this service accepts. Send smaller batches.`, {
-        code: 'PAYLOAD_TOO_LARGE',
-        limit: options.maxBodyBytes,
-      });
+      return withHttp(
+        error,
+        `The request body is larger than ${options.maxBodyBytes} bytes, the most this service accepts. Send smaller batches.`,
+        {
+          code: 'PAYLOAD_TOO_LARGE',
+          limit: options.maxBodyBytes,
+        },
+      );
     }
     if (error.message === 'Required CSRF header(s) not present') {
       return withHttp(
@@ -41,10 +48,14 @@ export function useFrameworkErrorsInOurWords(options: { maxBodyBytes: number }):
     if (code === 'BAD_REQUEST' && error.message === 'POST body sent invalid JSON.') {
       const original = error.extensions.originalError as { message?: unknown } | undefined;
       const reason = typeof original?.message === 'string' ? jsonSyntaxReason(original.message) : undefined;
-      return withHttp(error, `The request body is not valid JSON${reason ? `: ${reason}` : ''}.`, { code: 'BAD_REQUEST' });
+      return withHttp(error, `The request body is not valid JSON${reason ? `: ${reason}` : ''}.`, {
+        code: 'BAD_REQUEST',
+      });
     }
     if (/^GraphQL introspection has been disabled/.test(error.message)) {
-      return withHttp(error, 'Introspection is disabled on this service (`__schema` and `__type`).', { code: 'INTROSPECTION_DISABLED' });
+      return withHttp(error, 'Introspection is disabled on this service (`__schema` and `__type`).', {
+        code: 'INTROSPECTION_DISABLED',
+      });
     }
     if (error.message.length > MESSAGE_MAX) {
       return new GraphQLError(clipEcho(error.message, MESSAGE_MAX), {

@@ -2,8 +2,16 @@
  * API key management over GraphQL, for holders of an `admin` key: the same operations as `npm run keys`, usable while
  * the service runs (the embedded database cannot be opened by a second process then).
  */
+
+import {
+  type ApiKeyInfo,
+  createApiKey,
+  listApiKeys,
+  NAME_MAX_LENGTH,
+  revokeApiKey,
+  SCOPES,
+} from '../services/api-keys.js';
 import { builder } from './builder.js';
-import { type ApiKeyInfo, NAME_MAX_LENGTH, SCOPES, createApiKey, listApiKeys, revokeApiKey } from '../services/api-keys.js';
 
 const ADMIN = { requiredScope: 'admin' } as const;
 
@@ -19,7 +27,9 @@ const ApiKeyScope = builder.enumType('ApiKeyScope', {
 const ApiKey = builder.objectRef<ApiKeyInfo>('ApiKey').implement({
   description: 'An API key, without its secret (only a hash of it is stored).',
   fields: (t) => ({
-    id: t.exposeID('id', { description: 'The key\'s prefix and first characters, e.g. `mk_Ab3dE9xQ`: the key starts with it.' }),
+    id: t.exposeID('id', {
+      description: "The key's prefix and first characters, e.g. `mk_Ab3dE9xQ`: the key starts with it.",
+    }),
     name: t.exposeString('name'),
     scopes: t.field({ type: [ApiKeyScope], resolve: (k) => k.scopes }),
     createdAt: t.field({ type: 'DateTime', resolve: (k) => k.createdAt }),
@@ -36,7 +46,8 @@ const ApiKey = builder.objectRef<ApiKeyInfo>('ApiKey').implement({
 const CreatedApiKey = builder.objectRef<{ key: string; apiKey: ApiKeyInfo }>('CreatedApiKey').implement({
   fields: (t) => ({
     key: t.exposeString('key', {
-      description: 'The key to send as `Authorization: Bearer <key>`. Shown this once: it is not stored and cannot be shown again.',
+      description:
+        'The key to send as `Authorization: Bearer <key>`. Shown this once: it is not stored and cannot be shown again.',
     }),
     apiKey: t.field({ type: ApiKey, resolve: (c) => c.apiKey }),
   }),

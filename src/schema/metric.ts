@@ -1,21 +1,28 @@
 /** The metric: its object type, its inputs, and the fields that store and read it. */
 import { GraphQLError } from 'graphql';
-import { builder } from './builder.js';
-import { type IngestResult, type RejectedRecord, ingestMetrics } from '../services/ingest.js';
-import { LIMITS, type StoredMetric } from '../services/record.js';
-import type { MetricFilter } from '../services/metric-filter.js';
-import { type MetricOrder, type MetricPage, type MetricRow, PAGE_LIMITS, findMetricById, findMetricPage } from '../services/metric-query.js';
 import { recordIngestResult } from '../observability/metrics.js';
+import { type IngestResult, ingestMetrics, type RejectedRecord } from '../services/ingest.js';
+import type { MetricFilter } from '../services/metric-filter.js';
+import {
+  findMetricById,
+  findMetricPage,
+  type MetricOrder,
+  type MetricPage,
+  type MetricRow,
+  PAGE_LIMITS,
+} from '../services/metric-query.js';
+import { LIMITS, type StoredMetric } from '../services/record.js';
+import { builder } from './builder.js';
 
 export const UserMetric = builder.objectRef<StoredMetric>('UserMetric').implement({
-  description: 'One report of how a user\'s session went.',
+  description: "One report of how a user's session went.",
   fields: (t) => ({
     // Fields that read a property have no resolver: graphql-jit reads the property in place, where a resolver costs a
     // call and a resolve-info object per field of every row. ID serializes the number as its text.
     id: t.exposeID('id'),
     eventId: t.exposeString('eventId', {
       nullable: true,
-      description: 'The client\'s own id for the record, as sent; null when it sent none.',
+      description: "The client's own id for the record, as sent; null when it sent none.",
     }),
     userId: t.exposeString('userId'),
     sessionId: t.exposeString('sessionId'),
@@ -44,7 +51,7 @@ const UserMetricInput = builder.inputType('UserMetricInput', {
     timestamp: t.field({
       type: 'SafeInt',
       required: true,
-      description: 'Unix time of the event in seconds; from 2000-01-01 to 24 hours ahead of the server\'s clock.',
+      description: "Unix time of the event in seconds; from 2000-01-01 to 24 hours ahead of the server's clock.",
     }),
     talkedTime: t.int({ required: true, description: `Seconds the user talked, 0..${LIMITS.talkedTimeMax}.` }),
     microphoneUsed: t.boolean({ required: true }),
@@ -60,7 +67,8 @@ const RejectedRecordType = builder.objectRef<RejectedRecord>('RejectedRecord').i
     eventId: t.exposeString('eventId', { nullable: true }),
     field: t.exposeString('field', { nullable: true, description: 'The input field at fault, e.g. `timestamp`.' }),
     code: t.exposeString('code', {
-      description: 'BLANK, TOO_LONG, INVALID_CHARACTER, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, TIMESTAMP_IN_MILLISECONDS or OUT_OF_RANGE.',
+      description:
+        'BLANK, TOO_LONG, INVALID_CHARACTER, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, TIMESTAMP_IN_MILLISECONDS or OUT_OF_RANGE.',
     }),
     message: t.exposeString('message', { description: 'What was wrong and what is allowed.' }),
   }),
@@ -72,7 +80,11 @@ const IngestMetricsResult = builder.objectRef<IngestResult>('IngestMetricsResult
     duplicates: t.exposeInt('duplicates', {
       description: 'Valid records already stored (or repeated within this batch): not stored again.',
     }),
-    rejected: t.field({ type: [RejectedRecordType], /* its length follows the request's own records: counted once */ extensions: { listMax: 1 }, resolve: (r) => r.rejected }),
+    rejected: t.field({
+      type: [RejectedRecordType],
+      /* its length follows the request's own records: counted once */ extensions: { listMax: 1 },
+      resolve: (r) => r.rejected,
+    }),
   }),
 });
 
@@ -181,7 +193,9 @@ export const MetricFilterInput = builder.inputRef<MetricFilter>('MetricFilter').
 
 // Reading ---------------------------------------------------------------------------------------------------------
 
-const MetricOrderField = builder.enumType('MetricOrderField', { values: ['TIMESTAMP', 'TALKED_TIME', 'CREATED_AT'] as const });
+const MetricOrderField = builder.enumType('MetricOrderField', {
+  values: ['TIMESTAMP', 'TALKED_TIME', 'CREATED_AT'] as const,
+});
 const OrderDirection = builder.enumType('OrderDirection', { values: ['ASC', 'DESC'] as const });
 
 const MetricOrderInput = builder.inputRef<MetricOrder>('MetricOrder').implement({
@@ -191,14 +205,12 @@ const MetricOrderInput = builder.inputRef<MetricOrder>('MetricOrder').implement(
   }),
 });
 
-const PageInfo = builder
-  .objectRef<{ hasNextPage: boolean; endCursor: string | null }>('PageInfo')
-  .implement({
-    fields: (t) => ({
-      hasNextPage: t.exposeBoolean('hasNextPage', { description: 'True only when another row exists after this page.' }),
-      endCursor: t.exposeString('endCursor', { nullable: true, description: 'Pass as `after` for the next page.' }),
-    }),
-  });
+const PageInfo = builder.objectRef<{ hasNextPage: boolean; endCursor: string | null }>('PageInfo').implement({
+  fields: (t) => ({
+    hasNextPage: t.exposeBoolean('hasNextPage', { description: 'True only when another row exists after this page.' }),
+    endCursor: t.exposeString('endCursor', { nullable: true, description: 'Pass as `after` for the next page.' }),
+  }),
+});
 
 interface Edge {
   node: MetricRow;
@@ -221,7 +233,10 @@ const UserMetricConnection = builder.objectRef<Connection>('UserMetricConnection
     // The page's `first` counts its edges (src/plugins/limits.ts).
     edges: t.expose('edges', { type: [UserMetricEdge], extensions: { listMax: 1 } }),
     pageInfo: t.expose('pageInfo', { type: PageInfo }),
-    totalCount: t.int({ description: 'Records matching `where` (counted only when asked for).', resolve: (c) => c.totalCount() }),
+    totalCount: t.int({
+      description: 'Records matching `where` (counted only when asked for).',
+      resolve: (c) => c.totalCount(),
+    }),
   }),
 });
 

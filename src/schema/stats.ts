@@ -1,19 +1,19 @@
 /** Aggregates: `metricStats` (groups and time buckets) and `userSummary`, with their types. */
 import { type FieldNode, type GraphQLResolveInfo, Kind, type SelectionSetNode } from 'graphql';
-import { builder } from './builder.js';
 import {
   DEFAULT_TIME_ZONE,
   type MetricDimension,
   type MetricFigures,
   type MetricGroup,
+  metricStats,
   type SentimentCount,
   type StatsFigure,
   type TalkedTimeStats,
   type TimeBucket,
   type UserSummary,
-  metricStats,
   userSummary,
 } from '../services/stats.js';
+import { builder } from './builder.js';
 import { MetricFilterInput } from './metric.js';
 
 /** The figure behind each selectable field (of MetricFigures and its types, and of TalkedTimeStats). */
@@ -41,7 +41,11 @@ const TALKED_TIME_FIELDS: Record<string, StatsFigure> = {
 };
 
 /** The fields a selection set selects, through fragments (@skip and @include aside: at worst a figure too many). */
-function selectedFields(selectionSet: SelectionSetNode | undefined, info: GraphQLResolveInfo, into: FieldNode[] = []): FieldNode[] {
+function selectedFields(
+  selectionSet: SelectionSetNode | undefined,
+  info: GraphQLResolveInfo,
+  into: FieldNode[] = [],
+): FieldNode[] {
   for (const selection of selectionSet?.selections ?? []) {
     if (selection.kind === Kind.FIELD) into.push(selection);
     else if (selection.kind === Kind.INLINE_FRAGMENT) selectedFields(selection.selectionSet, info, into);
@@ -72,23 +76,30 @@ const SENTIMENTS_MAX = 100;
 
 const MetricDimensionEnum = builder.enumType('MetricDimension', {
   description: 'A field to group records by.',
-  values: ['USER_ID', 'SESSION_ID', 'VOICE_SENTIMENT', 'MICROPHONE_USED', 'SPEAKER_USED'] as const satisfies readonly MetricDimension[],
+  values: [
+    'USER_ID',
+    'SESSION_ID',
+    'VOICE_SENTIMENT',
+    'MICROPHONE_USED',
+    'SPEAKER_USED',
+  ] as const satisfies readonly MetricDimension[],
 });
 
 const TimeBucketUnitEnum = builder.enumType('TimeBucketUnit', {
-  description: 'Length of a time bucket, in the calendar of the bucket\'s time zone. Weeks start on Monday (ISO).',
+  description: "Length of a time bucket, in the calendar of the bucket's time zone. Weeks start on Monday (ISO).",
   values: ['MINUTE', 'HOUR', 'DAY', 'WEEK', 'MONTH'] as const,
 });
 
 const TimeBucketInput = builder.inputRef<TimeBucket>('TimeBucketInput').implement({
   description:
-    'Groups records by when they happened (their `timestamp`), in a time zone\'s calendar, daylight-saving changes included: ' +
+    "Groups records by when they happened (their `timestamp`), in a time zone's calendar, daylight-saving changes included: " +
     'a day is a local day (23 or 25 hours on the change days), and the repeated autumn hour is two HOUR buckets.',
   fields: (t) => ({
     unit: t.field({ type: TimeBucketUnitEnum, required: true }),
     timeZone: t.string({
       defaultValue: DEFAULT_TIME_ZONE,
-      description: 'A tz-database name, e.g. "Europe/Berlin" or "America/New_York". Offsets and abbreviations (e.g. "+02") are refused.',
+      description:
+        'A tz-database name, e.g. "Europe/Berlin" or "America/New_York". Offsets and abbreviations (e.g. "+02") are refused.',
     }),
   }),
 });
@@ -101,19 +112,24 @@ const TalkedTimeStatsType = builder.objectRef<TalkedTimeStats>('TalkedTimeStats'
     min: t.exposeInt('min'),
     max: t.exposeInt('max'),
     p50: t.exposeFloat('p50', { description: 'Median (continuous: interpolated between the two middle values).' }),
-    p95: t.exposeFloat('p95', { description: '95th percentile (continuous, as PostgreSQL\'s percentile_cont).' }),
+    p95: t.exposeFloat('p95', { description: "95th percentile (continuous, as PostgreSQL's percentile_cont)." }),
     p50Approx: t.exposeFloat('p50Approx', {
       description:
         'Approximate median: within 1% of p50 (from a histogram of talk times in buckets 2% wide). Cheap from the rollups ' +
         '(README: "Rollups"); p50 is exact and reads every record.',
     }),
-    p95Approx: t.exposeFloat('p95Approx', { description: 'Approximate 95th percentile: within 1% of p95 (as p50Approx).' }),
+    p95Approx: t.exposeFloat('p95Approx', {
+      description: 'Approximate 95th percentile: within 1% of p95 (as p50Approx).',
+    }),
   }),
 });
 
 const SentimentCountType = builder.objectRef<SentimentCount>('SentimentCount').implement({
   fields: (t) => ({
-    value: t.exposeString('value', { nullable: true, description: 'The voiceSentiment; null for records that gave none.' }),
+    value: t.exposeString('value', {
+      nullable: true,
+      description: 'The voiceSentiment; null for records that gave none.',
+    }),
     count: t.field({ type: 'SafeInt', resolve: (s) => s.count }),
   }),
 });
@@ -130,9 +146,15 @@ const MetricFiguresInterface = builder.interfaceRef<MetricFigures>('MetricFigure
         '65,536-bit bitmap; README: "Rollups"). Cheap from the rollups; distinctUsers is exact and reads every record.',
       resolve: (f) => f.distinctUsersApprox,
     }),
-    distinctSessions: t.field({ type: 'SafeInt', description: 'Distinct sessionId values.', resolve: (f) => f.distinctSessions }),
+    distinctSessions: t.field({
+      type: 'SafeInt',
+      description: 'Distinct sessionId values.',
+      resolve: (f) => f.distinctSessions,
+    }),
     talkedTime: t.field({ type: TalkedTimeStatsType, resolve: (f) => f.talkedTime }),
-    microphoneUsageRate: t.exposeFloat('microphoneUsageRate', { description: 'Share of records with microphoneUsed, 0..1.' }),
+    microphoneUsageRate: t.exposeFloat('microphoneUsageRate', {
+      description: 'Share of records with microphoneUsed, 0..1.',
+    }),
     speakerUsageRate: t.exposeFloat('speakerUsageRate', { description: 'Share of records with speakerUsed, 0..1.' }),
     sentiments: t.field({
       type: [SentimentCountType],
@@ -167,13 +189,25 @@ const MetricGroupType = builder.objectRef<MetricGroup>('MetricGroup').implement(
 });
 
 const UserSummaryType = builder.objectRef<UserSummary>('UserSummary').implement({
-  description: 'The figures of one user\'s records.',
+  description: "The figures of one user's records.",
   interfaces: [MetricFiguresInterface],
   fields: (t) => ({
     userId: t.exposeString('userId'),
-    firstSeen: t.field({ type: 'DateTime', description: 'The earliest event time (`timestamp`).', resolve: (s) => s.firstSeen }),
-    lastSeen: t.field({ type: 'DateTime', description: 'The latest event time (`timestamp`).', resolve: (s) => s.lastSeen }),
-    sessionCount: t.field({ type: 'SafeInt', description: 'Distinct sessions of the user.', resolve: (s) => s.distinctSessions }),
+    firstSeen: t.field({
+      type: 'DateTime',
+      description: 'The earliest event time (`timestamp`).',
+      resolve: (s) => s.firstSeen,
+    }),
+    lastSeen: t.field({
+      type: 'DateTime',
+      description: 'The latest event time (`timestamp`).',
+      resolve: (s) => s.lastSeen,
+    }),
+    sessionCount: t.field({
+      type: 'SafeInt',
+      description: 'Distinct sessions of the user.',
+      resolve: (s) => s.distinctSessions,
+    }),
   }),
 });
 
@@ -183,13 +217,16 @@ builder.queryFields((t) => ({
     description:
       'Figures of the records matching `where`, per group: one group per combination of the `groupBy` dimensions and the ' +
       '`bucket` (one group for all records without either). Ordered by bucketStart, then the dimensions in the order given, ' +
-      'nulls last. No matching record: an empty list. More groups than the server\'s limit (MAX_STAT_GROUPS, default 1,000): ' +
+      "nulls last. No matching record: an empty list. More groups than the server's limit (MAX_STAT_GROUPS, default 1,000): " +
       'an error, code TOO_MANY_GROUPS.',
     // The cost limit counts the groups at their most (src/plugins/limits.ts).
     extensions: { listMax: 'maxStatGroups' },
     args: {
       where: t.arg({ type: MetricFilterInput }),
-      groupBy: t.arg({ type: [MetricDimensionEnum], description: 'Dimensions, each at most once; their order orders the groups.' }),
+      groupBy: t.arg({
+        type: [MetricDimensionEnum],
+        description: 'Dimensions, each at most once; their order orders the groups.',
+      }),
       bucket: t.arg({ type: TimeBucketInput }),
     },
     resolve: (_root, args, ctx, info) =>
@@ -201,7 +238,7 @@ builder.queryFields((t) => ({
   userSummary: t.field({
     type: UserSummaryType,
     nullable: true,
-    description: 'Figures of one user\'s records (those matching `where`, when given); null when there are none.',
+    description: "Figures of one user's records (those matching `where`, when given); null when there are none.",
     args: {
       userId: t.arg.string({ required: true }),
       where: t.arg({ type: MetricFilterInput }),

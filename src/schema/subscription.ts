@@ -1,7 +1,8 @@
 /** Live updates: the `metricIngested` subscription (server-sent events through Yoga; GraphiQL can run it). */
-import { builder } from './builder.js';
+
 import { subscribeStored } from '../services/events.js';
 import { filterToSql, matchesFilter } from '../services/metric-filter.js';
+import { builder } from './builder.js';
 import { MetricFilterInput, UserMetric } from './metric.js';
 
 builder.subscriptionField('metricIngested', (t) =>

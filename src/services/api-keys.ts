@@ -9,7 +9,7 @@
  */
 import crypto from 'node:crypto';
 import { database } from '../db/client.js';
-import { InputError, checkStorableText } from './errors.js';
+import { checkStorableText, InputError } from './errors.js';
 
 export const SCOPES = ['ingest', 'read', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];
@@ -67,7 +67,8 @@ export function hashKey(key: string): string {
 function checkName(name: string): string {
   const trimmed = name.trim();
   if (trimmed.length === 0) throw new InputError('name must not be blank', 'name');
-  if ([...trimmed].length > NAME_MAX_LENGTH) throw new InputError(`name must be at most ${NAME_MAX_LENGTH} characters`, 'name');
+  if ([...trimmed].length > NAME_MAX_LENGTH)
+    throw new InputError(`name must be at most ${NAME_MAX_LENGTH} characters`, 'name');
   if (/[\u0000-\u001f\u007f]/.test(trimmed)) throw new InputError('name must not contain control characters', 'name');
   return checkStorableText(trimmed, 'name');
 }
@@ -76,7 +77,10 @@ function checkScopes(scopes: readonly string[]): Scope[] {
   if (scopes.length === 0) throw new InputError(`give at least one scope: ${SCOPES.join(', ')}`, 'scopes');
   const unknown = scopes.filter((s) => !isScope(s));
   if (unknown.length > 0) {
-    throw new InputError(`unknown scope ${unknown.map((s) => JSON.stringify(s)).join(', ')}; scopes are ${SCOPES.join(', ')}`, 'scopes');
+    throw new InputError(
+      `unknown scope ${unknown.map((s) => JSON.stringify(s)).join(', ')}; scopes are ${SCOPES.join(', ')}`,
+      'scopes',
+    );
   }
   return SCOPES.filter((s) => scopes.includes(s));
 }
@@ -160,7 +164,10 @@ export async function revokeApiKey(id: string): Promise<RevokeResult | null> {
 export async function anyApiKeyExists(): Promise<boolean> {
   // On the driver, as the per-request lookup: the service's start-up check then does not load Prisma's query engine
   // into a process whose requests never use it.
-  const [row] = await database().queryDirect<{ present: boolean }>('SELECT EXISTS (SELECT 1 FROM api_keys) AS present', []);
+  const [row] = await database().queryDirect<{ present: boolean }>(
+    'SELECT EXISTS (SELECT 1 FROM api_keys) AS present',
+    [],
+  );
   return row?.present === true;
 }
 

@@ -16,8 +16,8 @@
  * database), so a caller can prepare the next batch while the database stores the previous one.
  */
 import type pg from 'pg';
-import { CopyText, copyInOneWrite } from '../db/copy.js';
 import { database } from '../db/client.js';
+import { CopyText, copyInOneWrite } from '../db/copy.js';
 import { copyLine, ingestMetrics, recordKeyHex } from './ingest.js';
 import { type MetricRecordInput, STORED_COLUMNS } from './record.js';
 import { type FieldProblem, validateRecord } from './validation.js';
@@ -51,7 +51,10 @@ export async function openBulkWriter(method?: BulkMethod): Promise<BulkWriter> {
   const db = database();
   const chosen = method ?? (db.pool ? 'copy' : 'insert');
   if (chosen === 'insert') return new InsertWriter();
-  if (!db.pool) throw new Error('The COPY method needs PostgreSQL (DATABASE_URL); the embedded database loads with the insert method');
+  if (!db.pool)
+    throw new Error(
+      'The COPY method needs PostgreSQL (DATABASE_URL); the embedded database loads with the insert method',
+    );
   return new CopyWriter(await db.pool.connect());
 }
 

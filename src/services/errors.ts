@@ -33,7 +33,12 @@ export function clipEcho(text: string, max = ECHO_MAX): string {
  * Unicode). `argument` names the argument or input path in the error.
  */
 export function checkStorableText(value: string, argument: string): string {
-  if (value.includes('\0')) throw new InputError(`${argument} contains a NUL character (\\u0000), which is not allowed`, argument);
-  if (!value.isWellFormed()) throw new InputError(`${argument} contains an unpaired UTF-16 surrogate, which is not valid Unicode text`, argument);
+  if (value.includes('\0'))
+    throw new InputError(`${argument} contains a NUL character (\\u0000), which is not allowed`, argument);
+  if (!value.isWellFormed())
+    throw new InputError(
+      `${argument} contains an unpaired UTF-16 surrogate, which is not valid Unicode text`,
+      argument,
+    );
   return value;
 }

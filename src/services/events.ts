@@ -201,7 +201,10 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
     // ioredis reports every failed reconnect; one line every 10 s is enough to see the outage.
     if (Date.now() - lastErrorLog > 10_000) {
       lastErrorLog = Date.now();
-      logger.warn({ err: error }, `Redis connection problem (live updates across instances are interrupted): ${error.message}`);
+      logger.warn(
+        { err: error },
+        `Redis connection problem (live updates across instances are interrupted): ${error.message}`,
+      );
     }
   };
   publisher.on('error', onError);
@@ -214,7 +217,10 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
       if (!Array.isArray(wire)) throw new Error('not an array');
       records = wire.map((r) => ({ ...r, createdAt: new Date(r.createdAt) }));
     } catch (error) {
-      logger.warn({ err: error, channel }, 'Ignored a message on the live-update channel that is not a batch of records');
+      logger.warn(
+        { err: error, channel },
+        'Ignored a message on the live-update channel that is not a batch of records',
+      );
       return;
     }
     deliver(records);
@@ -227,13 +233,19 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
   } catch (error) {
     publisher.disconnect();
     subscriber.disconnect();
-    const reason = lastError && lastError !== error ? `${lastError.message} (${(error as Error).message})` : (error as Error).message;
+    const reason =
+      lastError && lastError !== error
+        ? `${lastError.message} (${(error as Error).message})`
+        : (error as Error).message;
     throw new Error(`Cannot use Redis at ${redactUrl(options.redisUrl)} (REDIS_URL) for live updates: ${reason}`);
   }
 
   const quit = async (client: Redis) => {
     try {
-      await Promise.race([client.quit(), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000).unref())]);
+      await Promise.race([
+        client.quit(),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000).unref()),
+      ]);
     } catch {
       client.disconnect();
     }
@@ -269,7 +281,6 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
   };
 }
 
-
 let active: MetricEvents | undefined;
 
 /** Starts the service's live updates; `publishStored` and `subscribeStored` use them. */
@@ -290,7 +301,9 @@ export async function publishStored(records: readonly StoredMetric[]): Promise<v
 }
 
 /** Subscribes to newly stored records for which `accept` is true. */
-export function subscribeStored(accept: (record: StoredMetric) => boolean): Promise<AsyncIterableIterator<StoredMetric>> {
+export function subscribeStored(
+  accept: (record: StoredMetric) => boolean,
+): Promise<AsyncIterableIterator<StoredMetric>> {
   if (!active) throw new Error('Live updates are not started: call startMetricEvents() first');
   return active.subscribe(accept);
 }

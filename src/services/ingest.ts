@@ -2,14 +2,14 @@
  * Ingestion: validate a batch, give each record its identity, store the new ones atomically (see insertRows).
  */
 import crypto from 'node:crypto';
-import { type SqlSession, database } from '../db/client.js';
-import { CopyText, arrayElement, copyBytea, copyField } from '../db/copy.js';
+import { database, type SqlSession } from '../db/client.js';
+import { arrayElement, CopyText, copyBytea, copyField } from '../db/copy.js';
 import { clipEcho } from './errors.js';
 import { liveUpdatesListening, publishStored } from './events.js';
 import {
   type MetricRecordInput,
-  RECORD_FIELDS,
   RECORD_FIELD_NAMES,
+  RECORD_FIELDS,
   STORED_COLUMNS,
   type StoredMetric,
   storedMetric,
@@ -66,7 +66,8 @@ export function recordKey(record: MetricRecordInput): Buffer {
 export function recordKeyHex(record: MetricRecordInput): string {
   // crypto.hash: one call per record, without a Hash object: cheaper than createHash + digest + toString('hex').
   // "event:" and "content:v1:" are ASCII, so hashing the concatenation hashes the same bytes as two updates would.
-  if (record.eventId !== undefined && record.eventId !== null) return crypto.hash('sha256', `event:${record.eventId}`, 'hex');
+  if (record.eventId !== undefined && record.eventId !== null)
+    return crypto.hash('sha256', `event:${record.eventId}`, 'hex');
   return crypto.hash(
     'sha256',
     `content:v1:${JSON.stringify([
@@ -99,7 +100,10 @@ interface Inserted {
   path: WritePath;
 }
 
-export async function ingestMetrics(records: readonly MetricRecordInput[], options: IngestOptions = {}): Promise<IngestResult> {
+export async function ingestMetrics(
+  records: readonly MetricRecordInput[],
+  options: IngestOptions = {},
+): Promise<IngestResult> {
   const nowSeconds = options.nowSeconds ?? Math.floor(Date.now() / 1000);
   const rejected: RejectedRecord[] = [];
   const unique = new Map<string, PendingRow>();
@@ -109,7 +113,8 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
     const record = records[index] as MetricRecordInput;
     const problems = validateRecord(record, nowSeconds);
     if (problems.length > 0) {
-      for (const problem of problems) rejected.push({ index, eventId: record.eventId == null ? null : clipEcho(record.eventId), ...problem });
+      for (const problem of problems)
+        rejected.push({ index, eventId: record.eventId == null ? null : clipEcho(record.eventId), ...problem });
       continue;
     }
     const keyHex = recordKeyHex(record);
@@ -118,7 +123,12 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
   }
 
   if (unique.size === 0 || (options.atomic && rejected.length > 0)) {
-    return { accepted: 0, duplicates: options.atomic && rejected.length > 0 ? 0 : repeatsInBatch, rejected, writePath: null };
+    return {
+      accepted: 0,
+      duplicates: options.atomic && rejected.length > 0 ? 0 : repeatsInBatch,
+      rejected,
+      writePath: null,
+    };
   }
 
   // Rows go in in key order: concurrent batches that overlap then take their row locks in the same order and never deadlock.
@@ -147,8 +157,15 @@ export async function ingestMetrics(records: readonly MetricRecordInput[], optio
 }
 
 /** The rows a batch stored, in id order (as every write path gives them). */
-function storedRows(rows: readonly PendingRow[], positions: readonly number[], ids: readonly number[], createdAt: Date): StoredMetric[] {
-  return positions.map((position, i) => storedMetric((rows[position] as PendingRow).record, ids[i] as number, createdAt));
+function storedRows(
+  rows: readonly PendingRow[],
+  positions: readonly number[],
+  ids: readonly number[],
+  createdAt: Date,
+): StoredMetric[] {
+  return positions.map((position, i) =>
+    storedMetric((rows[position] as PendingRow).record, ids[i] as number, createdAt),
+  );
 }
 
 /**
@@ -160,7 +177,8 @@ const BATCH_IDENTITIES = `batch AS (
     )`;
 
 /** The stored row of `batch.record_key`, one index probe each: LATERAL ... LIMIT 1 keeps PostgreSQL from making a join of it. */
-const STORED_ROW_OF_BATCH_KEY = 'SELECT id, created_at FROM user_metrics WHERE user_metrics.record_key = batch.record_key LIMIT 1';
+const STORED_ROW_OF_BATCH_KEY =
+  'SELECT id, created_at FROM user_metrics WHERE user_metrics.record_key = batch.record_key LIMIT 1';
 
 /** The ids and created_at of rows copied with the columns' defaults, found by their identities; in id order. */
 const READ_BACK_SQL = `
@@ -258,8 +276,15 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
   if (lookUp) for (let i = 0; i < rows.length; i++) keys += (rows[i] as PendingRow).keyHex;
   // Sent at once (the driver queues them on the connection); the rows' COPY lines are built while PostgreSQL works.
   // The planner settings are for the lookup (see LOOK_UP_AND_RESERVE_SQL).
-  const begun = lookUp ? session.exec('BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off') : undefined;
-  const reserving = session.query<{ stored: string | null; ids: number[] | null; created_at: Date; created_at_text?: string }>(
+  const begun = lookUp
+    ? session.exec('BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off')
+    : undefined;
+  const reserving = session.query<{
+    stored: string | null;
+    ids: number[] | null;
+    created_at: Date;
+    created_at_text?: string;
+  }>(
     lookUp ? LOOK_UP_AND_RESERVE_SQL : RESERVE_SQL,
     lookUp ? [Buffer.from(keys, 'hex'), rows.length] : [rows.length],
     lookUp ? 'ingest_metrics_look_up_and_reserve' : 'ingest_metrics_reserve',
@@ -284,7 +309,12 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
       positions.push(position);
     }
     if (positions.length !== ids.length) throw new Error(`Reserved ${ids.length} ids for ${positions.length} new rows`);
-    const inserted: Inserted = { positions, ids, createdAt: reserved.created_at, path: lookUp ? 'lookup_copy' : 'copy' };
+    const inserted: Inserted = {
+      positions,
+      ids,
+      createdAt: reserved.created_at,
+      path: lookUp ? 'lookup_copy' : 'copy',
+    };
     if (positions.length > 0) await copyIn(session, lookUp ? COPY_SQL : COPY_WITH_CREATED_AT_SQL, data.done());
     if (lookUp) await session.exec('COMMIT');
     return inserted;
@@ -327,7 +357,8 @@ function copyIn(session: SqlSession, statement: string, data: readonly string[])
 /** A record as a line of COPY's text format (without its line end), in the order of STORED_COLUMNS. */
 export function copyLine(keyHex: string, record: MetricRecordInput): string {
   let line = copyBytea(keyHex);
-  for (let i = 0; i < RECORD_FIELD_NAMES.length; i++) line += `\t${copyField(record[RECORD_FIELD_NAMES[i] as keyof MetricRecordInput])}`;
+  for (let i = 0; i < RECORD_FIELD_NAMES.length; i++)
+    line += `\t${copyField(record[RECORD_FIELD_NAMES[i] as keyof MetricRecordInput])}`;
   return line;
 }
 

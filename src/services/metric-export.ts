@@ -4,8 +4,8 @@
  */
 import { database } from '../db/client.js';
 import { Prisma } from '../generated/prisma/client.js';
+import { filterToSql, type MetricFilter } from './metric-filter.js';
 import { FIELD_SELECT_LIST, type StoredMetric } from './record.js';
-import { type MetricFilter, filterToSql } from './metric-filter.js';
 
 /** A stored record as an export carries it: createdAt as ISO 8601 in UTC with microseconds, as stored. */
 export interface ExportedMetric extends Omit<StoredMetric, 'createdAt'> {
@@ -21,7 +21,10 @@ interface RawRow extends Omit<ExportedMetric, 'timestamp'> {
  * The records matching `filter` in id order, `batchSize` per query. Rows stored while the export runs are included
  * when their ids come after the current position (each batch is its own snapshot).
  */
-export async function* exportMetrics(filter: MetricFilter | null | undefined, batchSize = 5000): AsyncGenerator<ExportedMetric[]> {
+export async function* exportMetrics(
+  filter: MetricFilter | null | undefined,
+  batchSize = 5000,
+): AsyncGenerator<ExportedMetric[]> {
   const condition = filterToSql(filter);
   const prisma = database().prisma;
   let after = 0;

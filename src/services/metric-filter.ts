@@ -104,7 +104,10 @@ function or(parts: Prisma.Sql[]): Prisma.Sql {
 
 function checkList(list: readonly unknown[], path: string): void {
   if (list.length > FILTER_LIMITS.maxListValues) {
-    throw new FilterError(`${path} has ${list.length} values; at most ${FILTER_LIMITS.maxListValues} are allowed`, path);
+    throw new FilterError(
+      `${path} has ${list.length} values; at most ${FILTER_LIMITS.maxListValues} are allowed`,
+      path,
+    );
   }
 }
 
@@ -124,7 +127,11 @@ function stringCondition(column: Prisma.Sql, filter: NullableStringFilter, path:
     checkList(filter.in, `${path}.in`);
     filter.in.forEach((v, i) => checkText(v, `${path}.in[${i}]`));
     // An empty list is false for a value and unknown for a null (`col <> col`), so that NOT of it still skips nulls.
-    parts.push(filter.in.length === 0 ? Prisma.sql`${column} <> ${column}` : Prisma.sql`${column} = ANY(${[...filter.in]}::text[])`);
+    parts.push(
+      filter.in.length === 0
+        ? Prisma.sql`${column} <> ${column}`
+        : Prisma.sql`${column} = ANY(${[...filter.in]}::text[])`,
+    );
   }
   if (filter.notIn != null) {
     checkList(filter.notIn, `${path}.notIn`);
@@ -143,7 +150,8 @@ function stringCondition(column: Prisma.Sql, filter: NullableStringFilter, path:
     checkText(filter.contains, `${path}.contains`);
     parts.push(Prisma.sql`${column} LIKE ${`%${escapeLike(filter.contains)}%`}`);
   }
-  if (filter.isNull != null) parts.push(filter.isNull ? Prisma.sql`${column} IS NULL` : Prisma.sql`${column} IS NOT NULL`);
+  if (filter.isNull != null)
+    parts.push(filter.isNull ? Prisma.sql`${column} IS NULL` : Prisma.sql`${column} IS NOT NULL`);
   return parts;
 }
 
@@ -182,9 +190,12 @@ export function filterToSql(filter: MetricFilter | null | undefined): Prisma.Sql
     const parts: Prisma.Sql[] = [];
     if (f.userId) parts.push(...stringCondition(COLUMNS.userId, f.userId, `${path}.userId`));
     if (f.sessionId) parts.push(...stringCondition(COLUMNS.sessionId, f.sessionId, `${path}.sessionId`));
-    if (f.voiceSentiment) parts.push(...stringCondition(COLUMNS.voiceSentiment, f.voiceSentiment, `${path}.voiceSentiment`));
-    if (f.timestamp) parts.push(...numberCondition(COLUMNS.timestamp, NUMBER_CASTS.timestamp, f.timestamp, `${path}.timestamp`));
-    if (f.talkedTime) parts.push(...numberCondition(COLUMNS.talkedTime, NUMBER_CASTS.talkedTime, f.talkedTime, `${path}.talkedTime`));
+    if (f.voiceSentiment)
+      parts.push(...stringCondition(COLUMNS.voiceSentiment, f.voiceSentiment, `${path}.voiceSentiment`));
+    if (f.timestamp)
+      parts.push(...numberCondition(COLUMNS.timestamp, NUMBER_CASTS.timestamp, f.timestamp, `${path}.timestamp`));
+    if (f.talkedTime)
+      parts.push(...numberCondition(COLUMNS.talkedTime, NUMBER_CASTS.talkedTime, f.talkedTime, `${path}.talkedTime`));
     if (f.createdAt) parts.push(...dateCondition(COLUMNS.createdAt, f.createdAt));
     if (f.microphoneUsed != null) parts.push(Prisma.sql`${COLUMNS.microphoneUsed} = ${f.microphoneUsed}`);
     if (f.speakerUsed != null) parts.push(Prisma.sql`${COLUMNS.speakerUsed} = ${f.speakerUsed}`);

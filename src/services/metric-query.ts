@@ -3,8 +3,8 @@
  */
 import { Prisma } from '../generated/prisma/client.js';
 import { InputError } from './errors.js';
+import { filterToSql, type MetricFilter } from './metric-filter.js';
 import { FIELD_SELECT_LIST, type StoredMetric } from './record.js';
-import { type MetricFilter, filterToSql } from './metric-filter.js';
 import { runSql } from './sql.js';
 
 export type OrderField = 'TIMESTAMP' | 'TALKED_TIME' | 'CREATED_AT';
@@ -77,11 +77,25 @@ function isCreatedAtText(value: unknown): boolean {
   if (typeof value !== 'string') return false;
   const match = CREATED_AT_TEXT.exec(value);
   if (!match) return false;
-  const [year, month, day, hour, minute, second] = match.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  const [year, month, day, hour, minute, second] = match.slice(1, 7).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const time = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
   // Date.UTC rolls 2020-02-30 over to March: a date that does not round-trip does not exist.
-  return year >= 1970 && time.getUTCFullYear() === year && time.getUTCMonth() === month - 1 && time.getUTCDate() === day &&
-    time.getUTCHours() === hour && time.getUTCMinutes() === minute && time.getUTCSeconds() === second;
+  return (
+    year >= 1970 &&
+    time.getUTCFullYear() === year &&
+    time.getUTCMonth() === month - 1 &&
+    time.getUTCDate() === day &&
+    time.getUTCHours() === hour &&
+    time.getUTCMinutes() === minute &&
+    time.getUTCSeconds() === second
+  );
 }
 
 /** What each order field's cursor value must be: a value its column can hold, so that a forged one never reaches SQL. */
@@ -185,7 +199,9 @@ export async function findMetricPage(args: PageArgs): Promise<MetricPage> {
     cursorOf: (row) => encodeCursor(order, row),
     hasNextPage: fetched.length > first,
     totalCount: async () => {
-      const [result] = await runSql<{ count: number }>(Prisma.sql`SELECT count(*) AS count FROM user_metrics WHERE ${filter}`);
+      const [result] = await runSql<{ count: number }>(
+        Prisma.sql`SELECT count(*) AS count FROM user_metrics WHERE ${filter}`,
+      );
       return Number(result?.count ?? 0);
     },
   };
@@ -206,6 +222,10 @@ function normalizeRow(row: MetricRow): MetricRow {
 const CREATED_AT_FROM_TEXT = { timestampsAsText: true } as const;
 
 export async function findMetricById(id: number): Promise<MetricRow | null> {
-  const [row] = await runSql<MetricRow>(Prisma.sql`SELECT ${SELECT_COLUMNS} FROM user_metrics WHERE id = ${id}`, undefined, CREATED_AT_FROM_TEXT);
+  const [row] = await runSql<MetricRow>(
+    Prisma.sql`SELECT ${SELECT_COLUMNS} FROM user_metrics WHERE id = ${id}`,
+    undefined,
+    CREATED_AT_FROM_TEXT,
+  );
   return row ? normalizeRow(row) : null;
 }

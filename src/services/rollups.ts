@@ -15,7 +15,7 @@
  */
 import { database } from '../db/client.js';
 import { Prisma } from '../generated/prisma/client.js';
-import { type MetricFilter, type NumberFilter, filterToSql } from './metric-filter.js';
+import { filterToSql, type MetricFilter, type NumberFilter } from './metric-filter.js';
 
 /** Length of a slot, seconds. Every slot starts at a multiple of it (UTC-aligned). */
 export const SLOT_SECONDS = 900;
@@ -52,7 +52,8 @@ function fieldsOf(filter: MetricFilter, into = new Set<string>()): Set<string> {
 /** Every timestamp condition of the filter, wherever it is. */
 function timestampFilters(filter: MetricFilter, into: NumberFilter[] = []): NumberFilter[] {
   if (filter.timestamp) into.push(filter.timestamp);
-  for (const sub of [...(filter.AND ?? []), ...(filter.OR ?? []), ...(filter.NOT ? [filter.NOT] : [])]) timestampFilters(sub, into);
+  for (const sub of [...(filter.AND ?? []), ...(filter.OR ?? []), ...(filter.NOT ? [filter.NOT] : [])])
+    timestampFilters(sub, into);
   return into;
 }
 
@@ -104,14 +105,25 @@ export function planRollups(
   if (!groupBy.every((dimension) => ROLLUP_DIMENSIONS.has(dimension))) return null;
   const filter = where ?? {};
   const fields = fieldsOf(filter);
-  if (![...fields].every((field) => field === 'timestamp' || field === 'voiceSentiment' || field === 'microphoneUsed' || field === 'speakerUsed')) {
+  if (
+    ![...fields].every(
+      (field) =>
+        field === 'timestamp' || field === 'voiceSentiment' || field === 'microphoneUsed' || field === 'speakerUsed',
+    )
+  ) {
     return null;
   }
   const dimensionFree = groupBy.length === 0 && [...fields].every((field) => field === 'timestamp');
   const conditions = timestampFilters(filter);
   if (conditions.every(slotAligned)) {
     const range = conditions.length === 1 && filter.timestamp ? rangeOf(filter.timestamp) : null;
-    return { rollupCondition: filterToSql(filter), edgeCondition: null, dimensionFree, from: range?.from ?? null, to: range?.to ?? null };
+    return {
+      rollupCondition: filterToSql(filter),
+      edgeCondition: null,
+      dimensionFree,
+      from: range?.from ?? null,
+      to: range?.to ?? null,
+    };
   }
 
   // A range that cuts slots: only one at the top of the filter, so that the cut is the same for every row.

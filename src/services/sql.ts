@@ -7,7 +7,7 @@
  * them, the same from both: int4, int8 (parsed as numbers, src/db/client.ts), float8 and counts as numbers, numeric
  * as a string, timestamptz as a Date (as text on pg with `timestampsAsText`), json/jsonb parsed, text[] as an array.
  */
-import { type QueryOptions, database } from '../db/client.js';
+import { database, type QueryOptions } from '../db/client.js';
 import type { Prisma } from '../generated/prisma/client.js';
 
 /**

@@ -10,9 +10,16 @@
  */
 import { database } from '../db/client.js';
 import { Prisma } from '../generated/prisma/client.js';
-import { InputError, checkStorableText } from './errors.js';
-import { type MetricFilter, filterToSql } from './metric-filter.js';
-import { type RollupPlan, SLOT_SECONDS, misalignedSlots, planRollups, rangeHoldsAny, refreshSketchesSoon } from './rollups.js';
+import { checkStorableText, InputError } from './errors.js';
+import { filterToSql, type MetricFilter } from './metric-filter.js';
+import {
+  misalignedSlots,
+  planRollups,
+  type RollupPlan,
+  rangeHoldsAny,
+  refreshSketchesSoon,
+  SLOT_SECONDS,
+} from './rollups.js';
 import { runSql } from './sql.js';
 
 export type MetricDimension = 'USER_ID' | 'SESSION_ID' | 'VOICE_SENTIMENT' | 'MICROPHONE_USED' | 'SPEAKER_USED';
@@ -61,7 +68,17 @@ export const EXACT_FIGURES: ReadonlySet<StatsFigure> = new Set<StatsFigure>([
 ]);
 
 /** Figures the rollups hold exactly (the ones that add up), and those their per-slot sketches give. */
-const ROLLUP_FIGURES = new Set<StatsFigure>(['count', 'talkedSum', 'talkedAvg', 'talkedMin', 'talkedMax', 'microphoneRate', 'speakerRate', 'sentiments', 'timestamps']);
+const ROLLUP_FIGURES = new Set<StatsFigure>([
+  'count',
+  'talkedSum',
+  'talkedAvg',
+  'talkedMin',
+  'talkedMax',
+  'microphoneRate',
+  'speakerRate',
+  'sentiments',
+  'timestamps',
+]);
 const SKETCH_FIGURES = new Set<StatsFigure>(['distinctUsersApprox', 'talkedP50Approx', 'talkedP95Approx']);
 
 export interface StatsArgs {
@@ -145,7 +162,13 @@ const DIMENSION_COLUMNS: Record<MetricDimension, string> = {
 };
 const TEXT_DIMENSIONS = new Set<MetricDimension>(['USER_ID', 'SESSION_ID', 'VOICE_SENTIMENT']);
 
-const UNITS: Record<TimeBucketUnit, string> = { MINUTE: 'minute', HOUR: 'hour', DAY: 'day', WEEK: 'week', MONTH: 'month' };
+const UNITS: Record<TimeBucketUnit, string> = {
+  MINUTE: 'minute',
+  HOUR: 'hour',
+  DAY: 'day',
+  WEEK: 'week',
+  MONTH: 'month',
+};
 
 export interface StatsSqlOptions extends StatsArgs {
   /** The most groups wanted; the statement returns up to one more, so that a caller can tell there were too many. */
@@ -230,7 +253,9 @@ function keySql(keys: readonly Key[]) {
   const join = (left: string, right: string) =>
     keys.length > 0
       ? Prisma.join(
-          keys.map((k) => Prisma.raw(`${right}.${k.alias} ${k.nullable ? 'IS NOT DISTINCT FROM' : '='} ${left}.${k.alias}`)),
+          keys.map((k) =>
+            Prisma.raw(`${right}.${k.alias} ${k.nullable ? 'IS NOT DISTINCT FROM' : '='} ${left}.${k.alias}`),
+          ),
           ' AND ',
         )
       : Prisma.sql`TRUE`;
@@ -248,7 +273,8 @@ function keySql(keys: readonly Key[]) {
   };
 }
 
-const sentimentEntry = (value: Prisma.Sql, count: Prisma.Sql) => Prisma.sql`jsonb_build_object('value', ${value}, 'count', ${count})`;
+const sentimentEntry = (value: Prisma.Sql, count: Prisma.Sql) =>
+  Prisma.sql`jsonb_build_object('value', ${value}, 'count', ${count})`;
 
 /**
  * Approximate percentiles from a histogram relation `hist(keys..., k, c)` (k a metric_talked_bucket, c its records),
@@ -278,9 +304,11 @@ const COARSE = 16;
  * the coarse histograms, then only those 16 elements of each slot's histogram. The same buckets, so the same figures.
  */
 function sketchPercentileCtes(k: ReturnType<typeof keySql>, keys: readonly Key[]): Prisma.Sql {
-  const qualified = (table: string) => (keys.length > 0 ? Prisma.raw(`${keys.map((key) => `${table}.${key.alias}`).join(', ')},`) : Prisma.empty);
+  const qualified = (table: string) =>
+    keys.length > 0 ? Prisma.raw(`${keys.map((key) => `${table}.${key.alias}`).join(', ')},`) : Prisma.empty;
   const rank = (q: string, side: 'floor' | 'ceil') => Prisma.raw(`${side}(${q}::float8 * (t.total - 1))`);
-  const value = (q: string, side: string) => Prisma.raw(`metric_talked_value(max(k) FILTER (WHERE q = '${q}' AND side = '${side}')) AS v${q}${side}`);
+  const value = (q: string, side: string) =>
+    Prisma.raw(`metric_talked_value(max(k) FILTER (WHERE q = '${q}' AND side = '${side}')) AS v${q}${side}`);
   return Prisma.sql`keyed_sketches AS (
       SELECT ${k.selectPrefix} talked_histogram, talked_coarse FROM sketch_parts
     ),
@@ -373,7 +401,10 @@ export function buildStatsSql(options: StatsSqlOptions): Prisma.Sql {
     if (wanted.has(figure)) aggregates.push(Prisma.raw(sql));
   };
   add('distinctUsers', 'count(DISTINCT user_id COLLATE "C") AS distinct_users');
-  add('distinctUsersApprox', 'metric_distinct_estimate(metric_user_bits(array_agg(metric_user_position(user_id)))) AS distinct_users_approx');
+  add(
+    'distinctUsersApprox',
+    'metric_distinct_estimate(metric_user_bits(array_agg(metric_user_position(user_id)))) AS distinct_users_approx',
+  );
   add('distinctSessions', 'count(DISTINCT session_id COLLATE "C") AS distinct_sessions');
   add('talkedSum', 'sum(talked_time) AS talked_sum');
   add('talkedAvg', 'avg(talked_time)::float8 AS talked_avg');
@@ -399,7 +430,9 @@ export function buildStatsSql(options: StatsSqlOptions): Prisma.Sql {
 
   if (wanted.has('sentiments')) {
     if (groupBy.includes('VOICE_SENTIMENT')) {
-      columns.push(Prisma.sql`jsonb_build_array(${sentimentEntry(Prisma.raw('g.voice_sentiment'), Prisma.raw('g.count'))}) AS sentiments`);
+      columns.push(
+        Prisma.sql`jsonb_build_array(${sentimentEntry(Prisma.raw('g.voice_sentiment'), Prisma.raw('g.count'))}) AS sentiments`,
+      );
     } else {
       ctes.push(Prisma.sql`sentiment_split AS (
       SELECT ${k.aliasPrefix}
@@ -431,7 +464,12 @@ export function buildStatsSql(options: StatsSqlOptions): Prisma.Sql {
 }
 
 /** The statement from its parts: the CTEs, the figures selected from `groups g` and the joins that bring them. */
-function assembled(ctes: Prisma.Sql[], columns: Prisma.Sql[], joins: Prisma.Sql[], k: { finalOrder: Prisma.Sql }): Prisma.Sql {
+function assembled(
+  ctes: Prisma.Sql[],
+  columns: Prisma.Sql[],
+  joins: Prisma.Sql[],
+  k: { finalOrder: Prisma.Sql },
+): Prisma.Sql {
   return Prisma.sql`
     WITH ${Prisma.join(ctes, ',\n    ')}
     SELECT ${Prisma.join(columns)}
@@ -578,10 +616,12 @@ export function planStatsSql(
   misaligned: readonly number[] = [],
 ): { sql: Prisma.Sql; rollups: boolean; sketches: RollupPlan | null } {
   const raw = buildStatsSql(options);
-  if (source === 'raw' || (options.extraConditions?.length ?? 0) > 0) return { sql: raw, rollups: false, sketches: null };
+  if (source === 'raw' || (options.extraConditions?.length ?? 0) > 0)
+    return { sql: raw, rollups: false, sketches: null };
   const plan = planRollups(options.where, options.groupBy ?? [], options.bucket?.unit ?? null);
   const wanted = wantedFigures(options.figures);
-  if (!plan || !rollupsHold(wanted, plan) || rangeHoldsAny(plan, misaligned)) return { sql: raw, rollups: false, sketches: null };
+  if (!plan || !rollupsHold(wanted, plan) || rangeHoldsAny(plan, misaligned))
+    return { sql: raw, rollups: false, sketches: null };
   const sketches = [...wanted].some((figure) => SKETCH_FIGURES.has(figure)) ? plan : null;
   return { sql: buildRollupStatsSql(options, plan), rollups: true, sketches };
 }
@@ -621,10 +661,12 @@ export async function resolveTimeZone(timeZone: string | null | undefined, path 
   return known;
 }
 
-const toNumber = (value: number | bigint | string | undefined): number => (value === undefined ? Number.NaN : Number(value));
+const toNumber = (value: number | bigint | string | undefined): number =>
+  value === undefined ? Number.NaN : Number(value);
 
 function figures(row: StatsRow): MetricFigures {
-  const sentiments = typeof row.sentiments === 'string' ? (JSON.parse(row.sentiments) as SentimentCount[]) : (row.sentiments ?? []);
+  const sentiments =
+    typeof row.sentiments === 'string' ? (JSON.parse(row.sentiments) as SentimentCount[]) : (row.sentiments ?? []);
   return {
     count: toNumber(row.count),
     distinctUsers: toNumber(row.distinct_users),
@@ -677,7 +719,11 @@ async function withoutJit<Row>(sql: Prisma.Sql): Promise<Row[]> {
  * Groups of the records matching `where`, in the answer's order. Throws TooManyGroupsError past `maxGroups`.
  * `source: 'raw'` never reads rollups (the tests compare both).
  */
-export async function metricStats(args: StatsArgs, limits: StatsLimits, source: StatsSource = 'auto'): Promise<MetricGroup[]> {
+export async function metricStats(
+  args: StatsArgs,
+  limits: StatsLimits,
+  source: StatsSource = 'auto',
+): Promise<MetricGroup[]> {
   const bucket = args.bucket ? { unit: args.bucket.unit, timeZone: await resolveTimeZone(args.bucket.timeZone) } : null;
   const misaligned = bucket && source === 'auto' ? await misalignedSlots(bucket.timeZone) : [];
   const { sql, sketches } = planStatsSql({ ...args, bucket, maxGroups: limits.maxGroups }, source, misaligned);

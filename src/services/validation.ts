@@ -60,7 +60,11 @@ function checkText(
     });
   }
   if (value.includes('\0')) {
-    problems.push({ field, code: 'INVALID_CHARACTER', message: `${field} contains a NUL character (\\u0000), which cannot be stored` });
+    problems.push({
+      field,
+      code: 'INVALID_CHARACTER',
+      message: `${field} contains a NUL character (\\u0000), which cannot be stored`,
+    });
   } else if (!value.isWellFormed()) {
     problems.push({
       field,
@@ -110,7 +114,8 @@ export function validateRecord(record: MetricRecordInput, nowSeconds: number): F
   for (const field of RECORD_FIELDS) {
     if (field.kind === 'text') {
       const value = record[field.name];
-      if (value !== undefined && value !== null) checkText(problems, field.name, value, field.maxLength, field.blankRefused);
+      if (value !== undefined && value !== null)
+        checkText(problems, field.name, value, field.maxLength, field.blankRefused);
     } else if (field.name === 'timestamp') checkTimestamp(problems, record.timestamp, nowSeconds);
     else if (field.name === 'talkedTime') checkTalkedTime(problems, record.talkedTime);
   }

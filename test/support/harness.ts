@@ -5,10 +5,11 @@
  * database there and drops it afterwards; an unreachable URL fails loudly, never falls back. Without it, each test file
  * gets the embedded database in a temporary folder (a copy of a freshly initialised, empty one: see embeddedTemplate).
  */
+
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import crypto from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { type App, startApp } from '../../src/app.js';
@@ -33,7 +34,9 @@ export const usingPostgres = Boolean(process.env.TEST_DATABASE_URL);
  */
 async function embeddedTemplate(): Promise<string> {
   const pgliteEntry = fileURLToPath(import.meta.resolve('@electric-sql/pglite'));
-  const { version } = JSON.parse(fs.readFileSync(path.resolve(path.dirname(pgliteEntry), '../package.json'), 'utf8')) as { version: string };
+  const { version } = JSON.parse(
+    fs.readFileSync(path.resolve(path.dirname(pgliteEntry), '../package.json'), 'utf8'),
+  ) as { version: string };
   const template = path.join(os.tmpdir(), `metrics-test-template-pglite-${version}`);
   if (fs.existsSync(template)) return template;
   const building = fs.mkdtempSync(path.join(os.tmpdir(), 'metrics-test-template-building-'));
@@ -59,7 +62,9 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   try {
     await admin.connect();
   } catch (error) {
-    throw new Error(`TEST_DATABASE_URL=${adminUrl} cannot be reached (${(error as Error).message}); the tests will not fall back to the embedded database.`);
+    throw new Error(
+      `TEST_DATABASE_URL=${adminUrl} cannot be reached (${(error as Error).message}); the tests will not fall back to the embedded database.`,
+    );
   }
   try {
     await admin.query(`CREATE DATABASE ${name}`);
@@ -95,9 +100,17 @@ export interface TestService {
   url: string;
   config: Config;
   /** POSTs one GraphQL operation; returns status, headers and the parsed body. */
-  request<T = Record<string, any>>(query: string, variables?: Record<string, unknown>, headers?: Record<string, string>): Promise<GraphQLResponse<T>>;
+  request<T = Record<string, any>>(
+    query: string,
+    variables?: Record<string, unknown>,
+    headers?: Record<string, string>,
+  ): Promise<GraphQLResponse<T>>;
   /** As `request`, but fails (with the whole response in the message) unless there is data and no error. */
-  gql<T = Record<string, any>>(query: string, variables?: Record<string, unknown>, headers?: Record<string, string>): Promise<T>;
+  gql<T = Record<string, any>>(
+    query: string,
+    variables?: Record<string, unknown>,
+    headers?: Record<string, string>,
+  ): Promise<T>;
   /** Runs SQL on the service's database through the driver, not through the service's code. */
   sql<Row = Record<string, any>>(text: string, params?: unknown[]): Promise<Row[]>;
   stop(): Promise<void>;
@@ -116,10 +129,18 @@ export async function startTestService(env: Record<string, string> = {}): Promis
     ...env,
   });
   const app = await startApp(config, createLogger(config.logLevel));
-  const request = async <T>(query: string, variables?: Record<string, unknown>, headers: Record<string, string> = {}) => {
+  const request = async <T>(
+    query: string,
+    variables?: Record<string, unknown>,
+    headers: Record<string, string> = {},
+  ) => {
     const response = await fetch(`${app.url}/graphql`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', ...headers },
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/graphql-response+json, application/json',
+        ...headers,
+      },
       body: JSON.stringify({ query, variables }),
     });
     const text = await response.text();
@@ -139,11 +160,14 @@ export async function startTestService(env: Record<string, string> = {}): Promis
     async gql<T>(query: string, variables?: Record<string, unknown>, headers?: Record<string, string>) {
       const response = await request<T>(query, variables, headers);
       if (response.errors?.length || !response.data) {
-        throw new Error(`GraphQL request failed (HTTP ${response.status}): ${JSON.stringify({ data: response.data, errors: response.errors }).slice(0, 2000)}`);
+        throw new Error(
+          `GraphQL request failed (HTTP ${response.status}): ${JSON.stringify({ data: response.data, errors: response.errors }).slice(0, 2000)}`,
+        );
       }
       return response.data;
     },
-    sql: <Row>(text: string, params?: unknown[]) => database().withSession((session) => session.query<Row>(text, params)),
+    sql: <Row>(text: string, params?: unknown[]) =>
+      database().withSession((session) => session.query<Row>(text, params)),
     async stop() {
       await app.stop();
       await testDb.drop();

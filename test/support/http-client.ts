@@ -33,7 +33,11 @@ export function postJson(url: string, payload: unknown, options: PostOptions = {
     };
     const fail = (error: NodeJS.ErrnoException) => {
       const code = error.code ?? error.message;
-      done(code === 'ECONNREFUSED' ? { kind: 'refused', ms: Date.now() - started } : { kind: 'network', code, partial, ms: Date.now() - started });
+      done(
+        code === 'ECONNREFUSED'
+          ? { kind: 'refused', ms: Date.now() - started }
+          : { kind: 'network', code, partial, ms: Date.now() - started },
+      );
     };
     const request = http.request(url, {
       method: 'POST',
@@ -77,17 +81,35 @@ export function postJson(url: string, payload: unknown, options: PostOptions = {
 export function get(url: string, options: PostOptions = {}): Promise<Outcome> {
   const started = Date.now();
   return new Promise<Outcome>((resolve) => {
-    const request = http.get(url, { agent: options.agent ?? false, timeout: options.timeoutMs ?? 30_000 }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('error', (error: NodeJS.ErrnoException) => resolve({ kind: 'network', code: error.code ?? error.message, partial: true, ms: Date.now() - started }));
-      response.on('end', () =>
-        resolve({ kind: 'response', status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks).toString('utf8'), ms: Date.now() - started }),
-      );
-    });
-    request.on('timeout', () => request.destroy(Object.assign(new Error('client timeout'), { code: 'CLIENT_TIMEOUT' })));
+    const request = http.get(
+      url,
+      { agent: options.agent ?? false, timeout: options.timeoutMs ?? 30_000 },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('error', (error: NodeJS.ErrnoException) =>
+          resolve({ kind: 'network', code: error.code ?? error.message, partial: true, ms: Date.now() - started }),
+        );
+        response.on('end', () =>
+          resolve({
+            kind: 'response',
+            status: response.statusCode ?? 0,
+            headers: response.headers,
+            body: Buffer.concat(chunks).toString('utf8'),
+            ms: Date.now() - started,
+          }),
+        );
+      },
+    );
+    request.on('timeout', () =>
+      request.destroy(Object.assign(new Error('client timeout'), { code: 'CLIENT_TIMEOUT' })),
+    );
     request.on('error', (error: NodeJS.ErrnoException) =>
-      resolve(error.code === 'ECONNREFUSED' ? { kind: 'refused', ms: Date.now() - started } : { kind: 'network', code: error.code ?? error.message, partial: false, ms: Date.now() - started }),
+      resolve(
+        error.code === 'ECONNREFUSED'
+          ? { kind: 'refused', ms: Date.now() - started }
+          : { kind: 'network', code: error.code ?? error.message, partial: false, ms: Date.now() - started },
+      ),
     );
   });
 }
@@ -118,7 +140,11 @@ export const INGEST_MUTATION = /* GraphQL */ `
   }`;
 
 /** `count` valid records whose eventIds are `${prefix}${i}`. */
-export function makeBatch(prefix: string, count: number, nowSeconds = Math.floor(Date.now() / 1000)): Array<Record<string, unknown>> {
+export function makeBatch(
+  prefix: string,
+  count: number,
+  nowSeconds = Math.floor(Date.now() / 1000),
+): Array<Record<string, unknown>> {
   return Array.from({ length: count }, (_, i) => ({
     eventId: `${prefix}${i}`,
     userId: `user-${i % 7}`,

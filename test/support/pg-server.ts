@@ -59,7 +59,18 @@ export class PgServer {
     const asPostgres = process.getuid?.() === 0;
     if (asPostgres) fs.chmodSync(root, 0o777);
     const server = new PgServer(path.join(root, 'data'), await freePort(), asPostgres);
-    await server.pgRun('initdb', ['-D', server.dataDir, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C']);
+    await server.pgRun('initdb', [
+      '-D',
+      server.dataDir,
+      '-U',
+      'postgres',
+      '-A',
+      'trust',
+      '--no-sync',
+      '-E',
+      'UTF8',
+      '--locale=C',
+    ]);
     // fsync off: these servers are killed, never their machine, so written data survives an immediate stop all the same.
     fs.appendFileSync(
       path.join(server.dataDir, 'postgresql.conf'),
@@ -90,7 +101,16 @@ export class PgServer {
 
   /** Starts the stopped server and waits until it accepts connections (crash recovery included). */
   async startServer(): Promise<void> {
-    await this.pgRun('pg_ctl', ['-D', this.dataDir, '-l', path.join(path.dirname(this.dataDir), 'server.log'), '-w', '-t', '60', 'start']);
+    await this.pgRun('pg_ctl', [
+      '-D',
+      this.dataDir,
+      '-l',
+      path.join(path.dirname(this.dataDir), 'server.log'),
+      '-w',
+      '-t',
+      '60',
+      'start',
+    ]);
     this.running = true;
     liveServers.add(this);
   }
@@ -111,7 +131,11 @@ export class PgServer {
   }
 
   /** Runs SQL on a connection of its own (not through the service or any proxy). */
-  async sql<Row extends Record<string, unknown> = Record<string, unknown>>(text: string, params?: unknown[], database = 'postgres'): Promise<Row[]> {
+  async sql<Row extends Record<string, unknown> = Record<string, unknown>>(
+    text: string,
+    params?: unknown[],
+    database = 'postgres',
+  ): Promise<Row[]> {
     const client = new pg.Client({ connectionString: this.url(database), connectionTimeoutMillis: 10_000 });
     await client.connect();
     try {
@@ -132,7 +156,8 @@ export class PgServer {
     const args = ['-D', this.dataDir, '-m', 'immediate', '-w', 'stop'];
     const binary = path.join(PG_BIN, 'pg_ctl');
     try {
-      if (this.asPostgres) execFileSync('runuser', ['-u', 'postgres', '--', binary, ...args], { stdio: 'ignore', timeout: 30_000 });
+      if (this.asPostgres)
+        execFileSync('runuser', ['-u', 'postgres', '--', binary, ...args], { stdio: 'ignore', timeout: 30_000 });
       else execFileSync(binary, args, { stdio: 'ignore', timeout: 30_000 });
     } catch {
       // Already stopped.
@@ -151,12 +176,16 @@ export class PgServer {
 
   private async pgRun(tool: string, args: string[]): Promise<void> {
     const binary = path.join(PG_BIN, tool);
-    const [command, commandArgs] = this.asPostgres ? ['runuser', ['-u', 'postgres', '--', binary, ...args]] : [binary, args];
+    const [command, commandArgs] = this.asPostgres
+      ? ['runuser', ['-u', 'postgres', '--', binary, ...args]]
+      : [binary, args];
     try {
       await run(command, commandArgs, { timeout: 90_000 });
     } catch (error) {
       const { stdout, stderr } = error as { stdout?: string; stderr?: string };
-      throw new Error(`${tool} ${args.join(' ')} failed: ${(error as Error).message}\n${stdout ?? ''}\n${stderr ?? ''}\n${this.log()}`);
+      throw new Error(
+        `${tool} ${args.join(' ')} failed: ${(error as Error).message}\n${stdout ?? ''}\n${stderr ?? ''}\n${this.log()}`,
+      );
     }
   }
 }

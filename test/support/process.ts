@@ -13,13 +13,26 @@ export interface ProcessResult {
 }
 
 /** Variables the child must not inherit from the test runner (they would point it at another database). */
-const SCRUBBED = ['DATABASE_URL', 'DATA_DIR', 'PORT', 'MIGRATE_ON_START', 'MAX_BATCH_SIZE', 'MAX_BODY_BYTES', 'EMBEDDED_DB_PORT'];
+const SCRUBBED = [
+  'DATABASE_URL',
+  'DATA_DIR',
+  'PORT',
+  'MIGRATE_ON_START',
+  'MAX_BATCH_SIZE',
+  'MAX_BODY_BYTES',
+  'EMBEDDED_DB_PORT',
+];
 
 /**
  * Runs `node --import tsx <script> ...args` in the project folder with `env` on top of a scrubbed copy of this
  * process's environment; kills it after `timeoutMs` (the result then has a signal, and the test fails on the code).
  */
-export function runTsx(script: string, args: string[], env: Record<string, string>, timeoutMs = 60_000): Promise<ProcessResult> {
+export function runTsx(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+  timeoutMs = 60_000,
+): Promise<ProcessResult> {
   const base: Record<string, string | undefined> = { ...process.env };
   for (const name of SCRUBBED) delete base[name];
   return new Promise((resolve, reject) => {

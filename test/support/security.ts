@@ -28,7 +28,10 @@ export async function withoutUserMetrics<T>(service: TestService, work: () => Pr
 
 /** Asserts the response is an error with this code and HTTP status, and no data; returns the error. */
 export function assertRefused(response: GraphQLResponse, code: string, status: number) {
-  const summary = JSON.stringify({ status: response.status, data: response.data, errors: response.errors }).slice(0, 1500);
+  const summary = JSON.stringify({ status: response.status, data: response.data, errors: response.errors }).slice(
+    0,
+    1500,
+  );
   assert.equal(response.status, status, summary);
   assert.ok(response.data == null, `expected no data: ${summary}`);
   const error = response.errors?.find((e) => e.extensions?.code === code);

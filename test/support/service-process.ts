@@ -23,7 +23,16 @@ export interface ServiceProcess {
 }
 
 /** Variables the child must not inherit from the test runner (they would point it elsewhere). */
-const SCRUBBED = ['DATABASE_URL', 'DATA_DIR', 'PORT', 'MIGRATE_ON_START', 'MAX_BATCH_SIZE', 'MAX_BODY_BYTES', 'EMBEDDED_DB_PORT', 'TEST_DATABASE_URL'];
+const SCRUBBED = [
+  'DATABASE_URL',
+  'DATA_DIR',
+  'PORT',
+  'MIGRATE_ON_START',
+  'MAX_BATCH_SIZE',
+  'MAX_BODY_BYTES',
+  'EMBEDDED_DB_PORT',
+  'TEST_DATABASE_URL',
+];
 
 function healthy(url: string): Promise<boolean> {
   return new Promise((resolve) => {

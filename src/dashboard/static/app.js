@@ -77,7 +77,11 @@
   async function graphql(query, variables) {
     const response = await fetch('/graphql', {
       method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', ...authHeaders() },
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/graphql-response+json, application/json',
+        ...authHeaders(),
+      },
       body: JSON.stringify({ query, variables }),
     });
     let body;
@@ -104,7 +108,14 @@
     let format = partFormats.get(zone);
     if (!format) {
       format = new Intl.DateTimeFormat('en-US', {
-        timeZone: zone, hourCycle: 'h23', year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
+        timeZone: zone,
+        hourCycle: 'h23',
+        year: 'numeric',
+        month: '2-digit',
+        day: '2-digit',
+        hour: '2-digit',
+        minute: '2-digit',
+        second: '2-digit',
       });
       partFormats.set(zone, format);
     }
@@ -163,7 +174,9 @@
   }
 
   /** Talk-time axis steps in whole seconds, minutes and hours (uPlot's decimal steps would give "17m, 33m"). */
-  const DURATION_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 432000, 864000];
+  const DURATION_STEPS = [
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 432000, 864000,
+  ];
 
   /** Axis labels for talk time: one unit for the whole axis, chosen by its largest value. */
   function durationTicks(splits) {
@@ -174,16 +187,29 @@
   }
 
   function bucketLabel(seconds, unit, zone) {
-    const options = unit === 'HOUR'
-      ? { weekday: 'short', day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit', timeZoneName: 'short' }
-      : { weekday: 'short', day: 'numeric', month: 'short', year: 'numeric' };
+    const options =
+      unit === 'HOUR'
+        ? {
+            weekday: 'short',
+            day: 'numeric',
+            month: 'short',
+            hour: '2-digit',
+            minute: '2-digit',
+            timeZoneName: 'short',
+          }
+        : { weekday: 'short', day: 'numeric', month: 'short', year: 'numeric' };
     const text = new Intl.DateTimeFormat(undefined, { timeZone: zone, ...options }).format(new Date(seconds * 1000));
     return unit === 'WEEK' ? `week of ${text}` : text;
   }
 
   function timeLabel(seconds, zone) {
     return new Intl.DateTimeFormat(undefined, {
-      timeZone: zone, day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit', second: '2-digit',
+      timeZone: zone,
+      day: 'numeric',
+      month: 'short',
+      hour: '2-digit',
+      minute: '2-digit',
+      second: '2-digit',
     }).format(new Date(seconds * 1000));
   }
 
@@ -219,15 +245,20 @@
 
   /** The MetricFilter for the filters: the local days from..to in the zone (to included), and the user. */
   function whereOf(filters) {
-    const where = { timestamp: { gte: dayStart(filters.from, filters.zone), lt: dayStart(addDays(filters.to, 1), filters.zone) } };
+    const where = {
+      timestamp: { gte: dayStart(filters.from, filters.zone), lt: dayStart(addDays(filters.to, 1), filters.zone) },
+    };
     if (filters.user) where.userId = { equals: filters.user };
     return where;
   }
 
   function problemWith(filters) {
-    if (!/^\d{4}-\d{2}-\d{2}$/.test(filters.from) || !/^\d{4}-\d{2}-\d{2}$/.test(filters.to)) return 'Choose both days of the range.';
-    if (filters.from > filters.to) return 'The range ends before it starts: choose a "to" day on or after the "from" day.';
-    if (!validZone(filters.zone)) return `"${filters.zone}" is not a time zone this browser knows; use a tz-database name such as Europe/Berlin.`;
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(filters.from) || !/^\d{4}-\d{2}-\d{2}$/.test(filters.to))
+      return 'Choose both days of the range.';
+    if (filters.from > filters.to)
+      return 'The range ends before it starts: choose a "to" day on or after the "from" day.';
+    if (!validZone(filters.zone))
+      return `"${filters.zone}" is not a time zone this browser knows; use a tz-database name such as Europe/Berlin.`;
     return null;
   }
 
@@ -267,7 +298,10 @@
       axes: [
         { stroke: '#475569', grid: { stroke: '#e2e8f0' }, ticks: { stroke: '#cbd5e1' } },
         {
-          stroke: '#475569', grid: { stroke: '#e2e8f0' }, ticks: { stroke: '#cbd5e1' }, size: 56,
+          stroke: '#475569',
+          grid: { stroke: '#e2e8f0' },
+          ticks: { stroke: '#cbd5e1' },
+          size: 56,
           values: (u, splits) => yAxis.ticks(splits),
           ...(yAxis.incrs ? { incrs: yAxis.incrs } : {}),
         },
@@ -303,13 +337,25 @@
   function drawCharts(filters, groups) {
     const x = groups.map((g) => Date.parse(g.bucketStart) / 1000);
     const percentTicks = (splits) => splits.map((v) => percentFormat.format(v));
-    makeChart('chart-talk', filters, [bars('Talk time', COLORS.talk, formatDuration)], [x, groups.map((g) => g.talkedTime.sum)], {
-      ticks: durationTicks,
-      incrs: DURATION_STEPS,
-    });
-    makeChart('chart-records', filters, [bars('Records', COLORS.records, (v) => numberFormat.format(v))], [x, groups.map((g) => g.count)], {
-      ticks: (splits) => splits.map((v) => numberFormat.format(v)),
-    });
+    makeChart(
+      'chart-talk',
+      filters,
+      [bars('Talk time', COLORS.talk, formatDuration)],
+      [x, groups.map((g) => g.talkedTime.sum)],
+      {
+        ticks: durationTicks,
+        incrs: DURATION_STEPS,
+      },
+    );
+    makeChart(
+      'chart-records',
+      filters,
+      [bars('Records', COLORS.records, (v) => numberFormat.format(v))],
+      [x, groups.map((g) => g.count)],
+      {
+        ticks: (splits) => splits.map((v) => numberFormat.format(v)),
+      },
+    );
     makeChart(
       'chart-usage',
       filters,
@@ -321,14 +367,15 @@
   }
 
   // uPlot draws at a fixed size: follow the layout (a rotated phone, a resized window).
-  const resizeObserver = typeof ResizeObserver === 'function'
-    ? new ResizeObserver((entries) => {
-        for (const entry of entries) {
-          const chart = dashboard.charts[entry.target.id];
-          if (chart) chart.setSize({ width: chartWidth(entry.target), height: chartHeight() });
-        }
-      })
-    : null;
+  const resizeObserver =
+    typeof ResizeObserver === 'function'
+      ? new ResizeObserver((entries) => {
+          for (const entry of entries) {
+            const chart = dashboard.charts[entry.target.id];
+            if (chart) chart.setSize({ width: chartWidth(entry.target), height: chartHeight() });
+          }
+        })
+      : null;
 
   // ---- the other panels ---------------------------------------------------------------------------------------
 
@@ -408,7 +455,12 @@
 
   /** The busiest users first: most talk time, then most records, then by id (a stable order for equal figures). */
   function busiest(groups) {
-    return [...groups].sort((a, b) => b.talkedTime.sum - a.talkedTime.sum || b.count - a.count || (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0));
+    return [...groups].sort(
+      (a, b) =>
+        b.talkedTime.sum - a.talkedTime.sum ||
+        b.count - a.count ||
+        (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0),
+    );
   }
 
   function drawUsers(groups, filters) {
@@ -490,7 +542,10 @@
     } catch (error) {
       if (sequence !== loadSequence) return;
       if (error instanceof AuthError) {
-        showKeyForm(true, storedKey() ? 'That key was refused: enter another read key.' : 'This service needs a read key.');
+        showKeyForm(
+          true,
+          storedKey() ? 'That key was refused: enter another read key.' : 'This service needs a read key.',
+        );
         showError(error.message);
       } else if (error instanceof ApiError && error.code === 'TOO_MANY_GROUPS') {
         showError(`${error.message} Choose a shorter range or a longer "per" (day or week).`);
@@ -542,7 +597,9 @@
     const who = document.createElement('strong');
     who.textContent = record.userId;
     const what = document.createElement('span');
-    const devices = [record.microphoneUsed ? 'mic' : null, record.speakerUsed ? 'speaker' : null].filter(Boolean).join(' + ') || 'no devices';
+    const devices =
+      [record.microphoneUsed ? 'mic' : null, record.speakerUsed ? 'speaker' : null].filter(Boolean).join(' + ') ||
+      'no devices';
     what.textContent = `${formatDuration(record.talkedTime)} · ${record.voiceSentiment ?? 'no sentiment'} · ${devices} · session ${record.sessionId}`;
     item.append(when, who, what);
     feed.prepend(item);
@@ -588,7 +645,11 @@
         setLive('key', 'needs a key');
         return; // the key form is shown by the figures' load; a new key restarts the feed
       }
-      if (!response.ok || !(response.headers.get('content-type') || '').startsWith('text/event-stream') || !response.body) {
+      if (
+        !response.ok ||
+        !(response.headers.get('content-type') || '').startsWith('text/event-stream') ||
+        !response.body
+      ) {
         throw new Error(`HTTP ${response.status}`);
       }
       // The answer's headers come once the subscription is in place: from here on no stored record is missed.
@@ -607,7 +668,10 @@
           buffer = buffer.slice(end + 2);
           const lines = block.split('\n');
           const event = (lines.find((l) => l.startsWith('event:')) || '').slice(6).trim();
-          const data = lines.filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+          const data = lines
+            .filter((l) => l.startsWith('data:'))
+            .map((l) => l.slice(5).trimStart())
+            .join('\n');
           if (event === 'complete') break;
           if (event !== 'next' || !data) continue;
           const payload = JSON.parse(data);
