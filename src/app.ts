@@ -20,7 +20,9 @@ export interface App {
   stop(): Promise<void>;
 }
 
-/** How long after SIGTERM an idle keep-alive connection may still bring a request (answered 503) before it is closed. */
+/**
+ * How long after SIGTERM an idle keep-alive connection may still bring a request (answered 503) before it is closed.
+ */
 const IDLE_CONNECTION_GRACE_MS = 250;
 
 export async function startApp(config: Config, logger: Logger): Promise<App> {
@@ -116,7 +118,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         // Idle keep-alive connections (finished subscription streams' too) are closed after a moment: one a client is
         // busy on carries its next request in that moment and is answered 503 with Connection: close.
         const sweep = setInterval(() => server.closeIdleConnections(), IDLE_CONNECTION_GRACE_MS);
-        // The whole shutdown fits in SHUTDOWN_TIMEOUT_MS: requests get all of it but a reserve for closing the database.
+        // The whole shutdown fits in SHUTDOWN_TIMEOUT_MS: requests get all of it but a reserve for closing the
+        // database.
         const reserve = Math.min(2_000, Math.floor(config.shutdownTimeoutMs / 5));
         const timer = setTimeout(
           () => {

@@ -18,21 +18,30 @@ export interface Config {
   databaseUrl: string | undefined;
   /** `DATA_DIR`: the embedded database's folder; default `./.data`. Ignored with `DATABASE_URL`. */
   dataDir: string;
-  /** `EMBEDDED_DB_PORT`: when set, the embedded database is also served over the PostgreSQL protocol on 127.0.0.1:PORT (Prisma Studio, psql). */
+  /**
+   * `EMBEDDED_DB_PORT`: when set, the embedded database is also served over the PostgreSQL protocol on 127.0.0.1:PORT
+   * (Prisma Studio, psql).
+   */
   embeddedDbPort: number | undefined;
-  /** `MIGRATE_ON_START`: apply pending migrations at start-up; default true. When false, start-up refuses a database with pending migrations. */
+  /**
+   * `MIGRATE_ON_START`: apply pending migrations at start-up; default true. When false, start-up refuses a database
+   * with pending migrations.
+   */
   migrateOnStart: boolean;
   /** `DB_POOL_MAX`: PostgreSQL connections in the pool; default 10. */
   dbPoolMax: number;
   /** `MAX_BATCH_SIZE`: most records one `ingestMetrics` call accepts; default 5,000. */
   maxBatchSize: number;
-  /** `MAX_BODY_BYTES`: largest request body; default: what a full batch at every field's maximum length needs (see `bodyLimitFor`). */
+  /**
+   * `MAX_BODY_BYTES`: largest request body; default: what a full batch at every field's maximum length needs (see
+   * `bodyLimitFor`).
+   */
   maxBodyBytes: number;
   /** `LOG_LEVEL`: one of fatal, error, warn, info, debug, trace, silent; default `info` (`warn` under test). */
   logLevel: LogLevel;
   /**
-   * `LOG_FORMAT`: `json` (one JSON object per line), `pretty` (colored, human-readable; pino-pretty) or `auto` (default:
-   * pretty when NODE_ENV=development and stdout is a terminal, JSON otherwise).
+   * `LOG_FORMAT`: `json` (one JSON object per line), `pretty` (colored, human-readable; pino-pretty) or `auto`
+   * (default: pretty when NODE_ENV=development and stdout is a terminal, JSON otherwise).
    */
   logFormat: 'json' | 'pretty' | 'auto';
   /** `GRAPHIQL`: serve GraphiQL at /graphql; default true, except in production. */
@@ -50,13 +59,25 @@ export interface Config {
    * default 60,000.
    */
   dbTransactionTimeoutMs: number;
-  /** `DB_CONNECT_TIMEOUT_MS`: how long opening a PostgreSQL connection may take before the request fails with UNAVAILABLE; default 5,000. */
+  /**
+   * `DB_CONNECT_TIMEOUT_MS`: how long opening a PostgreSQL connection may take before the request fails with
+   * UNAVAILABLE; default 5,000.
+   */
   dbConnectTimeoutMs: number;
-  /** `MAX_STAT_GROUPS`: most groups one `metricStats` answer may have; default 1,000. A query with more fails with an error naming this variable. */
+  /**
+   * `MAX_STAT_GROUPS`: most groups one `metricStats` answer may have; default 1,000. A query with more fails with an
+   * error naming this variable.
+   */
   maxStatGroups: number;
-  /** `REDIS_URL`: a `redis://` or `rediss://` URL. When set, the `metricIngested` subscription goes through Redis pub/sub, so every instance sharing it sees every record; unset means in-process delivery (one instance). */
+  /**
+   * `REDIS_URL`: a `redis://` or `rediss://` URL. When set, the `metricIngested` subscription goes through Redis
+   * pub/sub, so every instance sharing it sees every record; unset means in-process delivery (one instance).
+   */
   redisUrl: string | undefined;
-  /** `REDIS_CHANNEL_PREFIX`: prefix of the Redis pub/sub channel; default `metrics-service:`. Instances that should see each other's records must use the same one. */
+  /**
+   * `REDIS_CHANNEL_PREFIX`: prefix of the Redis pub/sub channel; default `metrics-service:`. Instances that should see
+   * each other's records must use the same one.
+   */
   redisChannelPrefix: string;
   /**
    * `AUTH`: whether requests need an API key. `auto` (default): required with NODE_ENV=production, otherwise from the
@@ -75,11 +96,20 @@ export interface Config {
   maxTokens: number;
   /** `MAX_DIRECTIVES`: most directives in one operation; default 50. */
   maxDirectives: number;
-  /** `MAX_COST`: most objects an operation's answer may hold, a page counting `first` times (README: "Security"); default 5,000. */
+  /**
+   * `MAX_COST`: most objects an operation's answer may hold, a page counting `first` times (README: "Security");
+   * default 5,000.
+   */
   maxCost: number;
-  /** `INGEST_RATE_REQUESTS`: `ingestMetrics` requests per second per API key (burst: one second's worth); 0 = unlimited; default 100. */
+  /**
+   * `INGEST_RATE_REQUESTS`: `ingestMetrics` requests per second per API key (burst: one second's worth); 0 = unlimited;
+   * default 100.
+   */
   ingestRequestsPerSecond: number;
-  /** `INGEST_RATE_RECORDS`: records per second per API key (burst: one second's worth, at least MAX_BATCH_SIZE); 0 = unlimited; default 50,000. */
+  /**
+   * `INGEST_RATE_RECORDS`: records per second per API key (burst: one second's worth, at least MAX_BATCH_SIZE); 0 =
+   * unlimited; default 50,000.
+   */
   ingestRecordsPerSecond: number;
 }
 

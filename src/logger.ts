@@ -6,7 +6,9 @@ import type { Config, LogLevel } from './config.js';
 export type Logger = pino.Logger;
 
 export interface LoggerOptions {
-  /** `json`, `pretty`, or `auto`: pretty only when `nodeEnv` is development and stdout is a terminal. Default `json`. */
+  /**
+   * `json`, `pretty`, or `auto`: pretty only when `nodeEnv` is development and stdout is a terminal. Default `json`.
+   */
   format?: Config['logFormat'];
   nodeEnv?: Config['nodeEnv'];
 }

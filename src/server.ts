@@ -183,9 +183,10 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
           additionalHeaders: { 'x-graphql-yoga-csrf': '1' },
         }
       : false,
-    // GraphiQL's assets are served by the service itself, not fetched from a CDN: it works offline and behind firewalls.
-    // Loaded on the first GraphiQL page only: a production service (GraphiQL off) does not carry the bundle's memory.
-    // The page names the bundle's parts as files, cached and compressed by useCompressedGraphiQL (src/plugins/graphiql.ts).
+    // GraphiQL's assets are served by the service itself, not fetched from a CDN: it works offline and behind
+    // firewalls. Loaded on the first GraphiQL page only: a production service (GraphiQL off) does not carry the
+    // bundle's memory. The page names the bundle's parts as files, cached and compressed by useCompressedGraphiQL
+    // (src/plugins/graphiql.ts).
     renderGraphiQL: (options) => renderGraphiQLPage(options, '/graphql'),
     logging: yogaLogger(logger),
     // Yoga's own body limit (413 by Content-Length up front, or counted while a chunked body streams in): it runs
@@ -302,7 +303,9 @@ function databaseFaultError(fault: DatabaseFault, error: unknown, statementTimeo
   );
 }
 
-/** Seconds a client should wait before retrying after UNAVAILABLE: a restarting PostgreSQL is usually back within a few. */
+/**
+ * Seconds a client should wait before retrying after UNAVAILABLE: a restarting PostgreSQL is usually back within a few.
+ */
 const RETRY_AFTER_SECONDS = 1;
 
 function jsonResponse(status: number, body: unknown): Response {

@@ -523,12 +523,10 @@ const malformed: fc.Arbitrary<Sent> = fc.oneof(
       path: `/graphql?${new URLSearchParams(params).toString()}`,
       headers: { accept: 'application/json' },
     })),
-  fc
-    .integer({ min: 2, max: 20_000 })
-    .map((depth) => ({
-      headers: { 'content-type': 'application/json' },
-      body: `{"query":"{ metrics { totalCount } }","variables":${'['.repeat(depth)}${']'.repeat(depth)}}`,
-    })),
+  fc.integer({ min: 2, max: 20_000 }).map((depth) => ({
+    headers: { 'content-type': 'application/json' },
+    body: `{"query":"{ metrics { totalCount } }","variables":${'['.repeat(depth)}${']'.repeat(depth)}}`,
+  })),
 );
 
 // Properties ----------------------------------------------------------------------------------------------------------

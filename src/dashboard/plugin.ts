@@ -50,7 +50,10 @@ const SECURITY_HEADERS = {
   'referrer-policy': 'no-referrer',
 };
 
-/** The folder of index.html, app.js and style.css: beside this file (src/, or dist/ when the build copies it), else src/. */
+/**
+ * The folder of index.html, app.js and style.css: beside this file (src/, or dist/ when the build copies it), else
+ * src/.
+ */
 function staticDir(): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const candidates = [path.join(here, 'static'), path.resolve(here, '../../src/dashboard/static')];
@@ -71,7 +74,10 @@ function asset(body: Buffer, contentType: string, versioned: boolean): Asset {
   return { body, gzipped: zlib.gzipSync(body, { level: 9 }), contentType, etag: `"${hash}"`, versioned };
 }
 
-/** Loads every file once; index.html gets each asset's URL with its hash, so a new build is never mixed with a cached old one. */
+/**
+ * Loads every file once; index.html gets each asset's URL with its hash, so a new build is never mixed with a cached
+ * old one.
+ */
 function loadAssets(): Map<string, Asset> {
   const assets = new Map<string, Asset>();
   let html = fs.readFileSync(ownFile('index.html'), 'utf8');

@@ -368,7 +368,8 @@ class WireConnection {
       return;
     }
     this.started = true;
-    // PGlite answers the startup packet itself (AuthenticationOk, parameters, ReadyForQuery); it must be alone in its call.
+    // PGlite answers the startup packet itself (AuthenticationOk, parameters, ReadyForQuery); it must be alone in its
+    // call.
     this.jobs.push({ bytes: packet });
   }
 
@@ -646,7 +647,9 @@ const REFUSE_COPY = simpleQuery(
     "USING ERRCODE = 'feature_not_supported'; END$$",
 );
 
-/** SQL without its comments, for the COPY check (a string literal that looks like a comment is not worth the parser). */
+/**
+ * SQL without its comments, for the COPY check (a string literal that looks like a comment is not worth the parser).
+ */
 function withoutComments(sql: string): string {
   return sql.replace(/--[^\n]*/g, ' ').replace(/\/\*[\s\S]*?\*\//g, ' ');
 }

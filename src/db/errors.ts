@@ -10,7 +10,9 @@
  */
 
 export type DatabaseFault =
-  /** The database cannot be reached or dropped the connection: nothing was done, or a commit's reply was lost. Retry. */
+  /**
+   * The database cannot be reached or dropped the connection: nothing was done, or a commit's reply was lost. Retry.
+   */
   | { kind: 'unavailable'; reason: string }
   /** The statement or transaction ran past its time limit and was cancelled (rolled back). */
   | { kind: 'timeout'; reason: string };
@@ -29,7 +31,10 @@ const SOCKET_CODES = new Set([
   'EAI_AGAIN',
 ]);
 
-/** Prisma's error codes for a database out of reach (P1001 unreachable, P1002 timed out, P1008 socket timeout, P1017 closed, P2037 too many connections). */
+/**
+ * Prisma's error codes for a database out of reach (P1001 unreachable, P1002 timed out, P1008 socket timeout, P1017
+ * closed, P2037 too many connections).
+ */
 const PRISMA_UNAVAILABLE_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2037']);
 
 /** Prisma driver-adapter error kinds for the same. */
@@ -107,7 +112,8 @@ function faultOf(node: Record<string, unknown>): DatabaseFault | undefined {
 export function classifyDatabaseError(error: unknown): DatabaseFault | undefined {
   const seen = new Set<unknown>();
   const queue: unknown[] = [error];
-  // Breadth-first over the wrappers: cause, originalError (GraphQL), meta.driverAdapterError (Prisma), errors (AggregateError).
+  // Breadth-first over the wrappers: cause, originalError (GraphQL), meta.driverAdapterError (Prisma), errors
+  // (AggregateError).
   while (queue.length > 0 && seen.size < 32) {
     const node = queue.shift();
     if (!isObject(node) || seen.has(node)) continue;

@@ -137,7 +137,9 @@ function bearerKey(header: string): { key: string; hash: string } | null {
   return key ? { key, hash: hashKey(key) } : null;
 }
 
-/** The caller an Authorization header names; throws the 401 when a key is required and missing, malformed or refused. */
+/**
+ * The caller an Authorization header names; throws the 401 when a key is required and missing, malformed or refused.
+ */
 export async function identify(
   header: string | null | undefined,
   policy: AuthPolicy,

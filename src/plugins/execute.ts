@@ -8,9 +8,9 @@
  *
  * So operations run through graphql-jit, which compiles an operation once (cached per parsed document) into
  * JavaScript, variable coercion and result building included:
- * - ingestMetrics: the batch's variables are coerced by compiled code. Only when the variables are invalid (graphql-jit then returns
- *   errors and has run nothing) is the operation run again by graphql-js, whose messages name the record and field at
- *   fault (`records[2].timestamp`), as the API documents.
+ * - ingestMetrics: the batch's variables are coerced by compiled code. Only when the variables are invalid (graphql-jit
+ *   then returns errors and has run nothing) is the operation run again by graphql-js, whose messages name the record
+ *   and field at fault (`records[2].timestamp`), as the API documents.
  * - the read fields (metrics, metric, metricStats, userSummary): compiled against a copy of the schema in which
  *   MetricFilter is a scalar. graphql-jit generates coercion code for a variable's whole input type, unrolling nested
  *   input types; on a recursive one (MetricFilter's AND/OR/NOT) it never finishes and exhausts the heap. So graphql-js

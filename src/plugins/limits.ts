@@ -110,9 +110,10 @@ export function armorPlugins(limits: QueryLimits): Plugin[] {
  * The cost of an operation: the most objects its answer can hold. Each selected field of object type counts 1 (scalars
  * count 0: how many there are per object is bounded by the schema and by the alias limit); the sub-selection of a field
  * with a `first` argument (a page) counts `first` times — the value from the literal, the variables, or the default
- * page size declared on the field (`extensions: { page }`). A list without `first` counts its sub-selection at the list's server-side maximum, declared on the field
- * (`extensions: { listMax }`: a number, or the name of a limit such as `maxStatGroups`), else DEFAULT_LIST_MAX times.
- * graphql-armor's cost rule cannot see variables (`first: $n` counts 1), so this one replaces it.
+ * page size declared on the field (`extensions: { page }`). A list without `first` counts its sub-selection at the
+ * list's server-side maximum, declared on the field (`extensions: { listMax }`: a number, or the name of a limit such
+ * as `maxStatGroups`), else DEFAULT_LIST_MAX times. graphql-armor's cost rule cannot see variables (`first: $n` counts
+ * 1), so this one replaces it.
  *
  * A full page of `metrics(first: 1000)` with every field costs 1 + 1000 x (edges, node, pageInfo) = 3,001: it fits the
  * default budget of 5,000, a second one in the same operation does not. Introspection fields are not counted.

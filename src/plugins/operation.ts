@@ -31,7 +31,9 @@ export function fragmentsOf(document: DocumentNode): Map<string, FragmentDefinit
   return fragments;
 }
 
-/** The root fields an operation selects, fragments included; @skip/@include are ignored (a field that may run counts). */
+/**
+ * The root fields an operation selects, fragments included; @skip/@include are ignored (a field that may run counts).
+ */
 export function rootFields(document: DocumentNode, operation: OperationDefinitionNode): FieldNode[] {
   const fragments = fragmentsOf(document);
   const fields: FieldNode[] = [];

@@ -1,6 +1,7 @@
 /**
- * The framework's own refusals (Yoga's CSRF prevention, body limit and query-string parser, envelop's introspection rule) in
- * this service's words and codes, and every error message bounded: the rules stay theirs, the answers read like ours.
+ * The framework's own refusals (Yoga's CSRF prevention, body limit and query-string parser, envelop's introspection
+ * rule) in this service's words and codes, and every error message bounded: the rules stay theirs, the answers read
+ * like ours.
  */
 import { GraphQLError } from 'graphql';
 import { isAsyncIterable, type Plugin } from 'graphql-yoga';

@@ -116,7 +116,8 @@ export async function createApiKey(input: { name: string; scopes: readonly strin
   const name = checkName(input.name);
   const scopes = checkScopes(input.scopes);
   const prisma = database().prisma;
-  // Two keys sharing their first 8 characters (48 bits) is unlikely but possible: the primary key catches it; draw again.
+  // Two keys sharing their first 8 characters (48 bits) is unlikely but possible: the primary key catches it; draw
+  // again.
   for (let attempt = 0; ; attempt++) {
     const key = KEY_PREFIX + crypto.randomBytes(SECRET_BYTES).toString('base64url');
     const id = key.slice(0, KEY_PREFIX.length + ID_SECRET_CHARS);
@@ -175,8 +176,8 @@ const lastUsedWrites = new Set<string>();
 
 /**
  * The lookup behind every request: one probe of the unique index on secret_hash. It runs on the driver as a prepared
- * statement (`queryDirect`), not through Prisma's `$queryRaw`, whose argument conversion, interpreter and result mapping
- * cost more CPU than the probe itself.
+ * statement (`queryDirect`), not through Prisma's `$queryRaw`, whose argument conversion, interpreter and result
+ * mapping cost more CPU than the probe itself.
  */
 const AUTHENTICATE_SQL = `
   SELECT id, name, scopes,

@@ -39,14 +39,20 @@ export interface PreparedBatch {
 
 export interface BulkWriter {
   readonly method: BulkMethod;
-  /** Checks the records and readies them for `write`. Touches no database. `nowSeconds` is the clock for the timestamp rules. */
+  /**
+   * Checks the records and readies them for `write`. Touches no database. `nowSeconds` is the clock for the timestamp
+   * rules.
+   */
   prepare(records: readonly MetricRecordInput[], nowSeconds: number): PreparedBatch;
   /** Stores a prepared batch: one database round of statements. One write at a time per writer. */
   write(batch: PreparedBatch): Promise<BatchOutcome>;
   close(): Promise<void>;
 }
 
-/** A writer for the connected database: `copy` on PostgreSQL unless `method` says otherwise; `insert` on the embedded one. */
+/**
+ * A writer for the connected database: `copy` on PostgreSQL unless `method` says otherwise; `insert` on the embedded
+ * one.
+ */
 export async function openBulkWriter(method?: BulkMethod): Promise<BulkWriter> {
   const db = database();
   const chosen = method ?? (db.pool ? 'copy' : 'insert');

@@ -14,7 +14,10 @@ export class InputError extends Error {
   }
 }
 
-/** Longest client text repeated in an answer: twice the longest valid eventId in UTF-16 units, so a valid one comes back whole. */
+/**
+ * Longest client text repeated in an answer: twice the longest valid eventId in UTF-16 units, so a valid one comes back
+ * whole.
+ */
 export const ECHO_MAX = 512;
 
 /**

@@ -1,8 +1,8 @@
 /**
  * Live updates: every batch of newly stored records goes to every `metricIngested` subscriber, once, in the order the
- * batches were stored. With one instance this stays in the process; with REDIS_URL every instance publishes to one Redis
- * pub/sub channel and delivers to its own subscribers only what comes back from that channel, so each subscriber of each
- * instance sees every record exactly once (its own instance's records included, never twice).
+ * batches were stored. With one instance this stays in the process; with REDIS_URL every instance publishes to one
+ * Redis pub/sub channel and delivers to its own subscribers only what comes back from that channel, so each subscriber
+ * of each instance sees every record exactly once (its own instance's records included, never twice).
  *
  * Delivery is live only: a subscriber gets what is stored after it subscribed, and records published while an instance
  * has lost its Redis connection are not delivered to that instance's subscribers (Redis pub/sub keeps nothing).

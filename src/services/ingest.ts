@@ -55,14 +55,17 @@ export interface IngestOptions {
  *
  * NEVER CHANGE THIS FORM: stored keys were computed with it, and a retry hashed differently would be stored twice.
  *   event:   "event:" + eventId
- *   content: "content:v1:" + JSON.stringify([userId, sessionId, timestamp, talkedTime, microphoneUsed, speakerUsed, voiceSentiment])
+ *   content: "content:v1:" + JSON.stringify([userId, sessionId, timestamp, talkedTime, microphoneUsed, speakerUsed,
+ *   voiceSentiment])
  * with voiceSentiment null when absent, strings exactly as sent, numbers as JSON integers.
  */
 export function recordKey(record: MetricRecordInput): Buffer {
   return Buffer.from(recordKeyHex(record), 'hex');
 }
 
-/** `recordKey` as lower-case hex: what ingestion works with (hex strings sort in the order of the bytes they encode). */
+/**
+ * `recordKey` as lower-case hex: what ingestion works with (hex strings sort in the order of the bytes they encode).
+ */
 export function recordKeyHex(record: MetricRecordInput): string {
   // crypto.hash: one call per record, without a Hash object: cheaper than createHash + digest + toString('hex').
   // "event:" and "content:v1:" are ASCII, so hashing the concatenation hashes the same bytes as two updates would.
@@ -131,8 +134,9 @@ export async function ingestMetrics(
     };
   }
 
-  // Rows go in in key order: concurrent batches that overlap then take their row locks in the same order and never deadlock.
-  // (The default sort compares the hex strings without a call per comparison; hex sorts as the bytes it encodes.)
+  // Rows go in in key order: concurrent batches that overlap then take their row locks in the same order and never
+  // deadlock. (The default sort compares the hex strings without a call per comparison; hex sorts as the bytes it
+  // encodes.)
   const rows = [...unique.keys()].sort().map((keyHex) => unique.get(keyHex) as PendingRow);
   const inserted = await insertRows(rows);
   const accepted = inserted.positions.length;
@@ -176,7 +180,10 @@ const BATCH_IDENTITIES = `batch AS (
       SELECT g AS position, substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1, $2::int) AS g
     )`;
 
-/** The stored row of `batch.record_key`, one index probe each: LATERAL ... LIMIT 1 keeps PostgreSQL from making a join of it. */
+/**
+ * The stored row of `batch.record_key`, one index probe each: LATERAL ... LIMIT 1 keeps PostgreSQL from making a join
+ * of it.
+ */
 const STORED_ROW_OF_BATCH_KEY =
   'SELECT id, created_at FROM user_metrics WHERE user_metrics.record_key = batch.record_key LIMIT 1';
 

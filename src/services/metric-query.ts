@@ -98,7 +98,9 @@ function isCreatedAtText(value: unknown): boolean {
   );
 }
 
-/** What each order field's cursor value must be: a value its column can hold, so that a forged one never reaches SQL. */
+/**
+ * What each order field's cursor value must be: a value its column can hold, so that a forged one never reaches SQL.
+ */
 const CURSOR_VALUE_CHECKS: Record<OrderField, (value: unknown) => boolean> = {
   TIMESTAMP: (value) => Number.isSafeInteger(value),
   TALKED_TIME: (value) => isStoredInt(value, INT4_MAX),

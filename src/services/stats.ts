@@ -238,7 +238,8 @@ function groupKeys(options: StatsSqlOptions, timeColumn: string): Key[] {
   for (const dimension of options.groupBy ?? []) {
     const column = DIMENSION_COLUMNS[dimension];
     // Text keys group and sort in byte order ("C"): the same on every server and the embedded database, whatever their
-    // default collation, and faster than a locale's rules. The groups are the same (all these collations are deterministic).
+    // default collation, and faster than a locale's rules. The groups are the same (all these collations are
+    // deterministic).
     const expression = Prisma.raw(TEXT_DIMENSIONS.has(dimension) ? `${column} COLLATE "C"` : column);
     keys.push({ alias: column, expression, nullable: dimension === 'VOICE_SENTIMENT' });
   }
@@ -367,7 +368,9 @@ function approxPercentile(q: string, name: string): Prisma.Sql {
   );
 }
 
-/** What to compute, with what an asked figure needs besides (the approximate percentiles are clamped to min and max). */
+/**
+ * What to compute, with what an asked figure needs besides (the approximate percentiles are clamped to min and max).
+ */
 function wantedFigures(figures: ReadonlySet<StatsFigure> | null | undefined): ReadonlySet<StatsFigure> {
   const wanted = new Set(figures ?? EXACT_FIGURES);
   if (wanted.has('talkedP50Approx') || wanted.has('talkedP95Approx')) {
