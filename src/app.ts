@@ -60,7 +60,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       socketServer = await startEmbeddedWireServer({ db: db.pglite, port: config.embeddedDbPort, logger });
       logger.info(
         { port: config.embeddedDbPort },
-        `The embedded database is served at postgresql://postgres@127.0.0.1:${config.embeddedDbPort}/postgres (for Prisma Studio, psql)`,
+        `The embedded database is served at postgresql://postgres@127.0.0.1:${config.embeddedDbPort}/postgres ` +
+          `(for Prisma Studio, psql)`,
       );
     }
 
@@ -72,7 +73,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     logger.info(
       { liveUpdates: events.kind },
       events.kind === 'redis'
-        ? `Live updates (metricIngested) go through Redis at ${redactUrl(config.redisUrl ?? '')}, channel prefix ${config.redisChannelPrefix}`
+        ? `Live updates (metricIngested) go through Redis at ${redactUrl(config.redisUrl ?? '')}, channel prefix ` +
+            `${config.redisChannelPrefix}`
         : 'Live updates (metricIngested) are in-process; set REDIS_URL to share them between instances',
     );
 
@@ -125,8 +127,10 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
           () => {
             logger.warn(
               { inFlight: inFlight.size },
-              `${inFlight.size} request(s) still running after ${config.shutdownTimeoutMs - reserve} ms: closing their connections. ` +
-                'A batch cut off here is stored whole or not at all (one statement); its client saw no reply and retries.',
+              `${inFlight.size} request(s) still running after ${config.shutdownTimeoutMs - reserve} ms: closing ` +
+                `their connections. ` +
+                'A batch cut off here is stored whole or not at all (one statement); its client saw no reply and ' +
+                'retries.',
             );
             server.closeAllConnections();
           },

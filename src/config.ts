@@ -214,7 +214,8 @@ export function loadConfig(env: Env = process.env): Config {
   if (auth === 'off' && nodeEnv === 'production') {
     // A production service open to anyone is never what was meant; a gateway in front can still send a key.
     problems.push(
-      'AUTH=off is refused with NODE_ENV=production: create a key with `npm run keys -- create --scope ingest --name <name>` ' +
+      'AUTH=off is refused with NODE_ENV=production: create a key with `npm run keys -- create --scope ingest ' +
+        '--name <name>` ' +
         'and send it as `Authorization: Bearer <key>` (or leave NODE_ENV unset for local development)',
     );
   }

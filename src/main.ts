@@ -1,9 +1,9 @@
 /** Entry point: read the configuration, start the service, stop cleanly on SIGTERM/SIGINT. */
 import { startApp } from './app.js';
-import { ConfigError, loadConfig } from './config.js';
+import { type Config, ConfigError, loadConfig } from './config.js';
 import { createLogger } from './logger.js';
 
-let config;
+let config: Config;
 try {
   config = loadConfig();
 } catch (error) {

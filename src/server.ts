@@ -285,7 +285,8 @@ function databaseFaultError(fault: DatabaseFault, error: unknown, statementTimeo
   };
   if (fault.kind === 'unavailable') {
     return new GraphQLError(
-      'The database is unavailable right now, so this operation did not run. Retry it after the Retry-After delay; a retried ingestMetrics batch is never stored twice.',
+      'The database is unavailable right now, so this operation did not run. Retry it after the Retry-After ' +
+        'delay; a retried ingestMetrics batch is never stored twice.',
       {
         ...location,
         extensions: {
@@ -297,7 +298,9 @@ function databaseFaultError(fault: DatabaseFault, error: unknown, statementTimeo
     );
   }
   return new GraphQLError(
-    `The database did not finish this operation within the time limit${statementTimeoutMs > 0 ? ` (${statementTimeoutMs} ms)` : ''} and cancelled it: nothing it would have written was stored. ` +
+    `The database did not finish this operation within the time limit${
+      statementTimeoutMs > 0 ? ` (${statementTimeoutMs} ms)` : ''
+    } and cancelled it: nothing it would have written was stored. ` +
       'Narrow the filter or ask for less; retry unchanged only if the database was busy.',
     { ...location, extensions: { code: 'QUERY_TIMEOUT', requestId: undefined, http: { status: 504 } } },
   );

@@ -267,7 +267,12 @@ describe('the embedded database over the PostgreSQL protocol, shared with the ru
     ];
     // A failing hammer stops the others; its error is reported after the ingestion.
     const hammered = Promise.all(
-      hammering.map((work) => work.catch((error: unknown) => ((running = false), Promise.reject(error)))),
+      hammering.map((work) =>
+        work.catch((error: unknown) => {
+          running = false;
+          return Promise.reject(error);
+        }),
+      ),
     );
     hammered.catch(() => {});
     const batches = 12;

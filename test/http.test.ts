@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, before, test } from 'node:test';
-import { INGEST, record, startTestService, type TestService } from './support/harness.js';
+import { type GraphQLResponse, INGEST, record, startTestService, type TestService } from './support/harness.js';
 
 const LIMIT = 200_000;
 let service: TestService;
@@ -219,7 +219,7 @@ test('a chunked body under the limit is read whole and processed', async () => {
 
 test('an unexpected error is masked: a generic message, the request id, no internals', async () => {
   await service.sql('ALTER TABLE user_metrics RENAME TO user_metrics_away');
-  let response;
+  let response: GraphQLResponse;
   try {
     response = await service.request('{ metrics(first: 1) { edges { node { id } } } }', undefined, {
       'x-request-id': 'mask-check-1',

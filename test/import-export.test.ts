@@ -294,11 +294,11 @@ test('CSV import (seed column names): quoted commas, newlines and quotes, boolea
   const camelFile = path.join(dir, 'camel-records');
   fs.writeFileSync(
     camelFile,
-    [
+    `${[
       'eventId,userId,sessionId,timestamp,talkedTime,microphoneUsed,speakerUsed,voiceSentiment',
       `c-1,"Smith, Jane",s-1,${T},10,true,false,positive`,
       `k-2,u-k2,"crlf\r\nvalue",${T},15,f,T,neutral`,
-    ].join('\r\n') + '\r\n',
+    ].join('\r\n')}\r\n`,
   );
   const second = ok(await cli(db, 'import', [camelFile, '--progress', 'none']));
   assert.deepEqual(summary(second), { records: 2, accepted: 1, duplicates: 1, rejected: 0 });

@@ -83,11 +83,11 @@ async function subscribe(baseUrl: string, where?: Record<string, unknown>): Prom
   void (async () => {
     const decoder = new TextDecoder();
     let buffer = '';
+    const reader = body.getReader();
     try {
-      for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
-        buffer += decoder.decode(chunk, { stream: true });
-        let end: number;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
+      for (let read = await reader.read(); !read.done; read = await reader.read()) {
+        buffer += decoder.decode(read.value, { stream: true });
+        for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
           const block = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
           const lines = block.split('\n');
@@ -153,6 +153,8 @@ async function subscribe(baseUrl: string, where?: Record<string, unknown>): Prom
 }
 
 let service: TestService;
+/** Set by the test that stops the service itself. */
+let serviceStopped = false;
 const streams: Stream[] = [];
 let second: ServiceProcess | undefined;
 
@@ -162,7 +164,7 @@ before(async () => {
 after(async () => {
   for (const stream of streams) stream.close();
   await second?.kill();
-  await service?.stop();
+  if (!serviceStopped) await service?.stop();
 });
 
 async function open(where?: Record<string, unknown>, baseUrl = service.url): Promise<Stream> {
@@ -397,5 +399,5 @@ test('stopping the service ends open subscriptions instead of waiting for them',
   assert.ok(elapsed < 2000, `completed ${elapsed} ms after stop began (the shutdown timeout is 5,000 ms)`);
   await stopped;
   await service.stop();
-  service = undefined as unknown as TestService;
+  serviceStopped = true;
 });

@@ -225,7 +225,8 @@ function lockDataDir(dataDir: string): () => void {
       const owner = Number(fs.readFileSync(lockFile, 'utf8'));
       if (Number.isInteger(owner) && owner > 0 && owner !== process.pid && isRunning(owner)) {
         throw new Error(
-          `The embedded database in ${dataDir} is in use by process ${owner}. Stop it, or set DATA_DIR to another folder.`,
+          `The embedded database in ${dataDir} is in use by process ${owner}. Stop it, or set DATA_DIR to ` +
+            `another folder.`,
         );
       }
       fs.rmSync(lockFile, { force: true });

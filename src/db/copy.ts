@@ -113,8 +113,8 @@ export function copyInOneWrite(
 ): Promise<number> {
   return new Promise((resolve, reject) => {
     const query = new CopyInOneWrite(statement, data, (error) => (error ? reject(error) : resolve(query.rowCount)));
-    // pg's types describe its own Query; a query object with `submit` is what it documents for custom queries.
-    client.query(query as unknown as pg.QueryConfig);
+    // A query object with `submit` is what pg documents for custom queries (pg.Submittable).
+    client.query(query);
   });
 }
 

@@ -394,7 +394,8 @@ class WireConnection {
         if (this.copyUploadBytes > this.options.maxCopyBytes) {
           this.copyUpload.push(
             copyFail(
-              `more than ${this.options.maxCopyBytes} bytes of COPY data on the embedded database port (npm run import loads big files)`,
+              `more than ${this.options.maxCopyBytes} bytes of COPY data on the embedded database port (npm run ` +
+                `import loads big files)`,
             ),
           );
         }
@@ -612,7 +613,8 @@ class WireConnection {
     this.idleTimer = setTimeout(() => {
       this.options.logger?.warn(
         { connection: this.id, idleMs: this.options.idleTimeoutMs },
-        'Ended an embedded database client that held the database idle inside a transaction (the service waits meanwhile)',
+        'Ended an embedded database client that held the database idle inside a transaction (the service waits ' +
+          'meanwhile)',
       );
       this.fail(
         '25P03',
@@ -643,7 +645,8 @@ const SYNC = buildMessage(MSG.sync, []);
 
 const COPY_FROM_STDIN = /\bcopy\b[\s\S]*\bfrom\s+stdin\b/i;
 const REFUSE_COPY = simpleQuery(
-  "DO $$BEGIN RAISE EXCEPTION 'COPY FROM STDIN works on the embedded database port only as a simple query of its own' " +
+  "DO $$BEGIN RAISE EXCEPTION 'COPY FROM STDIN works on the embedded database port only as a simple query of its " +
+    "own' " +
     "USING ERRCODE = 'feature_not_supported'; END$$",
 );
 

@@ -85,7 +85,8 @@ async function readApplied(session: SqlSession): Promise<AppliedRow[] | undefine
   );
   if (!exists?.present) return undefined;
   return session.query<AppliedRow>(
-    `SELECT migration_name, checksum, finished_at, rolled_back_at FROM "_prisma_migrations" ORDER BY started_at, migration_name`,
+    `SELECT migration_name, checksum, finished_at, rolled_back_at FROM "_prisma_migrations"
+     ORDER BY started_at, migration_name`,
   );
 }
 
@@ -155,7 +156,8 @@ async function applyOne(session: SqlSession, migration: LocalMigration): Promise
     const [started] = await session.query<{ now: Date }>('SELECT clock_timestamp() AS now');
     await session.exec(migration.sql);
     await session.query(
-      `INSERT INTO "_prisma_migrations" (id, checksum, finished_at, migration_name, logs, rolled_back_at, started_at, applied_steps_count)
+      `INSERT INTO "_prisma_migrations"
+         (id, checksum, finished_at, migration_name, logs, rolled_back_at, started_at, applied_steps_count)
        VALUES ($1, $2, clock_timestamp(), $3, NULL, NULL, $4, 1)`,
       [crypto.randomUUID(), migration.checksum, migration.name, started?.now],
     );

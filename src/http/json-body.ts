@@ -85,7 +85,8 @@ class ShapeScan {
       } else if (byte === CLOSE_OBJECT || byte === CLOSE_ARRAY) depth--;
       else if (byte === COMMA && ++values > this.limits.maxValues) {
         throw badRequest(
-          `The request body holds more than ${this.limits.maxValues} JSON values, more than any request of this service needs. ` +
+          `The request body holds more than ${this.limits.maxValues} JSON values, more than any request of this ` +
+            `service needs. ` +
             'Send large batches in several requests.',
           { limit: this.limits.maxValues },
         );

@@ -37,7 +37,9 @@ const duration = new Histogram({
 
 const ingested = new Counter({
   name: 'ingest_records_total',
-  help: 'Records sent to ingestMetrics: accepted (newly stored), duplicate (stored already or repeated), rejected (failed a rule).',
+  help:
+    'Records sent to ingestMetrics: accepted (newly stored), duplicate (stored already or repeated), ' +
+    'rejected (failed a rule).',
   labelNames: ['result'] as const,
   registers: [registry],
 });
@@ -47,8 +49,10 @@ for (const result of ['accepted', 'duplicate', 'rejected']) ingested.inc({ resul
 const batchWrites = new Counter({
   name: 'ingest_batch_writes_total',
   help:
-    'ingestMetrics batches written to the database, by how: copy (COPY straight away), lookup_copy (COPY of the records ' +
-    'not stored yet, after looking them up: retried batches), insert (INSERT ... ON CONFLICT: the embedded database, or a ' +
+    'ingestMetrics batches written to the database, by how: copy (COPY straight away), lookup_copy (COPY of the ' +
+    'records ' +
+    'not stored yet, after looking them up: retried batches), insert (INSERT ... ON CONFLICT: the embedded ' +
+    'database, or a ' +
     'batch that raced a concurrent one for the same records).',
   labelNames: ['path'] as const,
   registers: [registry],

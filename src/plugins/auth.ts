@@ -84,7 +84,8 @@ export class AuthPolicy {
         mode: 'off',
         level: 'warn',
         message:
-          'Authentication is off (AUTH=off): anyone who can reach the service can read and write. Unset AUTH to require API keys',
+          'Authentication is off (AUTH=off): anyone who can reach the service can read and write. Unset AUTH to ' +
+          'require API keys',
       };
     }
     const why = setting === 'on' ? 'AUTH=on' : production ? 'NODE_ENV=production' : 'API keys exist';
@@ -111,7 +112,8 @@ export class AuthPolicy {
       mode: 'until-first-key',
       level: 'warn',
       message:
-        'Authentication is off until the first API key is created (AUTH=auto, not production): anyone can read and write. ' +
+        'Authentication is off until the first API key is created (AUTH=auto, not production): anyone can read ' +
+        'and write. ' +
         'Create a key with `npm run keys -- create --scope admin --name <name>` to require keys',
     };
   }

@@ -72,7 +72,7 @@ export function subscriptionSelectsNothing(
   variables: Variables,
 ): boolean {
   const operation = getOperationAST(document, operationName ?? undefined);
-  if (!operation || operation.operation !== 'subscription') return false;
+  if (operation?.operation !== 'subscription') return false;
   const fragments = new Map<string, FragmentDefinitionNode>();
   for (const definition of document.definitions) {
     if (definition.kind === Kind.FRAGMENT_DEFINITION) fragments.set(definition.name.value, definition);
@@ -157,7 +157,8 @@ export function useEmptySubscriptionGuard(): Plugin {
         setResultAndStopExecution({
           errors: [
             badInput(
-              'This subscription selects no field (each is left out by @skip or @include): select one, e.g. metricIngested.',
+              'This subscription selects no field (each is left out by @skip or @include): select one, e.g. ' +
+                'metricIngested.',
             ),
           ],
         });

@@ -216,7 +216,8 @@ export function costLimit(maxCost: number, listLimits: ListLimits) {
     const cost = operationCost(args.schema, args.document, operation, args.variableValues, listLimits);
     if (cost <= maxCost) return null;
     return limitError(
-      `The operation could return ${cost} objects; at most ${maxCost} are allowed. A page of \`first: n\` counts n times ` +
+      `The operation could return ${cost} objects; at most ${maxCost} are allowed. A page of \`first: n\` counts ` +
+        `n times ` +
         'its selection: ask for smaller pages, fewer pages in one operation, or fewer nested objects.',
       'COST_LIMIT_EXCEEDED',
       maxCost,

@@ -88,7 +88,7 @@ function ingestedRecords(
   variables: Readonly<Record<string, unknown>> | null | undefined,
 ): number | null {
   const operation = findOperation(document, operationName);
-  if (!operation || operation.operation !== 'mutation') return null;
+  if (operation?.operation !== 'mutation') return null;
   let ingesting = false;
   let records = 0;
   for (const field of rootFields(document, operation)) {

@@ -31,7 +31,8 @@ export function useFrameworkErrorsInOurWords(options: { maxBodyBytes: number }):
     if (code === 'REQUEST_ENTITY_TOO_LARGE') {
       return withHttp(
         error,
-        `The request body is larger than ${options.maxBodyBytes} bytes, the most this service accepts. Send smaller batches.`,
+        `The request body is larger than ${options.maxBodyBytes} bytes, the most this service accepts. Send ` +
+          `smaller batches.`,
         {
           code: 'PAYLOAD_TOO_LARGE',
           limit: options.maxBodyBytes,

@@ -47,7 +47,8 @@ const CreatedApiKey = builder.objectRef<{ key: string; apiKey: ApiKeyInfo }>('Cr
   fields: (t) => ({
     key: t.exposeString('key', {
       description:
-        'The key to send as `Authorization: Bearer <key>`. Shown this once: it is not stored and cannot be shown again.',
+        'The key to send as `Authorization: Bearer <key>`. Shown this once: it is not stored and cannot be shown ' +
+        'again.',
     }),
     apiKey: t.field({ type: ApiKey, resolve: (c) => c.apiKey }),
   }),

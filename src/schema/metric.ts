@@ -44,7 +44,9 @@ const UserMetricInput = builder.inputType('UserMetricInput', {
   description: 'One record to store. Rules are checked per record; see `RejectedRecord` for what a failure looks like.',
   fields: (t) => ({
     eventId: t.string({
-      description: `Optional id the client gives the record (1..${LIMITS.eventIdMaxLength} characters). Records with the same eventId are one record: a resend is counted as a duplicate.`,
+      description:
+        `Optional id the client gives the record (1..${LIMITS.eventIdMaxLength} characters). Records ` +
+        `with the same eventId are one record: a resend is counted as a duplicate.`,
     }),
     userId: t.string({ required: true, description: `1..${LIMITS.idMaxLength} characters, not blank.` }),
     sessionId: t.string({ required: true, description: `1..${LIMITS.idMaxLength} characters, not blank.` }),
@@ -68,7 +70,8 @@ const RejectedRecordType = builder.objectRef<RejectedRecord>('RejectedRecord').i
     field: t.exposeString('field', { nullable: true, description: 'The input field at fault, e.g. `timestamp`.' }),
     code: t.exposeString('code', {
       description:
-        'BLANK, TOO_LONG, INVALID_CHARACTER, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, TIMESTAMP_IN_MILLISECONDS or OUT_OF_RANGE.',
+        'BLANK, TOO_LONG, INVALID_CHARACTER, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, TIMESTAMP_IN_MILLISECONDS ' +
+        'or OUT_OF_RANGE.',
     }),
     message: t.exposeString('message', { description: 'What was wrong and what is allowed.' }),
   }),
@@ -92,7 +95,8 @@ builder.mutationField('ingestMetrics', (t) =>
   t.field({
     type: IngestMetricsResult,
     description:
-      'Stores a batch of metric records. Valid records are stored even when others are rejected, unless `atomic` is true. ' +
+      'Stores a batch of metric records. Valid records are stored even when others are rejected, unless `atomic` ' +
+      'is true. ' +
       'Retrying a batch is safe: records already stored are counted as duplicates, never stored twice.',
     extensions: { requiredScope: 'ingest' },
     args: {
@@ -106,7 +110,8 @@ builder.mutationField('ingestMetrics', (t) =>
       const limit = ctx.limits.maxBatchSize;
       if (args.records.length > limit) {
         throw new GraphQLError(
-          `ingestMetrics accepts at most ${limit} records per request; this one has ${args.records.length}. Nothing was stored: split it into batches of at most ${limit}.`,
+          `ingestMetrics accepts at most ${limit} records per request; this one has ${args.records.length}. ` +
+            `Nothing was stored: split it into batches of at most ${limit}.`,
           { extensions: { code: 'BATCH_TOO_LARGE', limit, received: args.records.length } },
         );
       }
@@ -243,7 +248,9 @@ const UserMetricConnection = builder.objectRef<Connection>('UserMetricConnection
 builder.queryFields((t) => ({
   metrics: t.field({
     type: UserMetricConnection,
-    description: `Stored records matching \`where\`, a page at a time. Default order: newest timestamp first; ties broken by id.`,
+    description:
+      `Stored records matching \`where\`, a page at a time. Default order: newest timestamp first; ` +
+      `ties broken by id.`,
     // The cost limit counts a page at the size asked for, or at this default (src/plugins/limits.ts).
     extensions: { page: PAGE_LIMITS },
     args: {

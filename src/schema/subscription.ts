@@ -9,7 +9,8 @@ builder.subscriptionField('metricIngested', (t) =>
   t.field({
     type: UserMetric,
     description:
-      'Records stored from now on that match `where`, each once, in the order stored. Duplicates and rejected records ' +
+      'Records stored from now on that match `where`, each once, in the order stored. Duplicates and rejected ' +
+      'records ' +
       'are never sent. Every instance of the service delivers every record when they share Redis (REDIS_URL).',
     args: { where: t.arg({ type: MetricFilterInput }) },
     subscribe: (_root, args) => {

@@ -101,7 +101,8 @@ class Subscription implements AsyncIterableIterator<StoredMetric> {
         // Nobody is waiting here (a waiting reader means an empty queue): the error is the reader's next result.
         this.queue.length = 0;
         this.error = new SubscriberTooSlowError(
-          `This subscription fell more than ${this.maxQueued} records behind (the client read too slowly) and was ended; subscribe again`,
+          `This subscription fell more than ${this.maxQueued} records behind (the client read too slowly) and ` +
+            `was ended; subscribe again`,
           'metricIngested',
         );
         this.finish();

@@ -177,7 +177,8 @@ function storedRows(
  * no hex to encode or decode), and $2, their number.
  */
 const BATCH_IDENTITIES = `batch AS (
-      SELECT g AS position, substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1, $2::int) AS g
+      SELECT g AS position, substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1,
+        $2::int) AS g
     )`;
 
 /**
@@ -249,7 +250,8 @@ let lookUpFirst = false;
  */
 const RESERVE_SQL = `
     SELECT NULL AS stored,
-           (SELECT array_agg(id ORDER BY id) FROM (SELECT nextval('user_metrics_id_seq')::int AS id FROM generate_series(1, $1::int)) AS reserved) AS ids,
+           (SELECT array_agg(id ORDER BY id) FROM (SELECT nextval('user_metrics_id_seq')::int AS id FROM
+             generate_series(1, $1::int)) AS reserved) AS ids,
            now() AS created_at, now()::text AS created_at_text`;
 
 /**
@@ -263,7 +265,8 @@ const LOOK_UP_AND_RESERVE_SQL = `
     )
     SELECT (SELECT string_agg((position - 1)::text, ',') FROM stored) AS stored,
            (SELECT array_agg(id ORDER BY id) FROM (
-              SELECT nextval('user_metrics_id_seq')::int AS id FROM generate_series(1, $2::int - (SELECT count(*)::int FROM stored))
+              SELECT nextval('user_metrics_id_seq')::int AS id FROM generate_series(1, $2::int - (SELECT
+                count(*)::int FROM stored))
             ) AS reserved) AS ids,
            now() AS created_at`;
 
@@ -381,7 +384,8 @@ export function copyLine(keyHex: string, record: MetricRecordInput): string {
 const INSERT_ROWS_SQL = `
     WITH input AS (
       SELECT decode(k, 'hex') AS record_key, ${RECORD_FIELDS.map((_, i) => `f${i}`).join(', ')}, position
-      FROM unnest($1::text::text[], ${RECORD_FIELDS.map((field, i) => `$${i + 2}::text::${field.sqlType}[]`).join(', ')})
+      FROM unnest($1::text::text[],
+        ${RECORD_FIELDS.map((field, i) => `$${i + 2}::text::${field.sqlType}[]`).join(', ')})
            WITH ORDINALITY AS r(k, ${RECORD_FIELDS.map((_, i) => `f${i}`).join(', ')}, position)
     ), inserted AS (
       INSERT INTO user_metrics (${STORED_COLUMNS})
@@ -389,7 +393,8 @@ const INSERT_ROWS_SQL = `
       ON CONFLICT (record_key) DO NOTHING
       RETURNING id, record_key
     )
-    SELECT string_agg((input.position - 1)::text || ':' || inserted.id::text, ',' ORDER BY inserted.id) AS stored, now() AS created_at
+    SELECT string_agg((input.position - 1)::text || ':' || inserted.id::text, ',' ORDER BY inserted.id) AS stored,
+      now() AS created_at
     FROM inserted JOIN input USING (record_key)`;
 
 async function insertRowsWithStatement(rows: PendingRow[]): Promise<Inserted> {

@@ -121,7 +121,8 @@ function decodeCursor(cursor: string, order: readonly MetricOrder[]): unknown[] 
   }
   if (payload?.o !== orderSignature(order)) {
     throw new PageArgumentError(
-      `after is a cursor of another order (${String(payload?.o)}); it can only continue orderBy ${orderSignature(order)}`,
+      `after is a cursor of another order (${String(payload?.o)}); it can only continue orderBy ` +
+        `${orderSignature(order)}`,
       'after',
     );
   }

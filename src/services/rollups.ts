@@ -163,7 +163,8 @@ const MISALIGNED_SLOTS_SQL = `
     SELECT DISTINCT extract(epoch FROM s)::int8 AS slot
     FROM suspect CROSS JOIN LATERAL generate_series(d, d + interval '1 day', interval '${SLOT_SECONDS} seconds') AS s
     WHERE (s AT TIME ZONE $1) - (s AT TIME ZONE 'UTC')
-          <> ((s + interval '${SLOT_SECONDS - 1} seconds') AT TIME ZONE $1) - ((s + interval '${SLOT_SECONDS - 1} seconds') AT TIME ZONE 'UTC')
+          <> ((s + interval '${SLOT_SECONDS - 1} seconds') AT TIME ZONE $1) - ((s + interval '${SLOT_SECONDS - 1}
+            seconds') AT TIME ZONE 'UTC')
        OR extract(epoch FROM (s AT TIME ZONE $1) - (s AT TIME ZONE 'UTC'))::int % ${SLOT_SECONDS} <> 0
     ORDER BY slot`;
 

@@ -88,6 +88,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   };
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: tests read answers by path; a wrong path fails the assertion.
 export interface GraphQLResponse<T = Record<string, any>> {
   status: number;
   headers: Headers;
@@ -100,18 +101,21 @@ export interface TestService {
   url: string;
   config: Config;
   /** POSTs one GraphQL operation; returns status, headers and the parsed body. */
+  // biome-ignore lint/suspicious/noExplicitAny: as GraphQLResponse.
   request<T = Record<string, any>>(
     query: string,
     variables?: Record<string, unknown>,
     headers?: Record<string, string>,
   ): Promise<GraphQLResponse<T>>;
   /** As `request`, but fails (with the whole response in the message) unless there is data and no error. */
+  // biome-ignore lint/suspicious/noExplicitAny: as GraphQLResponse.
   gql<T = Record<string, any>>(
     query: string,
     variables?: Record<string, unknown>,
     headers?: Record<string, string>,
   ): Promise<T>;
   /** Runs SQL on the service's database through the driver, not through the service's code. */
+  // biome-ignore lint/suspicious/noExplicitAny: rows are read by column name in assertions.
   sql<Row = Record<string, any>>(text: string, params?: unknown[]): Promise<Row[]>;
   stop(): Promise<void>;
 }

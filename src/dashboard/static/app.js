@@ -18,7 +18,8 @@
   const TOTALS_QUERY = `query DashboardTotals($where: MetricFilter) { metricStats(where: $where) { ${FIGURES} } }`;
   // Only figures that add up, so the service may answer the buckets from its rollups (README, Rollups).
   const SERIES_QUERY = `query DashboardSeries($where: MetricFilter, $bucket: TimeBucketInput) {
-    metricStats(where: $where, bucket: $bucket) { bucketStart count talkedTime { sum } microphoneUsageRate speakerUsageRate }
+    metricStats(where: $where, bucket: $bucket) { bucketStart count talkedTime { sum } microphoneUsageRate
+      speakerUsageRate }
   }`;
   const USERS_QUERY = `query DashboardUsers($where: MetricFilter) {
     metricStats(where: $where, groupBy: [USER_ID]) { userId count distinctSessions talkedTime { sum avg } }
@@ -96,7 +97,7 @@
     }
     if (errors.length > 0) {
       const first = errors[0];
-      throw new ApiError(first.message, first.extensions && first.extensions.code);
+      throw new ApiError(first.message, first.extensions?.code);
     }
     return body.data;
   }
@@ -294,7 +295,10 @@
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), zone),
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: yAxis.range ? { range: yAxis.range } : {} },
-      series: [{ label: 'Starts', value: (u, v) => (v == null ? '–' : bucketLabel(v, filters.unit, zone)) }, ...series],
+      series: [
+        { label: 'Starts', value: (_u, v) => (v == null ? '–' : bucketLabel(v, filters.unit, zone)) },
+        ...series,
+      ],
       axes: [
         { stroke: '#475569', grid: { stroke: '#e2e8f0' }, ticks: { stroke: '#cbd5e1' } },
         {
@@ -302,7 +306,7 @@
           grid: { stroke: '#e2e8f0' },
           ticks: { stroke: '#cbd5e1' },
           size: 56,
-          values: (u, splits) => yAxis.ticks(splits),
+          values: (_u, splits) => yAxis.ticks(splits),
           ...(yAxis.incrs ? { incrs: yAxis.incrs } : {}),
         },
       ],
@@ -320,7 +324,7 @@
       width: 1,
       paths: uPlot.paths.bars({ size: [0.8, 64] }),
       points: { show: false },
-      value: (u, v) => (v == null ? '–' : format(v)),
+      value: (_u, v) => (v == null ? '–' : format(v)),
     };
   }
 
@@ -330,7 +334,7 @@
       stroke: color,
       width: 2,
       points: { show: true, size: 5, fill: color },
-      value: (u, v) => (v == null ? '–' : percentFormat.format(v)),
+      value: (_u, v) => (v == null ? '–' : percentFormat.format(v)),
     };
   }
 
@@ -600,7 +604,9 @@
     const devices =
       [record.microphoneUsed ? 'mic' : null, record.speakerUsed ? 'speaker' : null].filter(Boolean).join(' + ') ||
       'no devices';
-    what.textContent = `${formatDuration(record.talkedTime)} · ${record.voiceSentiment ?? 'no sentiment'} · ${devices} · session ${record.sessionId}`;
+    what.textContent =
+      `${formatDuration(record.talkedTime)} · ${record.voiceSentiment ?? 'no sentiment'} · ` +
+      `${devices} · session ${record.sessionId}`;
     item.append(when, who, what);
     feed.prepend(item);
     while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
@@ -662,8 +668,7 @@
         const { done, value } = await reader.read();
         if (done) break;
         buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, '\n');
-        let end;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
+        for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
           const block = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
           const lines = block.split('\n');
@@ -675,11 +680,11 @@
           if (event === 'complete') break;
           if (event !== 'next' || !data) continue;
           const payload = JSON.parse(data);
-          if (payload.data && payload.data.metricIngested) addToFeed(payload.data.metricIngested);
-          else if (payload.errors && payload.errors[0]) setLive('error', payload.errors[0].message);
+          if (payload.data?.metricIngested) addToFeed(payload.data.metricIngested);
+          else if (payload.errors?.[0]) setLive('error', payload.errors[0].message);
         }
       }
-    } catch (error) {
+    } catch (_error) {
       if (controller.signal.aborted || generation !== live.generation) return;
     }
     retryLive(generation);
