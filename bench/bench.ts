@@ -298,11 +298,14 @@ async function setupEmbedded(): Promise<Setup> {
     const client = await connectPostgres(`postgres://postgres@127.0.0.1:${dbPort}/postgres`);
     return { ...client, checkpoint: async () => {} };
   };
+  // The service first: its database is reached through it.
+  const service = await start();
+  const serviceSql = await connectServiceSql();
   const setup: Setup = {
-    serviceSql: undefined as unknown as BenchSql,
+    serviceSql,
     referenceSql,
     databaseVersion: `PGlite (PostgreSQL ${version?.server_version})`,
-    service: await start(),
+    service,
     async loadWithServiceStopped(load) {
       await setup.serviceSql.close();
       await setup.service.stop();
@@ -323,7 +326,6 @@ async function setupEmbedded(): Promise<Setup> {
       log(`removed ${folder}`);
     },
   };
-  setup.serviceSql = await connectServiceSql();
   log(`embedded database in ${dataDir}; reference PGlite in ${referenceDir}`);
   return setup;
 }
@@ -379,8 +381,9 @@ interface IngestMethod {
 async function benchIngest(setup: Setup) {
   const nowSeconds = Math.floor(Date.now() / 1000);
   const records = makeRecords(settings.records, { seed: 1, users: 1000, days: 30, endSeconds: nowSeconds - 3600 });
-  if (opts['ingest-recent'])
-    records.forEach((r, i) => (r.timestamp = nowSeconds - 3600 + Math.floor((i * 3600) / records.length)));
+  if (opts['ingest-recent']) {
+    for (const [i, r] of records.entries()) r.timestamp = nowSeconds - 3600 + Math.floor((i * 3600) / records.length);
+  }
   const bodies = ingestBodies(records, settings.batch);
   const copyChunks: string[] = [];
   for (let i = 0; i < records.length; i += settings.batch)

@@ -63,7 +63,7 @@ for (const file of positionals) {
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   // Self time per node from the samples and their time deltas (microseconds).
   const self = new Map<number, number>();
-  profile.samples.forEach((id, i) => self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
+  for (const [i, id] of profile.samples.entries()) self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0));
   const total = [...self.values()].reduce((a, b) => a + b, 0);
   const idle = profile.nodes
     .filter((n) => n.callFrame.functionName === '(idle)')

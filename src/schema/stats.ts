@@ -92,14 +92,16 @@ const TimeBucketUnitEnum = builder.enumType('TimeBucketUnit', {
 
 const TimeBucketInput = builder.inputRef<TimeBucket>('TimeBucketInput').implement({
   description:
-    "Groups records by when they happened (their `timestamp`), in a time zone's calendar, daylight-saving changes included: " +
+    "Groups records by when they happened (their `timestamp`), in a time zone's calendar, " +
+    'daylight-saving changes included: ' +
     'a day is a local day (23 or 25 hours on the change days), and the repeated autumn hour is two HOUR buckets.',
   fields: (t) => ({
     unit: t.field({ type: TimeBucketUnitEnum, required: true }),
     timeZone: t.string({
       defaultValue: DEFAULT_TIME_ZONE,
       description:
-        'A tz-database name, e.g. "Europe/Berlin" or "America/New_York". Offsets and abbreviations (e.g. "+02") are refused.',
+        'A tz-database name, e.g. "Europe/Berlin" or "America/New_York". ' +
+        'Offsets and abbreviations (e.g. "+02") are refused.',
     }),
   }),
 });
@@ -115,7 +117,8 @@ const TalkedTimeStatsType = builder.objectRef<TalkedTimeStats>('TalkedTimeStats'
     p95: t.exposeFloat('p95', { description: "95th percentile (continuous, as PostgreSQL's percentile_cont)." }),
     p50Approx: t.exposeFloat('p50Approx', {
       description:
-        'Approximate median: within 1% of p50 (from a histogram of talk times in buckets 2% wide). Cheap from the rollups ' +
+        'Approximate median: within 1% of p50 (from a histogram of talk times in buckets 2% wide). ' +
+        'Cheap from the rollups ' +
         '(README: "Rollups"); p50 is exact and reads every record.',
     }),
     p95Approx: t.exposeFloat('p95Approx', {
@@ -142,7 +145,8 @@ const MetricFiguresInterface = builder.interfaceRef<MetricFigures>('MetricFigure
     distinctUsersApprox: t.field({
       type: 'SafeInt',
       description:
-        'Approximate distinctUsers: within 2% up to ~300,000 users per group (linear counting of hashed user ids in a ' +
+        'Approximate distinctUsers: within 2% up to ~300,000 users per group ' +
+        '(linear counting of hashed user ids in a ' +
         '65,536-bit bitmap; README: "Rollups"). Cheap from the rollups; distinctUsers is exact and reads every record.',
       resolve: (f) => f.distinctUsersApprox,
     }),
@@ -159,7 +163,8 @@ const MetricFiguresInterface = builder.interfaceRef<MetricFigures>('MetricFigure
     sentiments: t.field({
       type: [SentimentCountType],
       description:
-        `Every voiceSentiment present (null included), by count descending, then value; the counts add up to \`count\`. ` +
+        'Every voiceSentiment present (null included), by count descending, then value; ' +
+        'the counts add up to `count`. ' +
         `At most ${SENTIMENTS_MAX} values, the most frequent, are listed.`,
       extensions: { listMax: SENTIMENTS_MAX },
       resolve: (f) => (f.sentiments.length > SENTIMENTS_MAX ? f.sentiments.slice(0, SENTIMENTS_MAX) : f.sentiments),
@@ -215,9 +220,12 @@ builder.queryFields((t) => ({
   metricStats: t.field({
     type: [MetricGroupType],
     description:
-      'Figures of the records matching `where`, per group: one group per combination of the `groupBy` dimensions and the ' +
-      '`bucket` (one group for all records without either). Ordered by bucketStart, then the dimensions in the order given, ' +
-      "nulls last. No matching record: an empty list. More groups than the server's limit (MAX_STAT_GROUPS, default 1,000): " +
+      'Figures of the records matching `where`, per group: ' +
+      'one group per combination of the `groupBy` dimensions and the ' +
+      '`bucket` (one group for all records without either). ' +
+      'Ordered by bucketStart, then the dimensions in the order given, ' +
+      'nulls last. No matching record: an empty list. ' +
+      "More groups than the server's limit (MAX_STAT_GROUPS, default 1,000): " +
       'an error, code TOO_MANY_GROUPS.',
     // The cost limit counts the groups at their most (src/plugins/limits.ts).
     extensions: { listMax: 'maxStatGroups' },

@@ -69,6 +69,7 @@ function checkName(name: string): string {
   if (trimmed.length === 0) throw new InputError('name must not be blank', 'name');
   if ([...trimmed].length > NAME_MAX_LENGTH)
     throw new InputError(`name must be at most ${NAME_MAX_LENGTH} characters`, 'name');
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point.
   if (/[\u0000-\u001f\u007f]/.test(trimmed)) throw new InputError('name must not contain control characters', 'name');
   return checkStorableText(trimmed, 'name');
 }
@@ -122,7 +123,8 @@ export async function createApiKey(input: { name: string; scopes: readonly strin
     const key = KEY_PREFIX + crypto.randomBytes(SECRET_BYTES).toString('base64url');
     const id = key.slice(0, KEY_PREFIX.length + ID_SECRET_CHARS);
     const [row] = await prisma.$queryRaw<ApiKeyRow[]>`
-      INSERT INTO api_keys (id, name, secret_hash, scopes) VALUES (${id}, ${name}, decode(${hashKey(key)}, 'hex'), ${scopes}::text[])
+      INSERT INTO api_keys (id, name, secret_hash, scopes)
+      VALUES (${id}, ${name}, decode(${hashKey(key)}, 'hex'), ${scopes}::text[])
       ON CONFLICT DO NOTHING
       RETURNING id, name, scopes, created_at AS "createdAt", last_used_at AS "lastUsedAt", revoked_at AS "revokedAt"`;
     if (row) {

@@ -125,7 +125,7 @@ function stringCondition(column: Prisma.Sql, filter: NullableStringFilter, path:
   }
   if (filter.in != null) {
     checkList(filter.in, `${path}.in`);
-    filter.in.forEach((v, i) => checkText(v, `${path}.in[${i}]`));
+    for (const [i, v] of filter.in.entries()) checkText(v, `${path}.in[${i}]`);
     // An empty list is false for a value and unknown for a null (`col <> col`), so that NOT of it still skips nulls.
     parts.push(
       filter.in.length === 0
@@ -135,7 +135,7 @@ function stringCondition(column: Prisma.Sql, filter: NullableStringFilter, path:
   }
   if (filter.notIn != null) {
     checkList(filter.notIn, `${path}.notIn`);
-    filter.notIn.forEach((v, i) => checkText(v, `${path}.notIn[${i}]`));
+    for (const [i, v] of filter.notIn.entries()) checkText(v, `${path}.notIn[${i}]`);
     parts.push(
       filter.notIn.length === 0
         ? Prisma.sql`${column} = ${column}` // true for a value, unknown for a null: nulls match neither it nor its NOT

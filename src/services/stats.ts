@@ -229,9 +229,11 @@ function groupKeys(options: StatsSqlOptions, timeColumn: string): Key[] {
     const zone = options.bucket.timeZone ?? DEFAULT_TIME_ZONE;
     // The three-argument date_trunc truncates in the zone's calendar and returns the instant the local bucket
     // starts; below a day it keeps each instant's own offset, so the repeated autumn hour stays two buckets.
+    const unit = Prisma.raw(`'${UNITS[options.bucket.unit]}'`);
+    const time = Prisma.raw(timeColumn);
     keys.push({
       alias: 'bucket_start',
-      expression: Prisma.sql`date_trunc(${Prisma.raw(`'${UNITS[options.bucket.unit]}'`)}, to_timestamp(${Prisma.raw(timeColumn)}), ${zone}::text)`,
+      expression: Prisma.sql`date_trunc(${unit}, to_timestamp(${time}), ${zone}::text)`,
       nullable: false,
     });
   }
@@ -287,7 +289,8 @@ function percentileCtes(k: ReturnType<typeof keySql>): Prisma.Sql {
   const rankBucket = (q: string, side: 'floor' | 'ceil') =>
     Prisma.raw(`metric_talked_value(min(k) FILTER (WHERE upto > ${side}(${q}::float8 * (n - 1))))`);
   return Prisma.sql`cum AS (
-      SELECT ${k.aliasPrefix} k, sum(c) OVER (${k.partition} ORDER BY k) AS upto, sum(c) OVER (${k.partition}) AS n FROM hist
+      SELECT ${k.aliasPrefix} k, sum(c) OVER (${k.partition} ORDER BY k) AS upto, sum(c) OVER (${k.partition}) AS n
+      FROM hist
     ),
     pct AS (
       SELECT ${k.aliasPrefix} max(n)::float8 AS n,
@@ -307,6 +310,7 @@ const COARSE = 16;
 function sketchPercentileCtes(k: ReturnType<typeof keySql>, keys: readonly Key[]): Prisma.Sql {
   const qualified = (table: string) =>
     keys.length > 0 ? Prisma.raw(`${keys.map((key) => `${table}.${key.alias}`).join(', ')},`) : Prisma.empty;
+  const coarse = Prisma.raw(String(COARSE));
   const rank = (q: string, side: 'floor' | 'ceil') => Prisma.raw(`${side}(${q}::float8 * (t.total - 1))`);
   const value = (q: string, side: string) =>
     Prisma.raw(`metric_talked_value(max(k) FILTER (WHERE q = '${q}' AND side = '${side}')) AS v${q}${side}`);
@@ -320,27 +324,33 @@ function sketchPercentileCtes(k: ReturnType<typeof keySql>, keys: readonly Key[]
       GROUP BY ${k.aliasPrefix} h.i
     ),
     ccum AS (
-      SELECT ${k.aliasPrefix} cb, n, sum(n) OVER (${k.partition} ORDER BY cb) AS upto, sum(n) OVER (${k.partition}) AS total FROM coarse
+      SELECT ${k.aliasPrefix} cb, n, sum(n) OVER (${k.partition} ORDER BY cb) AS upto,
+        sum(n) OVER (${k.partition}) AS total
+      FROM coarse
     ),
     ranks AS (
       SELECT ${qualified('t')} t.total, r.q, r.side, r.rank
       FROM (SELECT DISTINCT ${k.aliasPrefix} total FROM ccum) AS t
-      CROSS JOIN LATERAL (VALUES ('50', 'lo', ${rank('0.5', 'floor')}), ('50', 'hi', ${rank('0.5', 'ceil')}),
-                                 ('95', 'lo', ${rank('0.95', 'floor')}), ('95', 'hi', ${rank('0.95', 'ceil')})) AS r(q, side, rank)
+      CROSS JOIN LATERAL (
+        VALUES ('50', 'lo', ${rank('0.5', 'floor')}), ('50', 'hi', ${rank('0.5', 'ceil')}),
+               ('95', 'lo', ${rank('0.95', 'floor')}), ('95', 'hi', ${rank('0.95', 'ceil')})
+      ) AS r(q, side, rank)
     ),
     located AS (
       SELECT ranks.*, loc.cb, loc.before
       FROM ranks CROSS JOIN LATERAL (
-        SELECT c.cb, c.upto - c.n AS before FROM ccum c WHERE ${k.join('ranks', 'c')} AND c.upto > ranks.rank ORDER BY c.cb LIMIT 1
+        SELECT c.cb, c.upto - c.n AS before FROM ccum c
+        WHERE ${k.join('ranks', 'c')} AND c.upto > ranks.rank
+        ORDER BY c.cb LIMIT 1
       ) AS loc
     ),
     needed AS (
       SELECT DISTINCT ${k.aliasPrefix} cb FROM located
     ),
     fine AS (
-      SELECT ${qualified('ks')} needed.cb, needed.cb * ${Prisma.raw(String(COARSE))} + h.i::int AS k, sum(h.n)::int8 AS n
+      SELECT ${qualified('ks')} needed.cb, needed.cb * ${coarse} + h.i::int AS k, sum(h.n)::int8 AS n
       FROM keyed_sketches ks JOIN needed ON ${k.join('ks', 'needed')}
-      CROSS JOIN LATERAL unnest(ks.talked_histogram[needed.cb * ${Prisma.raw(String(COARSE))} + 1 : (needed.cb + 1) * ${Prisma.raw(String(COARSE))}])
+      CROSS JOIN LATERAL unnest(ks.talked_histogram[needed.cb * ${coarse} + 1 : (needed.cb + 1) * ${coarse}])
         WITH ORDINALITY AS h(n, i)
       WHERE h.n > 0
       GROUP BY ${qualified('ks')} needed.cb, h.i
@@ -350,12 +360,15 @@ function sketchPercentileCtes(k: ReturnType<typeof keySql>, keys: readonly Key[]
     ),
     picked AS (
       SELECT ${qualified('l')} l.total, l.q, l.side, (
-        SELECT f.k FROM fcum f WHERE ${k.join('l', 'f')} AND f.cb = l.cb AND f.upto > l.rank - l.before ORDER BY f.k LIMIT 1
+        SELECT f.k FROM fcum f
+        WHERE ${k.join('l', 'f')} AND f.cb = l.cb AND f.upto > l.rank - l.before
+        ORDER BY f.k LIMIT 1
       ) AS k
       FROM located l
     ),
     pct AS (
-      SELECT ${k.aliasPrefix} max(total)::float8 AS n, ${value('50', 'lo')}, ${value('50', 'hi')}, ${value('95', 'lo')}, ${value('95', 'hi')}
+      SELECT ${k.aliasPrefix} max(total)::float8 AS n,
+        ${value('50', 'lo')}, ${value('50', 'hi')}, ${value('95', 'lo')}, ${value('95', 'hi')}
       FROM picked ${k.groupBy}
     )`;
 }
@@ -363,9 +376,8 @@ function sketchPercentileCtes(k: ReturnType<typeof keySql>, keys: readonly Key[]
 /** The interpolated percentile of `pct p`, kept within the group's exact min and max (which only brings it closer). */
 function approxPercentile(q: string, name: string): Prisma.Sql {
   const rank = `${q}::float8 * (p.n - 1)`;
-  return Prisma.raw(
-    `least(greatest(p.v${name}lo + (${rank} - floor(${rank})) * (p.v${name}hi - p.v${name}lo), g.talked_min), g.talked_max) AS talked_p${name}_approx`,
-  );
+  const interpolated = `p.v${name}lo + (${rank} - floor(${rank})) * (p.v${name}hi - p.v${name}lo)`;
+  return Prisma.raw(`least(greatest(${interpolated}, g.talked_min), g.talked_max) AS talked_p${name}_approx`);
 }
 
 /**
@@ -433,13 +445,13 @@ export function buildStatsSql(options: StatsSqlOptions): Prisma.Sql {
 
   if (wanted.has('sentiments')) {
     if (groupBy.includes('VOICE_SENTIMENT')) {
-      columns.push(
-        Prisma.sql`jsonb_build_array(${sentimentEntry(Prisma.raw('g.voice_sentiment'), Prisma.raw('g.count'))}) AS sentiments`,
-      );
+      const entry = sentimentEntry(Prisma.raw('g.voice_sentiment'), Prisma.raw('g.count'));
+      columns.push(Prisma.sql`jsonb_build_array(${entry}) AS sentiments`);
     } else {
       ctes.push(Prisma.sql`sentiment_split AS (
       SELECT ${k.aliasPrefix}
-        jsonb_agg(${sentimentEntry(Prisma.raw('value'), Prisma.raw('n'))} ORDER BY n DESC, value COLLATE "C" ASC NULLS LAST) AS sentiments
+        jsonb_agg(${sentimentEntry(Prisma.raw('value'), Prisma.raw('n'))}
+          ORDER BY n DESC, value COLLATE "C" ASC NULLS LAST) AS sentiments
       FROM (
         SELECT ${k.selectPrefix} voice_sentiment AS value, count(*) AS n
         FROM user_metrics
@@ -504,7 +516,8 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
   const slotOfRow = Prisma.raw(`"timestamp" - "timestamp" % ${SLOT_SECONDS}`);
   const edgeParts = plan.edgeCondition
     ? Prisma.sql`UNION ALL
-      SELECT ${slotOfRow}, voice_sentiment, microphone_used, speaker_used, 1::int8, talked_time::int8, talked_time, talked_time, "timestamp", "timestamp"
+      SELECT ${slotOfRow}, voice_sentiment, microphone_used, speaker_used,
+        1::int8, talked_time::int8, talked_time, talked_time, "timestamp", "timestamp"
       FROM user_metrics WHERE ${plan.edgeCondition}`
     : Prisma.empty;
 
@@ -519,16 +532,19 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
   add('microphoneRate', '(sum(microphone_n) / sum(n))::float8 AS microphone_rate');
   add('speakerRate', '(sum(speaker_n) / sum(n))::float8 AS speaker_rate');
   add('timestamps', 'min(first_timestamp) AS first_timestamp, max(last_timestamp) AS last_timestamp');
+  const sentimentValue = sentimentEntry(Prisma.raw('sentiment_value'), Prisma.raw('n::int8')).text;
   add(
     'sentiments',
-    `jsonb_agg(${sentimentEntry(Prisma.raw('sentiment_value'), Prisma.raw('n::int8')).text} ORDER BY n DESC, sentiment_value COLLATE "C" ASC NULLS LAST) AS sentiments`,
+    `jsonb_agg(${sentimentValue} ORDER BY n DESC, sentiment_value COLLATE "C" ASC NULLS LAST) AS sentiments`,
   );
 
   const ctes: Prisma.Sql[] = [
     Prisma.sql`parts AS (
-      SELECT slot_start, voice_sentiment, microphone_used, speaker_used, count, talked_sum, talked_min, talked_max, first_timestamp, last_timestamp
+      SELECT slot_start, voice_sentiment, microphone_used, speaker_used, count,
+             talked_sum, talked_min, talked_max, first_timestamp, last_timestamp
       FROM (
-        SELECT slot_start, slot_start AS "timestamp", CASE WHEN has_sentiment THEN voice_sentiment END AS voice_sentiment,
+        SELECT slot_start, slot_start AS "timestamp",
+               CASE WHEN has_sentiment THEN voice_sentiment END AS voice_sentiment,
                microphone_used, speaker_used, count, talked_sum, talked_min, talked_max, first_timestamp, last_timestamp
         FROM metric_rollups
       ) AS r
@@ -559,8 +575,11 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
   if (approxUsers || approxPercentiles) {
     const edgeSketches = plan.edgeCondition
       ? Prisma.sql`UNION ALL
-        SELECT slot_start, metric_user_bits(array_agg(metric_user_position(user_id))), metric_talked_histogram(array_agg(metric_talked_bucket(talked_time)))
-        FROM (SELECT ${slotOfRow} AS slot_start, user_id, talked_time FROM user_metrics WHERE ${plan.edgeCondition}) AS e
+        SELECT slot_start, metric_user_bits(array_agg(metric_user_position(user_id))),
+               metric_talked_histogram(array_agg(metric_talked_bucket(talked_time)))
+        FROM (
+          SELECT ${slotOfRow} AS slot_start, user_id, talked_time FROM user_metrics WHERE ${plan.edgeCondition}
+        ) AS e
         GROUP BY slot_start`
       : Prisma.empty;
     // A slot's sketch answers while it covers the slot's records (its count is the rollup's), else the slot's rows do.
@@ -581,10 +600,13 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
         -- As an array: the planner then expects a few stale slots (as there are), not every slot's rows (which made
         -- PostgreSQL JIT-compile the statement for seconds).
         FROM unnest((
-          SELECT coalesce(array_agg(c.slot_start), '{}') FROM slot_counts c LEFT JOIN metric_rollup_sketches s ON s.slot_start = c.slot_start
+          SELECT coalesce(array_agg(c.slot_start), '{}')
+          FROM slot_counts c LEFT JOIN metric_rollup_sketches s ON s.slot_start = c.slot_start
           WHERE s.count IS DISTINCT FROM c.n
         )) AS stale(slot_start)
-        JOIN user_metrics m ON m."timestamp" >= stale.slot_start AND m."timestamp" < stale.slot_start + ${Prisma.raw(String(SLOT_SECONDS))}
+        JOIN user_metrics m
+          ON m."timestamp" >= stale.slot_start
+          AND m."timestamp" < stale.slot_start + ${Prisma.raw(String(SLOT_SECONDS))}
         GROUP BY stale.slot_start
         ${edgeSketches}
       ) AS built
@@ -592,7 +614,8 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
   }
   if (approxUsers) {
     ctes.push(Prisma.sql`users_approx AS (
-      SELECT ${k.selectPrefix} metric_distinct_estimate(bit_or(user_bits)) AS distinct_users_approx FROM sketch_parts ${k.groupBy}
+      SELECT ${k.selectPrefix} metric_distinct_estimate(bit_or(user_bits)) AS distinct_users_approx
+      FROM sketch_parts ${k.groupBy}
     )`);
     columns.push(Prisma.sql`u.distinct_users_approx`);
     joins.push(Prisma.sql`JOIN users_approx u ON ${k.join('g', 'u')}`);
@@ -657,7 +680,8 @@ export async function resolveTimeZone(timeZone: string | null | undefined, path 
   const known = (await knownZones()).get(name.toLowerCase());
   if (!known) {
     throw new StatsArgumentError(
-      `${path} ${JSON.stringify(name)} is not a time zone of the tz database; use a name such as "Europe/Berlin", "America/New_York" or "UTC" (offsets and abbreviations are not accepted)`,
+      `${path} ${JSON.stringify(name)} is not a time zone of the tz database; ` +
+        'use a name such as "Europe/Berlin", "America/New_York" or "UTC" (offsets and abbreviations are not accepted)',
       path,
     );
   }
