@@ -13,7 +13,7 @@ export interface ProcessResult {
 }
 
 /** Variables the child must not inherit from the test runner (they would point it at another database). */
-const SCRUBBED = [
+export const SCRUBBED = [
   'DATABASE_URL',
   'DATA_DIR',
   'PORT',

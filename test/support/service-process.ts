@@ -5,7 +5,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import http from 'node:http';
 import { freePort } from './pg-server.js';
-import { PROJECT_ROOT } from './process.js';
+import { PROJECT_ROOT, SCRUBBED as RUN_TSX_SCRUBBED } from './process.js';
 
 export interface ServiceProcess {
   /** Base URL, e.g. http://127.0.0.1:43121 */
@@ -22,17 +22,8 @@ export interface ServiceProcess {
   kill(): Promise<void>;
 }
 
-/** Variables the child must not inherit from the test runner (they would point it elsewhere). */
-const SCRUBBED = [
-  'DATABASE_URL',
-  'DATA_DIR',
-  'PORT',
-  'MIGRATE_ON_START',
-  'MAX_BATCH_SIZE',
-  'MAX_BODY_BYTES',
-  'EMBEDDED_DB_PORT',
-  'TEST_DATABASE_URL',
-];
+/** As runTsx's, and the runner's own database too: a service process gets only what the test gives it. */
+const SCRUBBED = [...RUN_TSX_SCRUBBED, 'TEST_DATABASE_URL'];
 
 function healthy(url: string): Promise<boolean> {
   return new Promise((resolve) => {
