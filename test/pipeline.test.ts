@@ -174,7 +174,8 @@ describe('1. hostile JSON bodies do not hold the event loop', () => {
   }
 });
 
-describe('2. authentication before the body', () => {
+// Concurrent: each case waits out the service's drain bound (seconds of idle waiting), independently of the others.
+describe('2. authentication before the body', { concurrency: true }, () => {
   /** Sends a request head and part of its body on a raw socket; resolves with what came back first and when. */
   const partialRequest = (head: string, part: string) =>
     new Promise<{ text: string; ms: number; closedWithin: number | null }>((resolve, reject) => {
