@@ -282,7 +282,7 @@ async function perDayCase(ctx: Context, withGraphql: boolean): Promise<QueryCase
   return {
     key: 'statsPerDay',
     label: 'stats per day, 1 user, 30 days',
-    targetRatio: 2,
+    targetRatio: 1.5,
     sqlText: sample.text,
     params: (rand) => ({ userId: userName(1 + Math.floor(rand() * ctx.users)), from: 0, to: 0 }),
     raw: async (p) => {
@@ -309,7 +309,7 @@ async function perSentimentCase(ctx: Context, withGraphql: boolean): Promise<Que
   return {
     key: 'statsPerSentiment',
     label: 'stats per sentiment, 1 user, 7 days',
-    targetRatio: 2,
+    targetRatio: 1.5,
     sqlText: sample.text,
     params: (rand) => weekIn(ctx, rand),
     raw: async (p) => {
