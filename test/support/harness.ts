@@ -35,31 +35,39 @@ export const usingPostgres = Boolean(process.env.TEST_DATABASE_URL);
  * gets a template of its own. Built once per machine, PGlite version and migration set (in the temp folder) by the first
  * test file that needs it; the rename that publishes it is atomic, so test files running at once never see half of one.
  */
+/** A short hash of the migration files' names and checksums: a changed or added migration changes it. */
+function migrationSetHash(): string {
+  const set = readMigrations()
+    .map((m) => `${m.name}:${m.checksum}`)
+    .join('\n');
+  return crypto.createHash('sha256').update(set).digest('hex').slice(0, 16);
+}
+
 async function embeddedTemplate(migrated: boolean): Promise<string> {
   const pgliteEntry = fileURLToPath(import.meta.resolve('@electric-sql/pglite'));
   const { version } = JSON.parse(
     fs.readFileSync(path.resolve(path.dirname(pgliteEntry), '../package.json'), 'utf8'),
   ) as { version: string };
-  const migrationSet = readMigrations()
-    .map((m) => `${m.name}:${m.checksum}`)
-    .join('\n');
-  const migrations = migrated
-    ? `-migrated-${crypto.createHash('sha256').update(migrationSet).digest('hex').slice(0, 16)}`
-    : '';
+  const migrations = migrated ? `-migrated-${migrationSetHash()}` : '';
   const template = path.join(os.tmpdir(), `metrics-test-template-pglite-${version}${migrations}`);
   if (fs.existsSync(template)) return template;
   const building = fs.mkdtempSync(path.join(os.tmpdir(), 'metrics-test-template-building-'));
-  if (migrated) {
-    fs.cpSync(await embeddedTemplate(false), building, { recursive: true });
-    const db = await openDatabase({ dataDir: building });
-    try {
-      await migrate(db);
-    } finally {
-      await db.close();
+  try {
+    if (migrated) {
+      fs.cpSync(await embeddedTemplate(false), building, { recursive: true });
+      const db = await openDatabase({ dataDir: building });
+      try {
+        await migrate(db);
+      } finally {
+        await db.close();
+      }
+    } else {
+      const { PGlite } = await import('@electric-sql/pglite');
+      await (await PGlite.create(building)).close();
     }
-  } else {
-    const { PGlite } = await import('@electric-sql/pglite');
-    await (await PGlite.create(building)).close();
+  } catch (error) {
+    fs.rmSync(building, { recursive: true, force: true }); // a half-built template is never published nor left behind
+    throw error;
   }
   try {
     fs.renameSync(building, template);
