@@ -11,6 +11,7 @@ import { ensureSchema } from './db/migrations.js';
 import type { Logger } from './logger.js';
 import { createServer } from './server.js';
 import { startMetricEvents, stopMetricEvents } from './services/events.js';
+import { type RollupFolding, startRollupFolding } from './services/rollups.js';
 
 export interface App {
   /** Base URL, e.g. http://127.0.0.1:4000 */
@@ -35,6 +36,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     connectTimeoutMs: config.dbConnectTimeoutMs,
   });
   let socketServer: EmbeddedWireServer | undefined;
+  let folding: RollupFolding | undefined;
   try {
     if (db.kind === 'embedded') {
       logger.info(
@@ -64,6 +66,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
           `(for Prisma Studio, psql)`,
       );
     }
+
+    folding = startRollupFolding(config.rollupFoldIntervalMs, logger);
 
     const events = await startMetricEvents({
       redisUrl: config.redisUrl,
@@ -139,6 +143,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         await closed;
         clearTimeout(timer);
         clearInterval(sweep);
+        await folding?.stop();
         await socketServer?.stop();
         // A statement still running (its request was cut off) would hold pool.end(): the database gets what is left.
         const left = Math.max(100, config.shutdownTimeoutMs - (Date.now() - startedAt));
@@ -155,6 +160,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     };
     return { url, server, stop };
   } catch (error) {
+    await folding?.stop().catch(() => {});
     await stopMetricEvents().catch(() => {});
     await socketServer?.stop().catch(() => {});
     await disconnectDatabase().catch(() => {});

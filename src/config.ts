@@ -70,6 +70,11 @@ export interface Config {
    */
   maxStatGroups: number;
   /**
+   * `ROLLUP_FOLD_INTERVAL_MS`: how often the service moves the rollup deltas into metric_rollups; default 1,000; 0
+   * never (answers stay right, stats read more rows).
+   */
+  rollupFoldIntervalMs: number;
+  /**
    * `REDIS_URL`: a `redis://` or `rediss://` URL. When set, the `metricIngested` subscription goes through Redis
    * pub/sub, so every instance sharing it sees every record; unset means in-process delivery (one instance).
    */
@@ -239,6 +244,7 @@ export function loadConfig(env: Env = process.env): Config {
     dbTransactionTimeoutMs: integer('DB_TRANSACTION_TIMEOUT_MS', 60_000, 0, 86_400_000),
     dbConnectTimeoutMs: integer('DB_CONNECT_TIMEOUT_MS', 5_000, 100, 600_000),
     maxStatGroups: integer('MAX_STAT_GROUPS', 1000, 1, 1_000_000),
+    rollupFoldIntervalMs: integer('ROLLUP_FOLD_INTERVAL_MS', 1000, 0, 3_600_000),
     redisUrl,
     redisChannelPrefix: read('REDIS_CHANNEL_PREFIX') ?? 'metrics-service:',
     auth,

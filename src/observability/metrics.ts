@@ -3,12 +3,13 @@
  *
  *   graphql_requests_total{operation_name, operation_type, outcome}   GraphQL requests, outcome success | error
  *   graphql_request_duration_seconds{operation_name, operation_type}  from the request's arrival to its response
- *   ingest_records_total{result}                                      ingestMetrics records: accepted | duplicate |
- *   rejected ingest_batch_writes_total{path}                                   batches written: copy | lookup_copy |
- *   insert db_pool_connections{state}, db_pool_waiting_clients,              the PostgreSQL pool (absent on the
- *   embedded database), db_pool_max_connections                                           registered by
- *   src/db/client.ts process_*, nodejs_*                                               prom-client's default process
- *   metrics
+ *   ingest_records_total{result}                 ingestMetrics records: accepted | duplicate | rejected
+ *   ingest_batch_writes_total{path}              batches written: copy | lookup_copy | insert
+ *   db_pool_connections{state}, db_pool_waiting_clients, db_pool_max_connections
+ *                                                the PostgreSQL pool (not on the embedded database): src/db/client.ts
+ *   rollup_deltas_folded_total, rollup_fold_failures_total
+ *                                                the rollups' fold: src/services/rollups.ts
+ *   process_*, nodejs_*                          prom-client's default process metrics
  *
  * One registry per process (module singleton): metrics count the process's work, whatever creates servers in it.
  * This module imports nothing of the service's: each owner of a figure registers its own metric here.

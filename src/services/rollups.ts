@@ -1,9 +1,10 @@
 /**
  * Rollups: what the records of each 15-minute slot add up to (`metric_rollups`, per sentiment and microphone/speaker
- * usage), kept by a statement-level trigger from the rows each INSERT or COPY stored (prisma/migrations/*_rollups),
- * and mergeable sketches of each slot (`metric_rollup_sketches`: a bitmap of hashed user ids, a log-bucketed histogram
+ * usage), appended as deltas by a statement-level trigger from the rows each INSERT or COPY stored and folded in once a
+ * second (prisma/migrations/*_rollups, *_rollup_deltas_hourly_sketches), and mergeable sketches of each slot and hour
+ * (`metric_rollup_sketches`, `metric_rollup_sketches_hourly`: a bitmap of hashed user ids, a log-bucketed histogram
  * of talked_time), built after the fact and used while they cover their slot. Here: when a metricStats question can
- * be answered from them, the sketches' refresh, and the rebuild.
+ * be answered from them, the fold, the sketches' refresh, and the rebuild.
  *
  * A question is answered from rollups only when the answer is the same as from raw rows: its filter names only the
  * kept dimensions and `timestamp`, it groups by kept dimensions and buckets of an hour or more, and it asks for figures
@@ -13,8 +14,10 @@
  * raw rows (`misalignedSlots`). A time range that cuts slots is answered from the whole slots inside it plus the raw
  * rows of the cut slots at its edges.
  */
+import { Counter } from 'prom-client';
 import { database } from '../db/client.js';
 import { Prisma } from '../generated/prisma/client.js';
+import { registry } from '../observability/metrics.js';
 import { filterToSql, type MetricFilter, type NumberFilter } from './metric-filter.js';
 
 /** Length of a slot, seconds. Every slot starts at a multiple of it (UTC-aligned). */
@@ -180,6 +183,38 @@ export function misalignedSlots(zone: string): Promise<number[]> {
   return slots;
 }
 
+/**
+ * True when the zone's UTC offset is a whole number of hours from 2000 to 2038 and changes only on whole UTC hours:
+ * then every hour lies inside one bucket of the zone, and the hourly sketches can stand for their four slots. Found by
+ * PostgreSQL's own zone rules, once per zone and process.
+ */
+const hourAlignedByZone = new Map<string, Promise<boolean>>();
+const HOUR_ALIGNED_SQL = `
+    WITH days AS (
+      SELECT d, (d AT TIME ZONE $1) - (d AT TIME ZONE 'UTC') AS offset_now,
+             ((d + interval '1 day') AT TIME ZONE $1) - ((d + interval '1 day') AT TIME ZONE 'UTC') AS offset_next
+      FROM generate_series('2000-01-01T00:00:00Z'::timestamptz, '2038-01-01T00:00:00Z', interval '1 day') AS d
+    )
+    SELECT NOT EXISTS (SELECT FROM days WHERE extract(epoch FROM offset_now)::int % 3600 <> 0)
+       AND NOT EXISTS (
+         SELECT FROM days CROSS JOIN LATERAL generate_series(d, d + interval '1 day', interval '1 hour') AS h
+         WHERE offset_now <> offset_next
+           AND (h AT TIME ZONE $1) - (h AT TIME ZONE 'UTC')
+               <> ((h + interval '3599 seconds') AT TIME ZONE $1) - ((h + interval '3599 seconds') AT TIME ZONE 'UTC')
+       ) AS aligned`;
+
+export function hourAligned(zone: string): Promise<boolean> {
+  let aligned = hourAlignedByZone.get(zone);
+  if (!aligned) {
+    aligned = database()
+      .queryDirect<{ aligned: boolean }>(HOUR_ALIGNED_SQL, [zone])
+      .then((rows) => rows[0]?.aligned === true);
+    aligned.catch(() => hourAlignedByZone.delete(zone));
+    hourAlignedByZone.set(zone, aligned);
+  }
+  return aligned;
+}
+
 /** True when a slot of `slots` lies in the plan's range: then rollups would bucket some record differently. */
 export function rangeHoldsAny(plan: RollupPlan, slots: readonly number[]): boolean {
   return slots.some((slot) => (plan.from === null || slot >= plan.from) && (plan.to === null || slot < plan.to));
@@ -228,4 +263,88 @@ export async function rebuildRollups(from: number | null, to: number | null): Pr
     [fromSlot, toSlot],
   );
   return Number(row?.rebuilt ?? 0);
+}
+
+/**
+ * Moves the rollup deltas committed so far into metric_rollups (metric_rollups_fold: one statement, so readers see
+ * each delta once, before or after). With `wait` false, a fold another session is running makes this one answer -1 at
+ * once instead of waiting for it. Answers how many delta rows were folded.
+ */
+export async function foldRollups(wait = true): Promise<number> {
+  const [row] = await database().queryDirect<{ folded: number | string }>(
+    'SELECT metric_rollups_fold($1) AS folded',
+    [wait],
+    'metric_rollups_fold',
+  );
+  return Number(row?.folded ?? 0);
+}
+
+const foldedDeltas = new Counter({
+  name: 'rollup_deltas_folded_total',
+  help: 'Rollup delta rows this process folded into metric_rollups',
+  registers: [registry],
+});
+const failedFolds = new Counter({
+  name: 'rollup_fold_failures_total',
+  help: 'Folds of the rollup deltas that failed (the deltas wait for the next fold)',
+  registers: [registry],
+});
+
+/** Folds between two vacuums of the deltas on the embedded database (a minute at the default interval). */
+const VACUUM_EVERY_TICKS = 60;
+
+export interface RollupFolding {
+  /** Stops the schedule and waits for a fold in flight. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Folds the deltas every `intervalMs` (0: never; readers are right either way, they only read more rows). A failed
+ * fold (the database down) is logged once per run of failures and retried on the next tick: the deltas wait, durable.
+ */
+export function startRollupFolding(
+  intervalMs: number,
+  logger: { warn(obj: object, msg: string): void; info(msg: string): void },
+): RollupFolding {
+  if (intervalMs <= 0) return { stop: async () => {} };
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let failing = false;
+  let stopped = false;
+  let ticks = 0;
+  const tick = () => {
+    ticks++;
+    running = foldRollups(false)
+      .then(async (folded) => {
+        if (folded > 0) foldedDeltas.inc(folded);
+        // The embedded database runs no autovacuum: without one, every fold's deleted rows would stay in the table's
+        // pages and each reader's scan of the deltas would grow. PostgreSQL's autovacuum does it there.
+        if (ticks % VACUUM_EVERY_TICKS === 0 && database().kind === 'embedded') {
+          await database().queryDirect('VACUUM metric_rollup_deltas', []);
+        }
+        if (failing) logger.info('Rollup deltas are folded again');
+        failing = false;
+      })
+      .catch((error: unknown) => {
+        failedFolds.inc();
+        if (!failing) logger.warn({ err: error }, 'Folding the rollup deltas failed; retrying every tick');
+        failing = true;
+      })
+      .finally(() => {
+        running = undefined;
+        if (!stopped) schedule();
+      });
+  };
+  const schedule = () => {
+    timer = setTimeout(tick, intervalMs);
+    timer.unref();
+  };
+  schedule();
+  return {
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+    },
+  };
 }

@@ -13,6 +13,7 @@ import { Prisma } from '../generated/prisma/client.js';
 import { checkStorableText, InputError } from './errors.js';
 import { filterToSql, type MetricFilter } from './metric-filter.js';
 import {
+  hourAligned,
   misalignedSlots,
   planRollups,
   type RollupPlan,
@@ -492,6 +493,18 @@ function assembled(
     ${k.finalOrder}`;
 }
 
+/**
+ * The rollup rows: metric_rollups and the deltas not folded into it yet (prisma/migrations/*_rollup_deltas), which
+ * readers add up alike. A fold moves rows from one to the other in one transaction, so a reader counts each once.
+ */
+const ROLLUP_ROWS = Prisma.raw(`(
+          SELECT slot_start, has_sentiment, voice_sentiment, microphone_used, speaker_used, count, talked_sum,
+                 talked_min, talked_max, first_timestamp, last_timestamp FROM metric_rollups
+          UNION ALL
+          SELECT slot_start, has_sentiment, voice_sentiment, microphone_used, speaker_used, count, talked_sum,
+                 talked_min, talked_max, first_timestamp, last_timestamp FROM metric_rollup_deltas
+        ) AS rollup_rows`);
+
 /** True when the rollups can answer these figures for this plan (the sketches keep no dimension). */
 function rollupsHold(wanted: ReadonlySet<StatsFigure>, plan: RollupPlan): boolean {
   for (const figure of wanted) {
@@ -508,7 +521,7 @@ function rollupsHold(wanted: ReadonlySet<StatsFigure>, plan: RollupPlan): boolea
  * them up per key and sentiment (sentiments, and the usage counts, come from there), `groups` per key. Sums are added
  * as numeric and divided as avg() divides (numeric), so averages and rates are the raw statement's to the last bit.
  */
-export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan): Prisma.Sql {
+export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan, hourlySketches = false): Prisma.Sql {
   checkGroupBy(options.groupBy ?? []);
   const wanted = wantedFigures(options.figures);
   const keys = groupKeys(options, 'slot_start');
@@ -546,7 +559,7 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
         SELECT slot_start, slot_start AS "timestamp",
                CASE WHEN has_sentiment THEN voice_sentiment END AS voice_sentiment,
                microphone_used, speaker_used, count, talked_sum, talked_min, talked_max, first_timestamp, last_timestamp
-        FROM metric_rollups
+        FROM ${ROLLUP_ROWS}
       ) AS r
       WHERE ${plan.rollupCondition}
       ${edgeParts}
@@ -585,13 +598,32 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
     // A slot's sketch answers while it covers the slot's records (its count is the rollup's), else the slot's rows do.
     ctes.push(Prisma.sql`slot_counts AS (
       SELECT slot_start, sum(count) AS n
-      FROM (SELECT slot_start, slot_start AS "timestamp", count FROM metric_rollups) AS r
+      FROM (SELECT slot_start, slot_start AS "timestamp", count FROM ${ROLLUP_ROWS}) AS r
       WHERE ${plan.rollupCondition}
       GROUP BY slot_start
     ),
+    ${
+      hourlySketches
+        ? Prisma.sql`whole_hours AS (
+      SELECT x.hour_start, x.user_bits, x.talked_histogram, x.talked_coarse
+      FROM (SELECT slot_start - slot_start % 3600 AS hour_start, sum(n) AS n FROM slot_counts GROUP BY 1) AS hc
+      JOIN metric_rollup_sketches_hourly x ON x.hour_start = hc.hour_start AND x.count = hc.n
+    ),
+    quarter_counts AS (
+      SELECT c.slot_start, c.n FROM slot_counts c
+      WHERE NOT EXISTS (SELECT FROM whole_hours w WHERE w.hour_start = c.slot_start - c.slot_start % 3600)
+    ),`
+        : Prisma.sql`quarter_counts AS (SELECT slot_start, n FROM slot_counts),`
+    }
     sketch_parts AS (
+      ${
+        hourlySketches
+          ? Prisma.sql`SELECT hour_start AS slot_start, user_bits, talked_histogram, talked_coarse FROM whole_hours
+      UNION ALL`
+          : Prisma.empty
+      }
       SELECT c.slot_start, s.user_bits, s.talked_histogram, s.talked_coarse
-      FROM slot_counts c JOIN metric_rollup_sketches s ON s.slot_start = c.slot_start AND s.count = c.n
+      FROM quarter_counts c JOIN metric_rollup_sketches s ON s.slot_start = c.slot_start AND s.count = c.n
       UNION ALL
       SELECT slot_start, user_bits, talked_histogram, metric_histogram_coarse(talked_histogram)
       FROM (
@@ -601,7 +633,7 @@ export function buildRollupStatsSql(options: StatsSqlOptions, plan: RollupPlan):
         -- PostgreSQL JIT-compile the statement for seconds).
         FROM unnest((
           SELECT coalesce(array_agg(c.slot_start), '{}')
-          FROM slot_counts c LEFT JOIN metric_rollup_sketches s ON s.slot_start = c.slot_start
+          FROM quarter_counts c LEFT JOIN metric_rollup_sketches s ON s.slot_start = c.slot_start
           WHERE s.count IS DISTINCT FROM c.n
         )) AS stale(slot_start)
         JOIN user_metrics m
@@ -640,6 +672,7 @@ export function planStatsSql(
   options: StatsSqlOptions,
   source: StatsSource = 'auto',
   misaligned: readonly number[] = [],
+  hourAlignedZone = false,
 ): { sql: Prisma.Sql; rollups: boolean; sketches: RollupPlan | null } {
   const raw = buildStatsSql(options);
   if (source === 'raw' || (options.extraConditions?.length ?? 0) > 0)
@@ -649,7 +682,9 @@ export function planStatsSql(
   if (!plan || !rollupsHold(wanted, plan) || rangeHoldsAny(plan, misaligned))
     return { sql: raw, rollups: false, sketches: null };
   const sketches = [...wanted].some((figure) => SKETCH_FIGURES.has(figure)) ? plan : null;
-  return { sql: buildRollupStatsSql(options, plan), rollups: true, sketches };
+  // Hourly sketches stand for their four slots when every hour lies in one bucket: no bucket, or a whole-hour zone.
+  const hourly = sketches !== null && (!options.bucket || hourAlignedZone);
+  return { sql: buildRollupStatsSql(options, plan, hourly), rollups: true, sketches };
 }
 
 let zoneNames: Promise<Map<string, string>> | undefined;
@@ -753,7 +788,8 @@ export async function metricStats(
 ): Promise<MetricGroup[]> {
   const bucket = args.bucket ? { unit: args.bucket.unit, timeZone: await resolveTimeZone(args.bucket.timeZone) } : null;
   const misaligned = bucket && source === 'auto' ? await misalignedSlots(bucket.timeZone) : [];
-  const { sql, sketches } = planStatsSql({ ...args, bucket, maxGroups: limits.maxGroups }, source, misaligned);
+  const aligned = bucket && source === 'auto' ? await hourAligned(bucket.timeZone) : false;
+  const { sql, sketches } = planStatsSql({ ...args, bucket, maxGroups: limits.maxGroups }, source, misaligned, aligned);
   const rows = sketches ? await withoutJit<StatsRow>(sql) : await runSql<StatsRow>(sql);
   if (sketches) refreshSketchesSoon(sketches);
   if (rows.length > limits.maxGroups) {
