@@ -143,6 +143,10 @@ async function rollupDifferences(): Promise<{ rollups: number; sketches: number 
   return row as { rollups: number; sketches: number };
 }
 
+/** Rollup delta rows not folded yet. */
+const pending = async () =>
+  (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM metric_rollup_deltas'))[0]?.n ?? 0;
+
 before(async () => {
   // Deltas folded only where a test says so, so that answers are compared with deltas pending and after a fold.
   service = await startTestService({ MAX_STAT_GROUPS: String(LIMITS.maxGroups), ROLLUP_FOLD_INTERVAL_MS: '0' });
@@ -230,8 +234,6 @@ test('metricStats answers the same from rollups and from raw rows (seeded random
   let fromRollups = 0;
   let withEdges = 0;
   let answered = 0;
-  const pending = async () =>
-    (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM metric_rollup_deltas'))[0]?.n ?? 0;
   assert.ok((await pending()) > 0, 'deltas not folded yet');
   for (let i = 0; i < 150; i++) {
     // The first half with every delta pending, the second after a fold: the same answers.
@@ -290,8 +292,6 @@ test('folds running beside concurrent batches lose no increment and count none t
 });
 
 test('the service folds the deltas on its schedule, and stops doing so when stopped', async () => {
-  const pending = async () =>
-    (await service.sql<{ n: number }>('SELECT count(*)::int AS n FROM metric_rollup_deltas'))[0]?.n ?? 0;
   const warnings: string[] = [];
   const folding = startRollupFolding(20, { warn: (_obj, msg) => warnings.push(msg), info: () => {} });
   try {

@@ -149,18 +149,30 @@ export function planRollups(
   };
 }
 
-/**
- * The slots (their starts) between 2000 and 2038 during which the zone's UTC offset changes, or whose offset is not a
- * whole number of quarter hours: their records may fall in two buckets of that zone. Found by PostgreSQL's own zone
- * rules (the days whose offset changes, then their slots), once per zone and process (a few milliseconds).
- */
-const misalignedByZone = new Map<string, Promise<number[]>>();
-const MISALIGNED_SLOTS_SQL = `
-    WITH days AS (
+/** Once per zone and process: a failed lookup is forgotten, so the next question tries again. */
+function perZone<T>(lookup: (zone: string) => Promise<T>): (zone: string) => Promise<T> {
+  const byZone = new Map<string, Promise<T>>();
+  return (zone) => {
+    let found = byZone.get(zone);
+    if (!found) {
+      found = lookup(zone);
+      found.catch(() => byZone.delete(zone));
+      byZone.set(zone, found);
+    }
+    return found;
+  };
+}
+
+/** Every day from 2000 to 2038 with the zone's ($1) UTC offset at its start and at its end. */
+const ZONE_DAYS = `
+    days AS (
       SELECT d, (d AT TIME ZONE $1) - (d AT TIME ZONE 'UTC') AS offset_now,
              ((d + interval '1 day') AT TIME ZONE $1) - ((d + interval '1 day') AT TIME ZONE 'UTC') AS offset_next
       FROM generate_series('2000-01-01T00:00:00Z'::timestamptz, '2038-01-01T00:00:00Z', interval '1 day') AS d
-    ), suspect AS (
+    )`;
+
+const MISALIGNED_SLOTS_SQL = `
+    WITH ${ZONE_DAYS}, suspect AS (
       SELECT d FROM days WHERE offset_now <> offset_next OR extract(epoch FROM offset_now)::int % ${SLOT_SECONDS} <> 0
     )
     SELECT DISTINCT extract(epoch FROM s)::int8 AS slot
@@ -171,30 +183,19 @@ const MISALIGNED_SLOTS_SQL = `
        OR extract(epoch FROM (s AT TIME ZONE $1) - (s AT TIME ZONE 'UTC'))::int % ${SLOT_SECONDS} <> 0
     ORDER BY slot`;
 
-export function misalignedSlots(zone: string): Promise<number[]> {
-  let slots = misalignedByZone.get(zone);
-  if (!slots) {
-    slots = database()
-      .queryDirect<{ slot: number | string }>(MISALIGNED_SLOTS_SQL, [zone])
-      .then((rows) => rows.map((row) => Number(row.slot)));
-    slots.catch(() => misalignedByZone.delete(zone));
-    misalignedByZone.set(zone, slots);
-  }
-  return slots;
-}
-
 /**
- * True when the zone's UTC offset is a whole number of hours from 2000 to 2038 and changes only on whole UTC hours:
- * then every hour lies inside one bucket of the zone, and the hourly sketches can stand for their four slots. Found by
- * PostgreSQL's own zone rules, once per zone and process.
+ * The slots (their starts) between 2000 and 2038 during which the zone's UTC offset changes, or whose offset is not a
+ * whole number of quarter hours: their records may fall in two buckets of that zone. Found by PostgreSQL's own zone
+ * rules (the days whose offset changes, then their slots), once per zone and process (a few milliseconds).
  */
-const hourAlignedByZone = new Map<string, Promise<boolean>>();
+export const misalignedSlots = perZone((zone) =>
+  database()
+    .queryDirect<{ slot: number | string }>(MISALIGNED_SLOTS_SQL, [zone])
+    .then((rows) => rows.map((row) => Number(row.slot))),
+);
+
 const HOUR_ALIGNED_SQL = `
-    WITH days AS (
-      SELECT d, (d AT TIME ZONE $1) - (d AT TIME ZONE 'UTC') AS offset_now,
-             ((d + interval '1 day') AT TIME ZONE $1) - ((d + interval '1 day') AT TIME ZONE 'UTC') AS offset_next
-      FROM generate_series('2000-01-01T00:00:00Z'::timestamptz, '2038-01-01T00:00:00Z', interval '1 day') AS d
-    )
+    WITH ${ZONE_DAYS}
     SELECT NOT EXISTS (SELECT FROM days WHERE extract(epoch FROM offset_now)::int % 3600 <> 0)
        AND NOT EXISTS (
          SELECT FROM days CROSS JOIN LATERAL generate_series(d, d + interval '1 day', interval '1 hour') AS h
@@ -203,17 +204,16 @@ const HOUR_ALIGNED_SQL = `
                <> ((h + interval '3599 seconds') AT TIME ZONE $1) - ((h + interval '3599 seconds') AT TIME ZONE 'UTC')
        ) AS aligned`;
 
-export function hourAligned(zone: string): Promise<boolean> {
-  let aligned = hourAlignedByZone.get(zone);
-  if (!aligned) {
-    aligned = database()
-      .queryDirect<{ aligned: boolean }>(HOUR_ALIGNED_SQL, [zone])
-      .then((rows) => rows[0]?.aligned === true);
-    aligned.catch(() => hourAlignedByZone.delete(zone));
-    hourAlignedByZone.set(zone, aligned);
-  }
-  return aligned;
-}
+/**
+ * True when the zone's UTC offset is a whole number of hours from 2000 to 2038 and changes only on whole UTC hours:
+ * then every hour lies inside one bucket of the zone, and the hourly sketches can stand for their four slots. Found by
+ * PostgreSQL's own zone rules, once per zone and process.
+ */
+export const hourAligned = perZone((zone) =>
+  database()
+    .queryDirect<{ aligned: boolean }>(HOUR_ALIGNED_SQL, [zone])
+    .then((rows) => rows[0]?.aligned === true),
+);
 
 /** True when a slot of `slots` lies in the plan's range: then rollups would bucket some record differently. */
 export function rangeHoldsAny(plan: RollupPlan, slots: readonly number[]): boolean {

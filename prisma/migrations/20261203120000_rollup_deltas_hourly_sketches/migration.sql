@@ -97,9 +97,20 @@ CREATE TABLE "metric_rollup_sketches_hourly" (
     CONSTRAINT "metric_rollup_sketches_hourly_pkey" PRIMARY KEY ("hour_start")
 );
 
--- The refresh counts a slot's records in metric_rollups and the deltas not folded yet, builds the missing or stale
--- 15-minute sketches as before, then the missing or stale hourly sketches of the hours (whole, whatever the range
--- cuts) whose every slot now has a sketch covering it. Answers the 15-minute sketches built.
+-- The records of each slot in [from_slot, to_slot) (null: unbounded): metric_rollups and the deltas not folded yet.
+CREATE FUNCTION metric_rollup_slot_counts(from_slot bigint, to_slot bigint)
+RETURNS TABLE (slot_start bigint, n bigint)
+LANGUAGE sql STABLE
+AS $$
+  SELECT r.slot_start, sum(r.count)::bigint
+  FROM (SELECT slot_start, count FROM metric_rollups UNION ALL SELECT slot_start, count FROM metric_rollup_deltas) AS r
+  WHERE (from_slot IS NULL OR r.slot_start >= from_slot) AND (to_slot IS NULL OR r.slot_start < to_slot)
+  GROUP BY r.slot_start
+$$;
+
+-- The refresh builds the missing or stale 15-minute sketches as before (a slot's count now includes its unfolded
+-- deltas), then the missing or stale hourly sketches of the hours (whole, whatever the range cuts) whose every slot now
+-- has a sketch covering it. Two statements: the second sees what the first stored. Answers the 15-minute sketches built.
 CREATE OR REPLACE FUNCTION metric_rollup_sketches_refresh(from_slot bigint, to_slot bigint) RETURNS bigint
 LANGUAGE plpgsql
 AS $$
@@ -108,13 +119,9 @@ DECLARE
   from_hour bigint := from_slot - from_slot % 3600;
   to_hour bigint := CASE WHEN to_slot % 3600 = 0 THEN to_slot ELSE to_slot - to_slot % 3600 + 3600 END;
 BEGIN
-  WITH rolled AS (
-    SELECT slot_start, sum(count)::bigint AS n
-    FROM (SELECT slot_start, count FROM metric_rollups UNION ALL SELECT slot_start, count FROM metric_rollup_deltas) AS r
-    WHERE (from_slot IS NULL OR slot_start >= from_slot) AND (to_slot IS NULL OR slot_start < to_slot)
-    GROUP BY slot_start
-  ), stale AS (
-    SELECT r.slot_start, r.n FROM rolled AS r LEFT JOIN metric_rollup_sketches AS s USING (slot_start)
+  WITH stale AS (
+    SELECT r.slot_start, r.n FROM metric_rollup_slot_counts(from_slot, to_slot) AS r
+    LEFT JOIN metric_rollup_sketches AS s USING (slot_start)
     WHERE s.count IS DISTINCT FROM r.n
   ), built AS (
     SELECT stale.slot_start, count(*) AS n, metric_user_bits(array_agg(metric_user_position(m.user_id))) AS user_bits,
@@ -131,15 +138,10 @@ BEGIN
   )
   SELECT count(*) INTO built_slots FROM stored;
 
-  WITH rolled AS (
-    SELECT slot_start, sum(count)::bigint AS n
-    FROM (SELECT slot_start, count FROM metric_rollups UNION ALL SELECT slot_start, count FROM metric_rollup_deltas) AS r
-    WHERE (from_hour IS NULL OR slot_start >= from_hour) AND (to_hour IS NULL OR slot_start < to_hour)
-    GROUP BY slot_start
-  ), hours AS (
+  WITH hours AS (
     SELECT r.slot_start - r.slot_start % 3600 AS hour_start, sum(r.n)::bigint AS n,
            bool_and(s.count IS NOT DISTINCT FROM r.n) AS covered
-    FROM rolled AS r LEFT JOIN metric_rollup_sketches AS s USING (slot_start)
+    FROM metric_rollup_slot_counts(from_hour, to_hour) AS r LEFT JOIN metric_rollup_sketches AS s USING (slot_start)
     GROUP BY 1
   ), stale AS (
     SELECT h.hour_start, h.n FROM hours AS h LEFT JOIN metric_rollup_sketches_hourly AS x USING (hour_start)
@@ -165,44 +167,20 @@ BEGIN
 END
 $$;
 
--- The rebuild folds first (under the fold's lock, held to its end, so no fold runs meanwhile), recomputes the range
--- as before, and drops the hourly sketches of the hours it touched (the next refresh merges them again).
-CREATE OR REPLACE FUNCTION metric_rollups_rebuild(from_slot bigint, to_slot bigint) RETURNS bigint
+-- The rebuild: the earlier function (kept, renamed) after a fold under the fold's lock (held to the transaction's end,
+-- so no fold runs meanwhile), with the hourly sketches of the range's hours dropped (the next refresh merges them
+-- again from the rebuilt slots' sketches).
+ALTER FUNCTION metric_rollups_rebuild(bigint, bigint) RENAME TO metric_rollups_rebuild_slots;
+
+CREATE FUNCTION metric_rollups_rebuild(from_slot bigint, to_slot bigint) RETURNS bigint
 LANGUAGE plpgsql
 AS $$
-DECLARE
-  rebuilt bigint;
 BEGIN
   LOCK TABLE user_metrics IN SHARE MODE;
   PERFORM metric_rollups_fold(true);
-  CREATE TEMPORARY TABLE metric_rollups_rebuilt ON COMMIT DROP AS
-    SELECT DISTINCT "timestamp" - "timestamp" % 900 AS slot_start FROM user_metrics
-    WHERE (from_slot IS NULL OR "timestamp" >= from_slot) AND (to_slot IS NULL OR "timestamp" < to_slot);
-  DELETE FROM metric_rollups WHERE slot_start IN (SELECT slot_start FROM metric_rollups_rebuilt);
-  DELETE FROM metric_rollup_sketches WHERE slot_start IN (SELECT slot_start FROM metric_rollups_rebuilt);
   DELETE FROM metric_rollup_sketches_hourly
-  WHERE hour_start IN (SELECT slot_start - slot_start % 3600 FROM metric_rollups_rebuilt);
-  INSERT INTO metric_rollups (slot_start, has_sentiment, voice_sentiment, microphone_used, speaker_used, count,
-                              talked_sum, talked_min, talked_max, first_timestamp, last_timestamp)
-  SELECT "timestamp" - "timestamp" % 900, voice_sentiment IS NOT NULL, coalesce(voice_sentiment, ''), microphone_used,
-         speaker_used, count(*), sum(talked_time), min(talked_time), max(talked_time), min("timestamp"), max("timestamp")
-  FROM user_metrics
-  WHERE (from_slot IS NULL OR "timestamp" >= from_slot) AND (to_slot IS NULL OR "timestamp" < to_slot)
-  GROUP BY 1, 2, 3, 4, 5;
-  INSERT INTO metric_rollup_sketches (slot_start, count, user_bits, talked_histogram, talked_coarse)
-  SELECT slot_start, n, user_bits, talked_histogram, metric_histogram_coarse(talked_histogram)
-  FROM (
-    SELECT slot_start, count(*) AS n, metric_user_bits(array_agg(metric_user_position(user_id))) AS user_bits,
-           metric_talked_histogram(array_agg(metric_talked_bucket(talked_time))) AS talked_histogram
-    FROM (
-      SELECT "timestamp" - "timestamp" % 900 AS slot_start, user_id, talked_time FROM user_metrics
-      WHERE (from_slot IS NULL OR "timestamp" >= from_slot) AND (to_slot IS NULL OR "timestamp" < to_slot)
-    ) AS n
-    GROUP BY slot_start
-  ) AS built;
-  SELECT count(*) INTO rebuilt FROM metric_rollups_rebuilt;
-  DROP TABLE metric_rollups_rebuilt;
-  RETURN rebuilt;
+  WHERE (from_slot IS NULL OR hour_start + 3600 > from_slot) AND (to_slot IS NULL OR hour_start < to_slot);
+  RETURN metric_rollups_rebuild_slots(from_slot, to_slot);
 END
 $$;
 
