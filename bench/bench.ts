@@ -200,7 +200,30 @@ async function createReferenceTable(sql: BenchSql): Promise<void> {
   );
   if (indexes[0]?.n !== original[0]?.n)
     throw new Error(`${REFERENCE_TABLE} has ${indexes[0]?.n} indexes, user_metrics ${original[0]?.n}`);
+  // When user_metrics is partitioned: a partitioned reference of its shape as well, with a partition per UTC day over
+  // the records' range (the service's partitions are made on demand in the warm-up, before anything is timed).
+  await sql.query(`DROP TABLE IF EXISTS ${PARTITIONED_REFERENCE} CASCADE`);
+  const [kind] = await sql.query<{ relkind: string }>(`SELECT relkind FROM pg_class WHERE relname = 'user_metrics'`);
+  if (kind?.relkind !== 'p') return;
+  await sql.query(
+    `CREATE TABLE ${PARTITIONED_REFERENCE} (LIKE user_metrics INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)
+     PARTITION BY RANGE ("timestamp")`,
+  );
+  await sql.query(`CREATE SEQUENCE ${PARTITIONED_REFERENCE}_id_seq OWNED BY ${PARTITIONED_REFERENCE}.id`);
+  await sql.query(
+    `ALTER TABLE ${PARTITIONED_REFERENCE} ALTER COLUMN id SET DEFAULT nextval('${PARTITIONED_REFERENCE}_id_seq')`,
+  );
+  const today = Math.floor(Date.now() / 1000 / 86_400) * 86_400;
+  for (let day = today - 40 * 86_400; day <= today + 2 * 86_400; day += 86_400) {
+    await sql.query(
+      `CREATE TABLE ${PARTITIONED_REFERENCE}_${day} PARTITION OF ${PARTITIONED_REFERENCE}
+       FOR VALUES FROM (${day}) TO (${day + 86_400})`,
+    );
+  }
 }
+
+/** Partitioned like user_metrics (when it is): the COPY figure partitioned ingestion is measured against. */
+const PARTITIONED_REFERENCE = 'bench_copy_reference_partitioned';
 
 async function setupPostgres(): Promise<Setup> {
   const adminUrl = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -397,8 +420,13 @@ async function benchIngest(setup: Setup) {
     await truncateMetrics(serviceSql);
     await serviceSql.checkpoint();
   };
+  const [partitionedReference] = await referenceSql.query<{ present: boolean }>(
+    `SELECT to_regclass('${PARTITIONED_REFERENCE}') IS NOT NULL AS present`,
+  );
   const truncateReference = async () => {
-    await referenceSql.query(`TRUNCATE ${REFERENCE_TABLE} RESTART IDENTITY`);
+    await referenceSql.query(
+      `TRUNCATE ${REFERENCE_TABLE}${partitionedReference?.present ? `, ${PARTITIONED_REFERENCE}` : ''} RESTART IDENTITY`,
+    );
     await referenceSql.checkpoint();
   };
   const countRows = async (sql: BenchSql, tableName: string) =>
@@ -443,6 +471,16 @@ async function benchIngest(setup: Setup) {
       runs: [],
       cpuMsPer1000: [],
     },
+    ...(partitionedReference?.present
+      ? {
+          copyPartitioned: {
+            key: 'copyPartitioned',
+            label: 'COPY FROM STDIN into a partitioned table of the same shape',
+            runs: [],
+            cpuMsPer1000: [],
+          },
+        }
+      : {}),
     gql1: { key: 'gql1', label: 'GraphQL ingestMetrics, 1 client', runs: [], cpuMsPer1000: [] },
     [`gql${settings.clients}`]: {
       key: `gql${settings.clients}`,
@@ -469,6 +507,13 @@ async function benchIngest(setup: Setup) {
     if (n !== records.length) throw new Error(`COPY stored ${n} rows, expected ${records.length}`);
     methods.copy?.runs.push(rowsPerSecond(ms));
     log(`  COPY: ${formatNumber(rowsPerSecond(ms))} rows/s`);
+    if (!partitionedReference?.present) return;
+    await referenceSql.checkpoint();
+    const startedPartitioned = process.hrtime.bigint();
+    await referenceSql.copyIn(PARTITIONED_REFERENCE, COPY_COLUMNS, copyChunks);
+    const msPartitioned = elapsed(startedPartitioned);
+    methods.copyPartitioned?.runs.push(rowsPerSecond(msPartitioned));
+    log(`  COPY into a partitioned table: ${formatNumber(rowsPerSecond(msPartitioned))} rows/s`);
   };
   const graphqlUnit = (clients: number) => async () => {
     await truncateService();
@@ -546,6 +591,14 @@ async function loadQueryTable(setup: Setup): Promise<{ rows: number; seconds: nu
          AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = 'user_metrics'::regclass)`,
     );
     for (const index of indexes) await sql.query(`DROP INDEX ${index.indexname}`);
+    // The days' partitions (COPY makes none on demand; the service's writes do).
+    const [partitioned] = await sql.query<{ yes: boolean }>(
+      `SELECT to_regproc('metric_partitions_ensure') IS NOT NULL AS yes`,
+    );
+    if (partitioned?.yes) {
+      const days = Array.from({ length: settings.days + 2 }, (_, d) => endSeconds - d * 86_400);
+      await sql.query('SELECT count(*) FROM metric_partitions_ensure($1::int8[], 86400)', [days]);
+    }
     const chunks = (function* () {
       for (const slice of recordsPerUser({
         users: settings.users,
@@ -559,7 +612,8 @@ async function loadQueryTable(setup: Setup): Promise<{ rows: number; seconds: nu
     })();
     await sql.copyIn('user_metrics', COPY_COLUMNS, chunks);
     await sql.query(`SET maintenance_work_mem = '256MB'`).catch(() => {});
-    for (const index of indexes) await sql.query(index.indexdef);
+    // A partitioned table's index reads "ON ONLY user_metrics", which would make it on the parent alone.
+    for (const index of indexes) await sql.query(index.indexdef.replace(' ON ONLY ', ' ON '));
     await sql.query('VACUUM ANALYZE user_metrics');
     // The sketches are built after the fact (the service builds a range's stale ones after a question that used them):
     // built here at once, as an operator would after a bulk load, so that the measured rounds see the steady state.
@@ -748,6 +802,16 @@ async function main() {
     // Issue 12's targets (the last release's figures, less a margin).
     targets.push(target(`GraphQL ${settings.clients} clients / COPY`, freshN.median / copy.median, '>=', 0.85));
     targets.push(target('GraphQL 1 client / COPY', fresh1.median / copy.median, '>=', 0.45));
+    if (ingest.methods.copyPartitioned) {
+      const copyPartitioned = summarize(ingest.methods.copyPartitioned.runs);
+      rows.push([
+        `GraphQL ${settings.clients} clients / COPY into the partitioned table`,
+        `${(freshN.median / copyPartitioned.median).toFixed(2)}`,
+        '',
+        '',
+        '',
+      ]);
+    }
     targets.push(target('all duplicates / fresh, 1 client', dup1.median / fresh1.median, '>=', 1));
     targets.push(target(`all duplicates / fresh, ${settings.clients} clients`, dupN.median / freshN.median, '>=', 1));
     const peakMiB =

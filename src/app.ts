@@ -11,6 +11,7 @@ import { ensureSchema } from './db/migrations.js';
 import type { Logger } from './logger.js';
 import { createServer } from './server.js';
 import { startMetricEvents, stopMetricEvents } from './services/events.js';
+import { configurePartitions, type PartitionMaintenance, startPartitionMaintenance } from './services/partitions.js';
 import { type RollupFolding, startRollupFolding } from './services/rollups.js';
 
 export interface App {
@@ -37,6 +38,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
   });
   let socketServer: EmbeddedWireServer | undefined;
   let folding: RollupFolding | undefined;
+  let partitions: PartitionMaintenance | undefined;
   try {
     if (db.kind === 'embedded') {
       logger.info(
@@ -68,6 +70,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     }
 
     folding = startRollupFolding(config.rollupFoldIntervalMs, logger);
+    configurePartitions({ widthSeconds: config.partitionHours * 3600, retentionDays: config.retentionDays });
+    partitions = startPartitionMaintenance(config.partitionMaintenanceIntervalMs, logger);
 
     const events = await startMetricEvents({
       redisUrl: config.redisUrl,
@@ -144,6 +148,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         clearTimeout(timer);
         clearInterval(sweep);
         await folding?.stop();
+        await partitions?.stop();
         await socketServer?.stop();
         // A statement still running (its request was cut off) would hold pool.end(): the database gets what is left.
         const left = Math.max(100, config.shutdownTimeoutMs - (Date.now() - startedAt));
@@ -161,6 +166,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     return { url, server, stop };
   } catch (error) {
     await folding?.stop().catch(() => {});
+    await partitions?.stop().catch(() => {});
     await stopMetricEvents().catch(() => {});
     await socketServer?.stop().catch(() => {});
     await disconnectDatabase().catch(() => {});

@@ -75,6 +75,18 @@ export interface Config {
    */
   rollupFoldIntervalMs: number;
   /**
+   * `PARTITION_HOURS`: width of a new partition of user_metrics, in hours; default 24 (a partition per UTC day). A
+   * change applies to partitions made from then on (README: "Storage").
+   */
+  partitionHours: number;
+  /** `RETENTION_DAYS`: days of raw rows kept; older partitions are dropped; default 0: keep everything. */
+  retentionDays: number;
+  /**
+   * `PARTITION_MAINTENANCE_INTERVAL_MS`: how often partitions are made ahead and retention applied; default 3,600,000
+   * (an hour); 0 never (records still get a partition on demand).
+   */
+  partitionMaintenanceIntervalMs: number;
+  /**
    * `REDIS_URL`: a `redis://` or `rediss://` URL. When set, the `metricIngested` subscription goes through Redis
    * pub/sub, so every instance sharing it sees every record; unset means in-process delivery (one instance).
    */
@@ -245,6 +257,9 @@ export function loadConfig(env: Env = process.env): Config {
     dbConnectTimeoutMs: integer('DB_CONNECT_TIMEOUT_MS', 5_000, 100, 600_000),
     maxStatGroups: integer('MAX_STAT_GROUPS', 1000, 1, 1_000_000),
     rollupFoldIntervalMs: integer('ROLLUP_FOLD_INTERVAL_MS', 1000, 0, 3_600_000),
+    partitionHours: integer('PARTITION_HOURS', 24, 1, 24 * 366),
+    retentionDays: integer('RETENTION_DAYS', 0, 0, 36_500),
+    partitionMaintenanceIntervalMs: integer('PARTITION_MAINTENANCE_INTERVAL_MS', 3_600_000, 0, 86_400_000),
     redisUrl,
     redisChannelPrefix: read('REDIS_CHANNEL_PREFIX') ?? 'metrics-service:',
     auth,

@@ -586,7 +586,9 @@ async function batchWrites(): Promise<Record<string, number>> {
  * transaction, which commits once the wait shows in pg_stat_activity.
  */
 async function ingestRacing(tag: string): Promise<IngestResult> {
-  const records = [0, 1, 2].map((i) => record({ sessionId: tag, eventId: `${tag}-${i}`, talkedTime: i }));
+  // One time for the batch and the other transaction's row: the identity is the eventId's key with the timestamp.
+  const timestamp = nowSeconds() - 3600;
+  const records = [0, 1, 2].map((i) => record({ sessionId: tag, eventId: `${tag}-${i}`, talkedTime: i, timestamp }));
   const blocker = new pg.Client({ connectionString: service.config.databaseUrl });
   await blocker.connect();
   try {
@@ -594,7 +596,7 @@ async function ingestRacing(tag: string): Promise<IngestResult> {
     await blocker.query(
       `INSERT INTO user_metrics (record_key, event_id, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used)
        VALUES (decode($1, 'hex'), $2, 'blocker', $3, $4, 99, false, false)`,
-      [crypto.createHash('sha256').update(`event:${tag}-1`).digest('hex'), `${tag}-1`, tag, nowSeconds()],
+      [crypto.createHash('sha256').update(`event:${tag}-1`).digest('hex'), `${tag}-1`, tag, timestamp],
     );
     const pending = ingest(records);
     for (let waited = 0; ; waited += 20) {

@@ -187,7 +187,7 @@ test('the migrated user_metrics table has the columns and indexes the issue name
        FROM information_schema.columns WHERE table_name = 'user_metrics'`,
     );
     const byName = new Map(columns.map((c) => [c.column_name, [c.udt_name, c.max, c.is_nullable]]));
-    assert.deepEqual(byName.get('id'), ['int4', null, 'NO']);
+    assert.deepEqual(byName.get('id'), ['int8', null, 'NO']);
     assert.deepEqual(byName.get('user_id'), ['varchar', 255, 'NO']);
     assert.deepEqual(byName.get('session_id'), ['varchar', 255, 'NO']);
     assert.deepEqual(byName.get('timestamp'), ['int8', null, 'NO']);
@@ -205,10 +205,16 @@ test('the migrated user_metrics table has the columns and indexes the issue name
         indexes.some((d) => pattern.test(d)),
         `${pattern} in ${indexes.join('\n')}`,
       );
-    has(/UNIQUE INDEX .* \(record_key\)/);
+    has(/UNIQUE INDEX .* \(record_key, "timestamp"\)/);
+    has(/UNIQUE INDEX user_metrics_pkey .* \(id, "timestamp"\)/);
+    const [kind] = await query<{ relkind: string; key: string }>(
+      db,
+      `SELECT c.relkind, pg_get_partkeydef(c.oid) AS key FROM pg_class AS c WHERE c.relname = 'user_metrics'`,
+    );
+    assert.deepEqual(kind, { relkind: 'p', key: 'RANGE ("timestamp")' }, 'range-partitioned on the event time');
     has(/\(user_id( varchar_pattern_ops)?, "timestamp"\)/);
     has(/\(session_id( varchar_pattern_ops)?\)/);
-    has(/INDEX \S+ ON \S+ USING btree \("timestamp"\)/);
+    has(/INDEX \S+ ON (ONLY )?\S+ USING btree \("timestamp"\)/);
   });
 });
 

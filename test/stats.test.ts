@@ -671,6 +671,8 @@ test('userSummary: the figures of one user, first and last seen, sessions; null 
 test('sums beyond 32 bits are exact', async () => {
   // 50,000 records of a day's talk each: 4,320,000,000 seconds, more than 2^32. Written by SQL for speed.
   const n = 50_000;
+  // Plain SQL gets no partition made on demand (the service's writes do): the day's partition first.
+  await service.sql('SELECT metric_partitions_ensure($1::int8[], 86400)', [[at('2026-06-01T00:00:00Z')]]);
   await service.sql(
     `INSERT INTO user_metrics (record_key, user_id, session_id, "timestamp", talked_time, microphone_used, speaker_used, voice_sentiment)
      SELECT decode(md5('marathon-' || g), 'hex'), 'marathon', 'm-' || (g % 3), $1::int8 + g, 86400, g % 2 = 0, false, NULL

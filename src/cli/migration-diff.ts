@@ -314,8 +314,13 @@ async function reconcileIndexes(
     await client.query('BEGIN');
     try {
       if (hasStatements(sql)) await client.query(sql);
+      // The index of a partitioned table reads "ON ONLY <table>": the model, which knows no partitioning, makes it
+      // on a plain table. The same index either way; partitions' own indexes are left out (not in the model).
       const { rows } = await client.query<{ indexname: string; indexdef: string }>(
-        `SELECT indexname, indexdef FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema')`,
+        `SELECT indexname, replace(indexdef, ' ON ONLY ', ' ON ') AS indexdef FROM pg_indexes
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+           AND NOT EXISTS (SELECT FROM pg_inherits JOIN pg_class AS c ON c.oid = inhrelid
+                           WHERE c.relname = tablename AND c.relispartition)`,
       );
       return new Map(rows.map((row) => [row.indexname, row.indexdef]));
     } finally {

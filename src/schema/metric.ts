@@ -70,7 +70,8 @@ const RejectedRecordType = builder.objectRef<RejectedRecord>('RejectedRecord').i
     field: t.exposeString('field', { nullable: true, description: 'The input field at fault, e.g. `timestamp`.' }),
     code: t.exposeString('code', {
       description:
-        'BLANK, TOO_LONG, INVALID_CHARACTER, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, TIMESTAMP_IN_MILLISECONDS ' +
+        'BLANK, TOO_LONG, INVALID_CHARACTER, TIMESTAMP_TOO_OLD, TIMESTAMP_PAST_RETENTION, TIMESTAMP_IN_FUTURE, ' +
+        'TIMESTAMP_IN_MILLISECONDS ' +
         'or OUT_OF_RANGE.',
     }),
     message: t.exposeString('message', { description: 'What was wrong and what is allowed.' }),
@@ -276,7 +277,8 @@ builder.queryFields((t) => ({
     args: { id: t.arg.id({ required: true }) },
     resolve: async (_root, args) => {
       const id = String(args.id);
-      if (!/^\d{1,10}$/.test(id) || Number(id) > 2_147_483_647) return null;
+      // Ids are 64-bit; the ones handed out stay below 2^53 (a JSON number), so a larger one names no record.
+      if (!/^\d{1,16}$/.test(id) || Number(id) > Number.MAX_SAFE_INTEGER) return null;
       return findMetricById(Number(id));
     },
   }),

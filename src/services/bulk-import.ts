@@ -6,8 +6,9 @@
  * - `copy` (PostgreSQL): the batch's new rows go in with COPY, PostgreSQL's fastest way in, straight into
  *   user_metrics. COPY cannot skip a row whose identity is stored already, so a batch that meets one (a re-run, an
  *   overlap with the API) is rolled back whole and stored again the careful way: COPY into a temporary table, then one
- *   INSERT ... SELECT ... ON CONFLICT (record_key) DO NOTHING. After such a batch the next one goes the careful way
- *   directly, until a batch finds nothing stored already: a re-run costs one failed COPY, not one per batch.
+ *   INSERT ... SELECT ... ON CONFLICT (record_key, timestamp) DO NOTHING. After such a batch the next one goes the
+ *   careful way directly, until a batch finds nothing stored already: a re-run costs one failed COPY, not one per
+ *   batch.
  * - `insert` (any database, the embedded one included): the ingest service's own path, `ingestMetrics`, one
  *   multi-row INSERT per batch.
  * Both write a batch's rows in identity order, as ingestMetrics does, so they never deadlock with the API.
@@ -18,7 +19,8 @@
 import type pg from 'pg';
 import { database } from '../db/client.js';
 import { CopyText, copyInOneWrite } from '../db/copy.js';
-import { copyLine, ingestMetrics, recordKeyHex } from './ingest.js';
+import { copyLine, ingestMetrics, recordKeyHex, rowIdentity } from './ingest.js';
+import { withPartitions } from './partitions.js';
 import { type MetricRecordInput, STORED_COLUMNS } from './record.js';
 import { type FieldProblem, validateRecord } from './validation.js';
 
@@ -112,8 +114,8 @@ const STAGING_TABLE = `
 const MERGE_STAGED = `
   INSERT INTO user_metrics (${STORED_COLUMNS})
   SELECT ${STORED_COLUMNS} FROM bulk_import_staging
-  ORDER BY record_key
-  ON CONFLICT (record_key) DO NOTHING`;
+  ORDER BY record_key, "timestamp"
+  ON CONFLICT (record_key, "timestamp") DO NOTHING`;
 
 /** PostgreSQL's unique_violation: a row of the batch has an identity that is stored already. */
 const UNIQUE_VIOLATION = '23505';
@@ -125,6 +127,8 @@ interface CopyBatch extends PreparedBatch {
   rows: number;
   /** Valid records repeating an identity earlier in the batch. */
   repeats: number;
+  /** The distinct records' timestamps: the partitions the batch needs. */
+  timestamps: number[];
   rejected: Map<number, FieldProblem[]>;
 }
 
@@ -138,7 +142,7 @@ class CopyWriter implements BulkWriter {
 
   prepare(records: readonly MetricRecordInput[], nowSeconds: number): CopyBatch {
     const rejected = new Map<number, FieldProblem[]>();
-    const rows = new Map<string, MetricRecordInput>();
+    const rows = new Map<string, { keyHex: string; record: MetricRecordInput }>();
     let repeats = 0;
     records.forEach((record, index) => {
       const problems = validateRecord(record, nowSeconds);
@@ -146,19 +150,34 @@ class CopyWriter implements BulkWriter {
         rejected.set(index, problems);
         return;
       }
-      const key = recordKeyHex(record);
-      if (rows.has(key)) repeats++;
-      else rows.set(key, record);
+      const keyHex = recordKeyHex(record);
+      const identity = rowIdentity(keyHex, record.timestamp);
+      if (rows.has(identity)) repeats++;
+      else rows.set(identity, { keyHex, record });
     });
-    const keys = [...rows.keys()].sort();
+    const identities = [...rows.keys()].sort();
     const text = new CopyText();
-    for (const key of keys) text.add(`${copyLine(key, rows.get(key) as MetricRecordInput)}\n`);
-    return { size: records.length, text: text.done(), rows: keys.length, repeats, rejected };
+    const timestamps: number[] = [];
+    for (const identity of identities) {
+      const { keyHex, record } = rows.get(identity) as { keyHex: string; record: MetricRecordInput };
+      text.add(`${copyLine(keyHex, record)}\n`);
+      timestamps.push(record.timestamp);
+    }
+    return { size: records.length, text: text.done(), rows: identities.length, repeats, timestamps, rejected };
   }
 
   async write(batch: PreparedBatch): Promise<BatchOutcome> {
-    const { text, rows, repeats, rejected } = batch as CopyBatch;
+    const { rows, repeats, rejected, timestamps } = batch as CopyBatch;
     if (rows === 0) return { accepted: 0, duplicates: repeats, rejected };
+    // Old records may need partitions made: each attempt below is its own transaction, rolled back whole on failure.
+    return withPartitions(
+      () => timestamps,
+      () => this.writeRows(batch as CopyBatch),
+    );
+  }
+
+  private async writeRows(batch: CopyBatch): Promise<BatchOutcome> {
+    const { text, rows, repeats, rejected } = batch;
     if (!this.careful) {
       try {
         await this.transaction(async () => this.copy('user_metrics', text));

@@ -6,6 +6,7 @@ import { database, type SqlSession } from '../db/client.js';
 import { arrayElement, CopyText, copyBytea, copyField } from '../db/copy.js';
 import { clipEcho } from './errors.js';
 import { liveUpdatesListening, publishStored } from './events.js';
+import { withPartitions } from './partitions.js';
 import {
   type MetricRecordInput,
   RECORD_FIELD_NAMES,
@@ -86,6 +87,15 @@ export function recordKeyHex(record: MetricRecordInput): string {
   );
 }
 
+/**
+ * The identity a row is stored under: its record key together with its event time, the partition key (a unique key
+ * of a partitioned table must hold it; README: "Record identity"). One string that sorts as (record_key, timestamp):
+ * the key's hex, then the timestamp in 12 digits (validation keeps it positive and below 10^12).
+ */
+export function rowIdentity(keyHex: string, timestamp: number): string {
+  return keyHex + String(timestamp).padStart(12, '0');
+}
+
 interface PendingRow {
   keyHex: string;
   record: MetricRecordInput;
@@ -121,8 +131,9 @@ export async function ingestMetrics(
       continue;
     }
     const keyHex = recordKeyHex(record);
-    if (unique.has(keyHex)) repeatsInBatch++;
-    else unique.set(keyHex, { keyHex, record });
+    const identity = rowIdentity(keyHex, record.timestamp);
+    if (unique.has(identity)) repeatsInBatch++;
+    else unique.set(identity, { keyHex, record });
   }
 
   if (unique.size === 0 || (options.atomic && rejected.length > 0)) {
@@ -134,11 +145,14 @@ export async function ingestMetrics(
     };
   }
 
-  // Rows go in in key order: concurrent batches that overlap then take their row locks in the same order and never
-  // deadlock. (The default sort compares the hex strings without a call per comparison; hex sorts as the bytes it
-  // encodes.)
-  const rows = [...unique.keys()].sort().map((keyHex) => unique.get(keyHex) as PendingRow);
-  const inserted = await insertRows(rows);
+  // Rows go in in identity order: concurrent batches that overlap then take their row locks in the same order and
+  // never deadlock. (The default sort compares the strings without a call per comparison; see rowIdentity.)
+  const rows = [...unique.keys()].sort().map((identity) => unique.get(identity) as PendingRow);
+  // A record whose time has no partition yet (a late one, an old import) gets it made, and the batch runs again.
+  const inserted = await withPartitions(
+    () => rows.map((row) => row.record.timestamp),
+    () => insertRows(rows),
+  );
   const accepted = inserted.positions.length;
   // Live subscribers (metricIngested) get exactly the rows this call stored: no duplicates, no rejected records.
   // The answer waits for the publish, so a record is on its way to subscribers before its client learns it was stored
@@ -173,42 +187,46 @@ function storedRows(
 }
 
 /**
- * The batch's identities as rows `batch (position, record_key)`, from $1, one bytea of 32-byte keys (sent in binary:
- * no hex to encode or decode), and $2, their number.
+ * The batch's identities as rows `batch (position, record_key, ts)`, from $1, one bytea of 32-byte keys (sent in
+ * binary: no hex to encode or decode), $2, their number, and $3, their timestamps.
  */
 const BATCH_IDENTITIES = `batch AS (
-      SELECT g AS position, substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key FROM generate_series(1,
-        $2::int) AS g
+      SELECT g AS position, substring($1::bytea FROM (g - 1) * 32 + 1 FOR 32) AS record_key,
+        ($3::int8[])[g] AS ts FROM generate_series(1, $2::int) AS g
     )`;
 
 /**
- * The stored row of `batch.record_key`, one index probe each: LATERAL ... LIMIT 1 keeps PostgreSQL from making a join
- * of it.
+ * The stored row of the identity (batch.record_key, batch.ts), one index probe each, in the one partition of its
+ * time (pruned as the probe runs): LATERAL ... LIMIT 1 keeps PostgreSQL from making a join of it.
  */
-const STORED_ROW_OF_BATCH_KEY =
-  'SELECT id, created_at FROM user_metrics WHERE user_metrics.record_key = batch.record_key LIMIT 1';
+const STORED_ROW_OF_BATCH_KEY = `SELECT id, created_at FROM user_metrics
+      WHERE user_metrics.record_key = batch.record_key AND user_metrics."timestamp" = batch.ts LIMIT 1`;
 
 /** The ids and created_at of rows copied with the columns' defaults, found by their identities; in id order. */
 const READ_BACK_SQL = `
     WITH ${BATCH_IDENTITIES}
-    SELECT hit.id, hit.created_at, encode(batch.record_key, 'hex') AS key_hex FROM batch
+    SELECT hit.id, hit.created_at, encode(batch.record_key, 'hex') AS key_hex, batch.ts FROM batch
     CROSS JOIN LATERAL (${STORED_ROW_OF_BATCH_KEY}) AS hit
     ORDER BY hit.id`;
 
 async function readBackStored(rows: readonly PendingRow[], positions: readonly number[]): Promise<StoredMetric[]> {
   let keys = '';
-  const byKey = new Map<string, MetricRecordInput>();
+  const timestamps: number[] = [];
+  const byIdentity = new Map<string, MetricRecordInput>();
   for (const position of positions) {
     const { keyHex, record } = rows[position] as PendingRow;
     keys += keyHex;
-    byKey.set(keyHex, record);
+    timestamps.push(record.timestamp);
+    byIdentity.set(rowIdentity(keyHex, record.timestamp), record);
   }
-  const found = await database().queryDirect<{ id: number; created_at: Date; key_hex: string }>(
+  const found = await database().queryDirect<{ id: number; created_at: Date; key_hex: string; ts: number }>(
     READ_BACK_SQL,
-    [Buffer.from(keys, 'hex'), positions.length],
+    [Buffer.from(keys, 'hex'), positions.length, timestamps],
     'ingest_metrics_read_back',
   );
-  return found.map((row) => storedMetric(byKey.get(row.key_hex) as MetricRecordInput, row.id, row.created_at));
+  return found.map((row) =>
+    storedMetric(byIdentity.get(rowIdentity(row.key_hex, row.ts)) as MetricRecordInput, row.id, row.created_at),
+  );
 }
 
 /**
@@ -250,7 +268,7 @@ let lookUpFirst = false;
  */
 const RESERVE_SQL = `
     SELECT NULL AS stored,
-           (SELECT array_agg(id ORDER BY id) FROM (SELECT nextval('user_metrics_id_seq')::int AS id FROM
+           (SELECT string_agg(id::text, ',' ORDER BY id) FROM (SELECT nextval('user_metrics_id_seq') AS id FROM
              generate_series(1, $1::int)) AS reserved) AS ids,
            now() AS created_at, now()::text AS created_at_text`;
 
@@ -264,8 +282,8 @@ const LOOK_UP_AND_RESERVE_SQL = `
       SELECT position FROM batch CROSS JOIN LATERAL (${STORED_ROW_OF_BATCH_KEY}) AS hit
     )
     SELECT (SELECT string_agg((position - 1)::text, ',') FROM stored) AS stored,
-           (SELECT array_agg(id ORDER BY id) FROM (
-              SELECT nextval('user_metrics_id_seq')::int AS id FROM generate_series(1, $2::int - (SELECT
+           (SELECT string_agg(id::text, ',' ORDER BY id) FROM (
+              SELECT nextval('user_metrics_id_seq') AS id FROM generate_series(1, $2::int - (SELECT
                 count(*)::int FROM stored))
             ) AS reserved) AS ids,
            now() AS created_at`;
@@ -283,7 +301,14 @@ const UNIQUE_VIOLATION = '23505';
  */
 async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean): Promise<Inserted | undefined> {
   let keys = '';
-  if (lookUp) for (let i = 0; i < rows.length; i++) keys += (rows[i] as PendingRow).keyHex;
+  const timestamps: number[] = [];
+  if (lookUp) {
+    for (let i = 0; i < rows.length; i++) {
+      const { keyHex, record } = rows[i] as PendingRow;
+      keys += keyHex;
+      timestamps.push(record.timestamp);
+    }
+  }
   // Sent at once (the driver queues them on the connection); the rows' COPY lines are built while PostgreSQL works.
   // The planner settings are for the lookup (see LOOK_UP_AND_RESERVE_SQL).
   const begun = lookUp
@@ -291,12 +316,12 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
     : undefined;
   const reserving = session.query<{
     stored: string | null;
-    ids: number[] | null;
+    ids: string | null;
     created_at: Date;
     created_at_text?: string;
   }>(
     lookUp ? LOOK_UP_AND_RESERVE_SQL : RESERVE_SQL,
-    lookUp ? [Buffer.from(keys, 'hex'), rows.length] : [rows.length],
+    lookUp ? [Buffer.from(keys, 'hex'), rows.length, timestamps] : [rows.length],
     lookUp ? 'ingest_metrics_look_up_and_reserve' : 'ingest_metrics_reserve',
   );
   try {
@@ -309,7 +334,8 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
     if (!reserved) throw new Error('The identity lookup answered no row');
     const storedAlready = new Uint8Array(rows.length);
     if (reserved.stored) for (const position of reserved.stored.split(',')) storedAlready[Number(position)] = 1;
-    const ids = reserved.ids ?? [];
+    // Ids as text: a 64-bit int8[] would come as strings; each id is below 2^53.
+    const ids = reserved.ids ? reserved.ids.split(',').map(Number) : [];
     const positions: number[] = [];
     const lineEnd = lookUp ? '\n' : `\t${reserved.created_at_text}\n`;
     const data = new CopyText();
@@ -381,6 +407,7 @@ export function copyLine(keyHex: string, record: MetricRecordInput): string {
  * statement. Each column goes as one array literal in a text parameter (cast to its array type by PostgreSQL), built
  * in one pass over the rows, where pg's own encoder would walk and escape each array separately.
  */
+const TIMESTAMP_INPUT = `f${RECORD_FIELDS.findIndex((field) => field.name === 'timestamp')}`;
 const INSERT_ROWS_SQL = `
     WITH input AS (
       SELECT decode(k, 'hex') AS record_key, ${RECORD_FIELDS.map((_, i) => `f${i}`).join(', ')}, position
@@ -390,12 +417,13 @@ const INSERT_ROWS_SQL = `
     ), inserted AS (
       INSERT INTO user_metrics (${STORED_COLUMNS})
       SELECT record_key, ${RECORD_FIELDS.map((_, i) => `f${i}`).join(', ')} FROM input ORDER BY position
-      ON CONFLICT (record_key) DO NOTHING
-      RETURNING id, record_key
+      ON CONFLICT (record_key, "timestamp") DO NOTHING
+      RETURNING id, record_key, "timestamp"
     )
     SELECT string_agg((input.position - 1)::text || ':' || inserted.id::text, ',' ORDER BY inserted.id) AS stored,
       now() AS created_at
-    FROM inserted JOIN input USING (record_key)`;
+    FROM inserted JOIN input
+      ON input.record_key = inserted.record_key AND input.${TIMESTAMP_INPUT} = inserted."timestamp"`;
 
 async function insertRowsWithStatement(rows: PendingRow[]): Promise<Inserted> {
   // Validation has refused NUL characters and unpaired surrogates, the two things an array literal cannot carry.

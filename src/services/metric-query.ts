@@ -64,7 +64,8 @@ function cursorValue(row: MetricRow, field: OrderField): string | number {
 
 /** The largest value of each integer column a cursor can carry (the casts in afterCondition). */
 const INT4_MAX = 2_147_483_647;
-const ID_MAX = INT4_MAX;
+/** Ids are int8 (64-bit); those the service hands out stay below 2^53, where a JSON number is exact. */
+const ID_MAX = Number.MAX_SAFE_INTEGER;
 
 function isStoredInt(value: unknown, max: number): boolean {
   return Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= max;
@@ -140,7 +141,7 @@ function decodeCursor(cursor: string, order: readonly MetricOrder[]): unknown[] 
 function afterCondition(order: readonly MetricOrder[], values: unknown[]): Prisma.Sql {
   const keys = [
     ...order.map((o, i) => ({ ...ORDER_COLUMNS[o.field], direction: o.direction, value: values[i] })),
-    { column: 'id', cast: 'int4', direction: order[0]?.direction ?? 'DESC', value: values[order.length] },
+    { column: 'id', cast: 'int8', direction: order[0]?.direction ?? 'DESC', value: values[order.length] },
   ];
   const term = (k: (typeof keys)[number], op: string) =>
     Prisma.sql`${Prisma.raw(k.column)} ${Prisma.raw(op)} ${k.value}::${Prisma.raw(k.cast)}`;

@@ -2,6 +2,7 @@
  * The rules one metric record must meet to be stored. Shared by the GraphQL API and the bulk importer, so both accept
  * and reject exactly the same records with the same messages.
  */
+import { partitionSettings } from './partitions.js';
 import { LIMITS, type MetricRecordInput, RECORD_FIELDS } from './record.js';
 
 // The bulk tools import these from here.
@@ -12,6 +13,7 @@ export type RejectionCode =
   | 'TOO_LONG'
   | 'INVALID_CHARACTER'
   | 'TIMESTAMP_TOO_OLD'
+  | 'TIMESTAMP_PAST_RETENTION'
   | 'TIMESTAMP_IN_FUTURE'
   | 'TIMESTAMP_IN_MILLISECONDS'
   | 'OUT_OF_RANGE';
@@ -76,6 +78,17 @@ function checkText(
 
 function checkTimestamp(problems: FieldProblem[], ts: number, nowSeconds: number): void {
   const latest = nowSeconds + LIMITS.timestampFutureSkew;
+  const { retentionDays } = partitionSettings();
+  // A record past the retention horizon would be stored only to be dropped at the next maintenance run.
+  const horizon = retentionDays > 0 ? nowSeconds - retentionDays * 86_400 : LIMITS.timestampMin;
+  if (ts >= LIMITS.timestampMin && ts < horizon) {
+    problems.push({
+      field: 'timestamp',
+      code: 'TIMESTAMP_PAST_RETENTION',
+      message: `timestamp ${ts} is older than the ${retentionDays} days of RETENTION_DAYS (oldest kept: ${horizon})`,
+    });
+    return;
+  }
   if (ts >= LIMITS.timestampMin && ts <= latest) return;
   const asSeconds = Math.floor(ts / 1000);
   if (ts > latest && asSeconds >= LIMITS.timestampMin && asSeconds <= latest) {
