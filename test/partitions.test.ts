@@ -158,6 +158,38 @@ test('RETENTION_DAYS drops the partitions past the horizon; rows inside it and t
       [[0, 'TIMESTAMP_PAST_RETENTION']],
     );
     assert.match(refused.rejected[0]?.message ?? '', /older than the 7 days of RETENTION_DAYS/);
+
+    // The rollups outlive the rows, and the service says where the rows begin.
+    const { rawRowsFrom } = await service.gql<{ rawRowsFrom: string }>('{ rawRowsFrom }');
+    const rawFrom = Date.parse(rawRowsFrom) / 1000;
+    assert.ok(rawFrom <= horizon && old.every((r) => (r.timestamp as number) < rawFrom), `rawRowsFrom ${rawRowsFrom}`);
+    const oldRange = { timestamp: { gte: dayStart(now - 13 * DAY), lt: dayStart(now - 9 * DAY) } };
+    const fromRollups = await service.gql<{
+      metricStats: { count: number; distinctUsersApprox: number; talkedTime: { sum: number; p95Approx: number } }[];
+    }>(
+      `query($where: MetricFilter) {
+         metricStats(where: $where) { count distinctUsersApprox talkedTime { sum p95Approx } }
+       }`,
+      { where: oldRange },
+    );
+    const [group] = fromRollups.metricStats;
+    assert.equal(fromRollups.metricStats.length, 1);
+    assert.deepEqual([group?.count, group?.distinctUsersApprox, group?.talkedTime.sum], [30, 1, 30 * 60]);
+    assert.ok(Math.abs((group?.talkedTime.p95Approx ?? 0) - 60) <= 0.6, `p95Approx ${group?.talkedTime.p95Approx}`);
+    // A figure that needs the rows is refused, saying from when rows exist; so is userSummary over all time.
+    const exact = await service.request(
+      'query($where: MetricFilter) { metricStats(where: $where) { count distinctUsers } }',
+      { where: oldRange },
+    );
+    assert.equal(exact.errors?.[0]?.extensions?.code, 'RAW_ROWS_DROPPED', JSON.stringify(exact.errors));
+    assert.match(exact.errors?.[0]?.message ?? '', new RegExp(`Set where.timestamp.gte to ${rawFrom} or later`));
+    const summary = `query($where: MetricFilter) { userSummary(userId: "user-1", where: $where) { count } }`;
+    const unbounded = await service.request(summary, {});
+    assert.equal(unbounded.errors?.[0]?.extensions?.code, 'RAW_ROWS_DROPPED', JSON.stringify(unbounded.errors));
+    const kept = await service.gql<{ userSummary: { count: number } }>(summary, {
+      where: { timestamp: { gte: rawFrom }, sessionId: { equals: 'retention-recent' } },
+    });
+    assert.equal(kept.userSummary.count, 11);
   } finally {
     configurePartitions(saved);
   }

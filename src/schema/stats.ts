@@ -1,5 +1,6 @@
 /** Aggregates: `metricStats` (groups and time buckets) and `userSummary`, with their types. */
 import { type FieldNode, type GraphQLResolveInfo, Kind, type SelectionSetNode } from 'graphql';
+import { rawRowsFrom } from '../services/partitions.js';
 import {
   DEFAULT_TIME_ZONE,
   type MetricDimension,
@@ -226,7 +227,8 @@ builder.queryFields((t) => ({
       'Ordered by bucketStart, then the dimensions in the order given, ' +
       'nulls last. No matching record: an empty list. ' +
       "More groups than the server's limit (MAX_STAT_GROUPS, default 1,000): " +
-      'an error, code TOO_MANY_GROUPS.',
+      'an error, code TOO_MANY_GROUPS. Time before `rawRowsFrom` (retention dropped its rows) is answered from ' +
+      'the rollups; a question that needs its rows is refused, code RAW_ROWS_DROPPED.',
     // The cost limit counts the groups at their most (src/plugins/limits.ts).
     extensions: { listMax: 'maxStatGroups' },
     args: {
@@ -246,11 +248,26 @@ builder.queryFields((t) => ({
   userSummary: t.field({
     type: UserSummaryType,
     nullable: true,
-    description: "Figures of one user's records (those matching `where`, when given); null when there are none.",
+    description:
+      "Figures of one user's records (those matching `where`, when given); null when there are none. Reads rows: " +
+      'once retention dropped some (`rawRowsFrom`), `where.timestamp` must start at or after it (else code ' +
+      'RAW_ROWS_DROPPED).',
     args: {
       userId: t.arg.string({ required: true }),
       where: t.arg({ type: MetricFilterInput }),
     },
     resolve: (_root, args, _ctx, info) => userSummary(args.userId, args.where, selectedFigures(info)),
+  }),
+  rawRowsFrom: t.field({
+    type: 'DateTime',
+    nullable: true,
+    description:
+      'The instant from which every stored record is kept as a row; null while retention (RETENTION_DAYS) has ' +
+      'dropped none. Older records are gone from `metrics` and exports, and stay counted in `metricStats` answered ' +
+      'from the rollups.',
+    resolve: async () => {
+      const from = await rawRowsFrom();
+      return from === null ? null : new Date(from * 1000);
+    },
   }),
 }));

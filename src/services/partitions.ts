@@ -8,11 +8,15 @@
  *   partitions its batch needs and runs again; nothing valid is refused for want of one (`withPartitions`).
  * - Retention (`RETENTION_DAYS`): a partition whose whole range is older than the horizon is detached without
  *   blocking writers or readers (DETACH ... CONCURRENTLY on PostgreSQL) and dropped. One instance at a time does it
- *   (a session advisory lock; the others skip the run). Rollups keep what the dropped rows added up to.
+ *   (a session advisory lock; the others skip the run). Rollups keep what the dropped rows added up to: the slots'
+ *   sketches are brought up to date first, and the new start of the raw rows is written to metric_retention before
+ *   anything is detached, so a question that needs raw rows from before it is refused (`rawRowsFrom`), never answered
+ *   from what is left.
  */
 import { Counter, Gauge } from 'prom-client';
 import { database, type SqlSession } from '../db/client.js';
 import { registry } from '../observability/metrics.js';
+import { refreshSketches } from './rollups.js';
 
 export interface PartitionSettings {
   /** Width of a new partition, seconds: a whole number of hours (PARTITION_HOURS; default a day). */
@@ -137,6 +141,31 @@ export async function maintainPartitions(nowSeconds = Math.floor(Date.now() / 10
   return { created: made, dropped: removed, retentionRan };
 }
 
+/** How long an instance trusts the raw horizon it read; retention waits twice as long before it detaches. */
+const HORIZON_CACHE_MS = 1000;
+let rawHorizon: { at: number; value: Promise<number | null> } | undefined;
+
+/**
+ * Unix seconds from which raw rows are all kept (null: none ever dropped). Read from metric_retention at most once a
+ * second per process, so that asking costs a question nothing; an instance learns of a new horizon before any row
+ * behind it is gone.
+ */
+export function rawRowsFrom(now = performance.now()): Promise<number | null> {
+  if (rawHorizon && now - rawHorizon.at < HORIZON_CACHE_MS) return rawHorizon.value;
+  const value = database()
+    .queryDirect<{ raw_rows_from: string | number }>(
+      "SELECT raw_rows_from FROM metric_retention WHERE relation = 'user_metrics'",
+      [],
+      'metric_retention',
+    )
+    .then(([row]) => (row ? Number(row.raw_rows_from) : null));
+  value.catch(() => {
+    if (rawHorizon?.value === value) rawHorizon = undefined;
+  });
+  rawHorizon = { at: now, value };
+  return value;
+}
+
 const quoted = (name: string) => `"${name.replaceAll('"', '""')}"`;
 
 /**
@@ -153,11 +182,24 @@ async function applyRetention(horizon: number): Promise<{ ran: boolean; dropped:
     ]);
     if (!lock?.locked) return { ran: false, dropped: [] };
     try {
-      const old = await session.query<{ partition_name: string; detaching: boolean }>(
-        'SELECT partition_name, detaching FROM metric_partitions() WHERE to_ts <= $1::int8',
+      const old = await session.query<{ partition_name: string; detaching: boolean; from_ts: number; to_ts: number }>(
+        'SELECT partition_name, detaching, from_ts, to_ts FROM metric_partitions() WHERE to_ts <= $1::int8',
         [horizon],
       );
       const names: string[] = [];
+      if (old.length === 0) return { ran: true, dropped: names };
+      const rawFrom = Math.max(...old.map((p) => Number(p.to_ts)));
+      // The sketches of the slots about to lose their rows are built now: afterwards nothing could build them.
+      await refreshSketches(Math.min(...old.map((p) => Number(p.from_ts))), rawFrom);
+      await session.query(
+        `INSERT INTO metric_retention (relation, raw_rows_from) VALUES ('user_metrics', $1::int8)
+        ON CONFLICT (relation) DO UPDATE
+          SET raw_rows_from = GREATEST(metric_retention.raw_rows_from, excluded.raw_rows_from), updated_at = now()`,
+        [rawFrom],
+      );
+      rawHorizon = undefined;
+      // Other instances read the horizon at most HORIZON_CACHE_MS ago: once this has passed, all of them know it.
+      if (db.kind === 'postgres') await new Promise((resolve) => setTimeout(resolve, 2 * HORIZON_CACHE_MS));
       for (const { partition_name: name, detaching } of old) {
         if (db.kind === 'postgres') {
           await session.exec(

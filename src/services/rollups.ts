@@ -37,6 +37,8 @@ export interface RollupPlan {
   /** The slots the rollups are read for lie in [from, to); null ends are unbounded (or not known). */
   from: number | null;
   to: number | null;
+  /** The earliest raw row the edges read (null: unbounded), or undefined when the answer reads no raw row. */
+  rawFrom?: number | null;
 }
 
 const TIMESTAMP = Prisma.raw('"timestamp"');
@@ -83,6 +85,27 @@ function rangeOf(f: NumberFilter): { from: number | null; to: number | null } | 
   const lows = [f.gte, f.gt == null ? null : f.gt + 1].filter((b): b is number => b != null);
   const highs = [f.lt, f.lte == null ? null : f.lte + 1].filter((b): b is number => b != null);
   return { from: lows.length > 0 ? Math.max(...lows) : null, to: highs.length > 0 ? Math.min(...highs) : null };
+}
+
+/**
+ * The earliest time a record matching the filter can have, or null when the filter does not bound it from below:
+ * from its top-level `timestamp` and those of its `AND` parts (an OR or NOT bounds nothing for certain).
+ */
+export function lowerBound(filter: MetricFilter | null | undefined): number | null {
+  if (!filter) return null;
+  const lows: number[] = [];
+  const f = filter.timestamp;
+  if (f?.equals != null) lows.push(f.equals);
+  else if (f?.in != null && f.in.length > 0) lows.push(Math.min(...f.in));
+  else if (f) {
+    const range = rangeOf(f);
+    if (range?.from != null) lows.push(range.from);
+  }
+  for (const part of filter.AND ?? []) {
+    const low = lowerBound(part);
+    if (low !== null) lows.push(low);
+  }
+  return lows.length > 0 ? Math.max(...lows) : null;
 }
 
 const between = (from: number | null, to: number | null): Prisma.Sql =>
@@ -146,6 +169,9 @@ export function planRollups(
     dimensionFree,
     from: wholeFrom,
     to: wholeTo,
+    ...(edges.length === 0
+      ? {}
+      : { rawFrom: range.from !== null && wholeFrom !== null && range.from < wholeFrom ? range.from : wholeTo }),
   };
 }
 

@@ -12,8 +12,10 @@ import { database } from '../db/client.js';
 import { Prisma } from '../generated/prisma/client.js';
 import { checkStorableText, InputError } from './errors.js';
 import { filterToSql, type MetricFilter } from './metric-filter.js';
+import { rawRowsFrom } from './partitions.js';
 import {
   hourAligned,
+  lowerBound,
   misalignedSlots,
   planRollups,
   type RollupPlan,
@@ -149,6 +151,31 @@ export class StatsArgumentError extends InputError {
 export class TooManyGroupsError extends InputError {
   override readonly name = 'TooManyGroupsError';
   override readonly code = 'TOO_MANY_GROUPS';
+}
+
+/**
+ * A question whose answer needs raw rows from before those retention kept (metric_retention): answered from what is
+ * left it would be wrong, so it is refused, with what would be answered.
+ */
+export class RawRowsDroppedError extends InputError {
+  override readonly name = 'RawRowsDroppedError';
+  override readonly code = 'RAW_ROWS_DROPPED';
+}
+
+/** Refuses a raw read from `from` (null: unbounded) that reaches before the raw rows kept. */
+async function checkRawRowsKept(field: string, from: number | null | undefined): Promise<void> {
+  if (from === undefined) return;
+  const kept = await rawRowsFrom();
+  if (kept === null || (from !== null && from >= kept)) return;
+  const since = `${new Date(kept * 1000).toISOString()} (${kept})`;
+  throw new RawRowsDroppedError(
+    `${field} needs the records' rows ${from === null ? 'from the start' : `from ${from}`}, but retention ` +
+      `(RETENTION_DAYS) dropped the rows before ${since}; their rollups are kept. Set where.timestamp.gte to ${kept} ` +
+      'or later, or ask a question the rollups answer (README: "Rollups": figures that add up and the *Approx ones, ' +
+      'filters and groups on timestamp, voiceSentiment, microphoneUsed and speakerUsed only, ' +
+      'buckets of an hour or more)',
+    'where.timestamp',
+  );
 }
 
 export const DEFAULT_TIME_ZONE = 'UTC';
@@ -673,18 +700,19 @@ export function planStatsSql(
   source: StatsSource = 'auto',
   misaligned: readonly number[] = [],
   hourAlignedZone = false,
-): { sql: Prisma.Sql; rollups: boolean; sketches: RollupPlan | null } {
+): { sql: Prisma.Sql; rollups: boolean; sketches: RollupPlan | null; rawFrom: number | null | undefined } {
   const raw = buildStatsSql(options);
+  const rawFrom = lowerBound(options.where);
   if (source === 'raw' || (options.extraConditions?.length ?? 0) > 0)
-    return { sql: raw, rollups: false, sketches: null };
+    return { sql: raw, rollups: false, sketches: null, rawFrom };
   const plan = planRollups(options.where, options.groupBy ?? [], options.bucket?.unit ?? null);
   const wanted = wantedFigures(options.figures);
   if (!plan || !rollupsHold(wanted, plan) || rangeHoldsAny(plan, misaligned))
-    return { sql: raw, rollups: false, sketches: null };
+    return { sql: raw, rollups: false, sketches: null, rawFrom };
   const sketches = [...wanted].some((figure) => SKETCH_FIGURES.has(figure)) ? plan : null;
   // Hourly sketches stand for their four slots when every hour lies in one bucket: no bucket, or a whole-hour zone.
   const hourly = sketches !== null && (!options.bucket || hourAlignedZone);
-  return { sql: buildRollupStatsSql(options, plan, hourly), rollups: true, sketches };
+  return { sql: buildRollupStatsSql(options, plan, hourly), rollups: true, sketches, rawFrom: plan.rawFrom };
 }
 
 let zoneNames: Promise<Map<string, string>> | undefined;
@@ -789,7 +817,9 @@ export async function metricStats(
   const bucket = args.bucket ? { unit: args.bucket.unit, timeZone: await resolveTimeZone(args.bucket.timeZone) } : null;
   const misaligned = bucket && source === 'auto' ? await misalignedSlots(bucket.timeZone) : [];
   const aligned = bucket && source === 'auto' ? await hourAligned(bucket.timeZone) : false;
-  const { sql, sketches } = planStatsSql({ ...args, bucket, maxGroups: limits.maxGroups }, source, misaligned, aligned);
+  const plan = planStatsSql({ ...args, bucket, maxGroups: limits.maxGroups }, source, misaligned, aligned);
+  const { sql, sketches } = plan;
+  await checkRawRowsKept('metricStats', plan.rawFrom);
   const rows = sketches ? await withoutJit<StatsRow>(sql) : await runSql<StatsRow>(sql);
   if (sketches) refreshSketchesSoon(sketches);
   if (rows.length > limits.maxGroups) {
@@ -825,6 +855,7 @@ export async function userSummary(
     extraConditions: [Prisma.sql`user_id = ${userId}`],
     figures: new Set([...wanted, 'timestamps']),
   });
+  await checkRawRowsKept('userSummary', lowerBound(where));
   const [row] = await runSql<StatsRow>(sql);
   if (!row) return null;
   const result = figures(row);
