@@ -78,7 +78,42 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Forwards to Studio on `target`, adding PAGE_SETTINGS to HTML pages and answering telemetry posts with 200. */
+/**
+ * Studio's list of tables reads pg_class for ordinary tables and views only (`relkind in ('r', 'v')`), so a partitioned
+ * table (relkind 'p': user_metrics) is missing and each of its partitions would be listed instead. Its one catalog
+ * query is widened here to partitioned tables, with their partitions left out: user_metrics is browsed and edited as
+ * one table, as Prisma models it. Any other query passes unchanged.
+ */
+const TABLE_KINDS = /"cls"\."relkind" in \((\$\d+), (\$\d+)\)/;
+
+function widenTableList(body: string): string {
+  let message: { procedure?: unknown; query?: { sql?: unknown; parameters?: unknown[] } };
+  try {
+    message = JSON.parse(body);
+  } catch {
+    return body;
+  }
+  const sql = message.query?.sql;
+  const parameters = message.query?.parameters;
+  if (message.procedure !== 'query' || typeof sql !== 'string' || !Array.isArray(parameters)) return body;
+  const match = TABLE_KINDS.exec(sql);
+  if (!match || !sql.includes('"pg_catalog"."pg_class" as "cls"')) return body;
+  const kinds = [match[1], match[2]].map((placeholder) => parameters[Number(placeholder?.slice(1)) - 1]);
+  if (kinds[0] !== 'r' || kinds[1] !== 'v') return body;
+  const widened = sql.replace(
+    TABLE_KINDS,
+    (kindsCondition) => `((${kindsCondition} and not "cls"."relispartition") or "cls"."relkind" = 'p')`,
+  );
+  return JSON.stringify({ ...message, query: { ...message.query, sql: widened } });
+}
+
+/** Longest request body the proxy reads to rewrite (Studio's are a few KB; a row edit with large text may be more). */
+const MAX_BFF_BODY = 16 * 2 ** 20;
+
+/**
+ * Forwards to Studio on `target`, adding PAGE_SETTINGS to HTML pages, widening the table list (widenTableList) and
+ * answering telemetry posts with 200.
+ */
 function startProxy(target: number, port: number): Promise<http.Server> {
   const server = http.createServer((request, response) => {
     if (request.method === 'POST' && request.url === '/telemetry') {
@@ -115,7 +150,29 @@ function startProxy(target: number, port: number): Promise<http.Server> {
       if (!response.headersSent) response.writeHead(502, { 'content-type': 'text/plain' });
       response.end(`Prisma Studio is not answering: ${error.message}`);
     });
-    request.pipe(upstream);
+    if (request.method !== 'POST' || request.url !== '/bff') {
+      request.pipe(upstream);
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    request.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BFF_BODY) {
+        request.destroy();
+        upstream.destroy();
+        if (!response.headersSent) response.writeHead(413, { 'content-type': 'text/plain' });
+        response.end(`A Studio request over ${MAX_BFF_BODY} bytes`);
+        return;
+      }
+      chunks.push(chunk);
+    });
+    request.on('end', () => {
+      const body = widenTableList(Buffer.concat(chunks).toString('utf8'));
+      upstream.setHeader('content-length', Buffer.byteLength(body));
+      upstream.removeHeader('transfer-encoding');
+      upstream.end(body);
+    });
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -145,15 +202,25 @@ async function runStudio(url: string, { port, passThrough }: StudioArguments): P
     process.execPath,
     [path.join(root, 'scripts/prisma.mjs'), 'studio', '--port', String(target), '--browser', 'none', ...passThrough],
     {
-      stdio: ['inherit', 'ignore', 'inherit'], // its "running at" line names the private port
+      stdio: ['ignore', 'ignore', 'inherit'], // its "running at" line names the private port
       cwd: root,
       env: { ...process.env, DATABASE_URL: url, CHECKPOINT_DISABLE: '1' },
+      // A process group of its own: scripts/prisma.mjs runs Studio as its child in turn, so a signal goes to the
+      // group (a SIGTERM to this process alone once left Studio running, holding its port).
+      detached: true,
     },
   );
+  const stop = (signal: NodeJS.Signals = 'SIGTERM') => {
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, signal);
+    } catch {
+      // The group has ended already.
+    }
+  };
   const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
   const started = await Promise.race([studioAnswers(target, Date.now() + 60_000), exited.then(() => false)]);
   if (!started) {
-    child.kill();
+    stop();
     process.stderr.write('Prisma Studio did not start.\n');
     return exited;
   }
@@ -161,7 +228,7 @@ async function runStudio(url: string, { port, passThrough }: StudioArguments): P
   try {
     proxy = await startProxy(target, port);
   } catch (error) {
-    child.kill();
+    stop();
     process.stderr.write(
       `Cannot listen on 127.0.0.1:${port} (${(error as Error).message}): choose another with --port.\n`,
     );
@@ -169,8 +236,9 @@ async function runStudio(url: string, { port, passThrough }: StudioArguments): P
     return 1;
   }
   process.stderr.write(`Prisma Studio is running at http://localhost:${port} (Ctrl-C stops it)\n`);
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => child.kill(signal));
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => stop(signal));
   const code = await exited;
+  stop();
   proxy.close();
   return code;
 }
