@@ -196,6 +196,10 @@ export async function connectRateLimitRedis(redisUrl: string, logger: Logger): P
     lastErrorLog = Date.now();
     logger.warn({ err: error }, `Redis connection problem (ingest rate limits are per instance): ${error.message}`);
   });
+  // A lost connection (Redis stopped, a network cut) shows as `close` before any error: checks fall back from then.
+  redis.on('close', () => {
+    failing = true;
+  });
   redis.on('ready', () => {
     if (!failing) return;
     failing = false;
