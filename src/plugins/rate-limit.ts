@@ -1,8 +1,9 @@
 /**
  * Per-key rate limit for ingestion: two fixed-window counters per API key, one for requests and one for records
- * (rate-limiter-flexible). With a Redis connection (REDIS_URL) the counters live in Redis, so every instance sharing it
- * enforces one limit per key between them; without one they live in this process's memory. Checked after the scope
- * check, before execution: a refused batch costs no SQL and stores nothing.
+ * (rate-limiter-flexible; at a window's edge a key can briefly reach twice its rate). With a Redis connection
+ * (REDIS_URL) the counters live in Redis, so every instance sharing it enforces one limit per key between them;
+ * without one they live in this process's memory. Checked after the scope check, before execution: a refused batch
+ * costs no SQL and stores nothing.
  *
  * Both limits stay honest: the request is counted first and its records only if it passed; whatever a refused request
  * counted (its request, and its records when those were short) is given back at once. Between the two steps a
@@ -27,7 +28,7 @@ import { findOperation, httpError, rawArgument, rootFields } from './operation.j
 export interface IngestRateOptions {
   /** Requests per second per key; 0 = unlimited. A window holds one second's worth. */
   requestsPerSecond: number;
-  /** Records per second per key; 0 = unlimited. A window holds one second's worth, and at least one full batch. */
+  /** Records per second per key; 0 = unlimited. A window of whole seconds holds at least one full batch. */
   recordsPerSecond: number;
   maxBatchSize: number;
 }
