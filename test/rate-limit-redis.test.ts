@@ -21,6 +21,7 @@ import { pino } from 'pino';
 import { createLogger, type Logger } from '../src/logger.js';
 import { connectRateLimitRedis, IngestRateLimiter } from '../src/plugins/rate-limit.js';
 import { createServer } from '../src/server.js';
+import { FaultProxy } from './support/fault-proxy.js';
 import { INGEST, record, startTestService, type TestService } from './support/harness.js';
 import { freePort } from './support/pg-server.js';
 import { assertRefused, makeKey } from './support/security.js';
@@ -240,6 +241,30 @@ describe('Redis outage', () => {
       connectRateLimitRedis(`redis://127.0.0.1:${port}`, silent),
       new RegExp(`Cannot use Redis at redis://127\\.0\\.0\\.1:${port} \\(REDIS_URL\\) for rate limits: .*ECONNREFUSED`),
     );
+  });
+
+  test('a Redis that stops answering (a network that drops everything): checks fall back after 1 s', async () => {
+    const target = new URL(REDIS_URL);
+    const proxy = await FaultProxy.start({ host: target.hostname, port: Number(target.port || 6379) });
+    const redis = await connectRateLimitRedis(`redis://127.0.0.1:${proxy.port}`, silent);
+    const instance = await startSecondServer(service, redis);
+    try {
+      const key = await makeKey(['ingest']);
+      assert.equal((await ingest(instance.url, key.headers, 12, 'h0')).status, 200);
+      const fallbacks = () => metric(service.url, 'ingest_rate_limit_fallbacks_total{limit="records"}');
+      const before = await fallbacks();
+      // The connection stays open ("ready"), so only the command timeout can tell that Redis does not answer.
+      proxy.blackhole(60_000);
+      assert.equal((await ingest(instance.url, key.headers, 12, 'h1')).status, 200);
+      assert.equal(await fallbacks(), before + 1);
+      assert.equal(await rowsTagged(service, 'h1'), 12);
+    } finally {
+      proxy.heal();
+      await instance.close();
+      await deleteKeys(redis, PREFIX);
+      redis.disconnect();
+      await proxy.close();
+    }
   });
 
   test('falls back to counting per instance, logged and counted; Redis is used again once it is back', async () => {
