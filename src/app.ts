@@ -4,11 +4,13 @@
  */
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
+import type { Redis } from 'ioredis';
 import { type Config, redactUrl } from './config.js';
 import { connectDatabase, disconnectDatabase } from './db/client.js';
 import { type EmbeddedWireServer, startEmbeddedWireServer } from './db/embedded-wire.js';
 import { ensureSchema } from './db/migrations.js';
 import type { Logger } from './logger.js';
+import { connectRateLimitRedis } from './plugins/rate-limit.js';
 import { createServer } from './server.js';
 import { startMetricEvents, stopMetricEvents } from './services/events.js';
 import { configurePartitions, type PartitionMaintenance, startPartitionMaintenance } from './services/partitions.js';
@@ -39,6 +41,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
   let socketServer: EmbeddedWireServer | undefined;
   let folding: RollupFolding | undefined;
   let partitions: PartitionMaintenance | undefined;
+  let rateLimitRedis: Redis | undefined;
   try {
     if (db.kind === 'embedded') {
       logger.info(
@@ -86,7 +89,15 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         : 'Live updates (metricIngested) are in-process; set REDIS_URL to share them between instances',
     );
 
-    const { handler, authPolicy } = createServer({ config, logger });
+    // Ingest rate limits are shared through Redis when there is one (src/plugins/rate-limit.ts).
+    if (config.redisUrl) rateLimitRedis = await connectRateLimitRedis(config.redisUrl, logger);
+    logger.info(
+      { rateLimits: rateLimitRedis ? 'redis' : 'in-process' },
+      rateLimitRedis
+        ? `Ingest rate limits are shared through Redis (keys ${config.redisChannelPrefix}rate-limit:*)`
+        : 'Ingest rate limits are counted in this process; set REDIS_URL to share them between instances',
+    );
+    const { handler, authPolicy } = createServer({ config, logger, redis: rateLimitRedis });
     const auth = await authPolicy.describe();
     logger[auth.level]({ auth: auth.mode }, auth.message);
     // Requests being answered, so that shutdown can tell their clients not to reuse the connection.
@@ -147,6 +158,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         await closed;
         clearTimeout(timer);
         clearInterval(sweep);
+        await quitRedis(rateLimitRedis);
         await folding?.stop();
         await partitions?.stop();
         await socketServer?.stop();
@@ -168,9 +180,26 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     await folding?.stop().catch(() => {});
     await partitions?.stop().catch(() => {});
     await stopMetricEvents().catch(() => {});
+    rateLimitRedis?.disconnect();
     await socketServer?.stop().catch(() => {});
     await disconnectDatabase().catch(() => {});
     throw error;
+  }
+}
+
+/** Closes a Redis connection politely, or at once when Redis does not answer within 2 s. */
+async function quitRedis(redis: Redis | undefined): Promise<void> {
+  if (!redis) return;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      redis.quit(),
+      new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('timeout')), 2000))),
+    ]);
+  } catch {
+    redis.disconnect();
+  } finally {
+    clearTimeout(timer);
   }
 }
 

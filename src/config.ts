@@ -88,12 +88,13 @@ export interface Config {
   partitionMaintenanceIntervalMs: number;
   /**
    * `REDIS_URL`: a `redis://` or `rediss://` URL. When set, the `metricIngested` subscription goes through Redis
-   * pub/sub, so every instance sharing it sees every record; unset means in-process delivery (one instance).
+   * pub/sub, so every instance sharing it sees every record, and the ingest rate limits are counted in Redis, so they
+   * hold across instances; unset means in-process delivery and counting (one instance).
    */
   redisUrl: string | undefined;
   /**
-   * `REDIS_CHANNEL_PREFIX`: prefix of the Redis pub/sub channel; default `metrics-service:`. Instances that should see
-   * each other's records must use the same one.
+   * `REDIS_CHANNEL_PREFIX`: prefix of the Redis pub/sub channel and of the rate-limit keys; default
+   * `metrics-service:`. Instances that should see each other's records and share rate limits must use the same one.
    */
   redisChannelPrefix: string;
   /**
@@ -119,13 +120,13 @@ export interface Config {
    */
   maxCost: number;
   /**
-   * `INGEST_RATE_REQUESTS`: `ingestMetrics` requests per second per API key (burst: one second's worth); 0 = unlimited;
+   * `INGEST_RATE_REQUESTS`: `ingestMetrics` requests per second per API key (a fixed 1 s window); 0 = unlimited;
    * default 100.
    */
   ingestRequestsPerSecond: number;
   /**
-   * `INGEST_RATE_RECORDS`: records per second per API key (burst: one second's worth, at least MAX_BATCH_SIZE); 0 =
-   * unlimited; default 50,000.
+   * `INGEST_RATE_RECORDS`: records per second per API key (a fixed window of whole seconds holding at least
+   * MAX_BATCH_SIZE); 0 = unlimited; default 50,000.
    */
   ingestRecordsPerSecond: number;
 }

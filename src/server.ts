@@ -10,6 +10,7 @@ import type { ServerResponse } from 'node:http';
 import { mapAsyncIterator } from '@graphql-tools/utils';
 import { type ExecutionResult, GraphQLError } from 'graphql';
 import { createYoga, isAsyncIterable, type Plugin, useReadinessCheck, type YogaLogger } from 'graphql-yoga';
+import type { Redis } from 'ioredis';
 import type { Config } from './config.js';
 import type { RequestContext } from './context.js';
 import { useDashboard } from './dashboard/plugin.js';
@@ -37,6 +38,8 @@ export interface ServerOptions {
   logger: Logger;
   /** Plugins after the service's own, before execution (tests use it to see that every request passes them). */
   plugins?: Plugin[];
+  /** The Redis connection (REDIS_URL) ingest rate limits are shared through; without it each server counts alone. */
+  redis?: Redis | undefined;
 }
 
 /** How long a refused request's unread body may keep arriving after its answer before the connection is closed. */
@@ -130,7 +133,7 @@ function yogaLogger(logger: Logger): YogaLogger {
   return { debug: withScope('debug'), info: withScope('info'), warn: withScope('warn'), error: withScope('error') };
 }
 
-export function createServer({ config, logger, plugins = [] }: ServerOptions) {
+export function createServer({ config, logger, plugins = [], redis }: ServerOptions) {
   const maskError = (error: unknown, message: string): Error => {
     const original = error instanceof GraphQLError ? error.originalError : error;
     if (original instanceof InputError) {
@@ -162,7 +165,7 @@ export function createServer({ config, logger, plugins = [] }: ServerOptions) {
     return masked;
   };
 
-  const security = createSecurity(config, logger);
+  const security = createSecurity(config, logger, redis);
   const limits = { maxBatchSize: config.maxBatchSize, maxStatGroups: config.maxStatGroups };
   /** The request's part of the GraphQL context (Yoga adds its own: request, params). */
   const contextFor = (requestId: string, caller: Caller) => ({ requestId, caller, limits });

@@ -266,7 +266,7 @@ describe('configured limits outside production', () => {
     assert.equal(second.headers.get('retry-after'), '1');
     assert.equal(limited.extensions?.retryAfter, 1);
     assert.equal(limited.extensions?.limitedBy, 'requests');
-    // Another key has its own buckets; reads are not rate limited.
+    // Another key has its own windows; reads are not rate limited.
     assert.equal((await send(c, 1, 'c1')).status, 200);
     for (let i = 0; i < 3; i++)
       assert.equal((await service.request('{ metrics { totalCount } }', undefined, c.headers)).status, 200);
@@ -274,8 +274,8 @@ describe('configured limits outside production', () => {
     await new Promise((resolve) => setTimeout(resolve, 1000 * Number(second.headers.get('retry-after')) + 50));
     assert.equal((await send(a, 1, 'a3')).status, 200);
 
-    // Records: 2 per second, bursts up to a full batch (MAX_BATCH_SIZE=10). A full batch, then another a second later:
-    // the request token is back, but only about 2 records are.
+    // Records: 2 per second, in a window that holds a full batch (MAX_BATCH_SIZE=10: 10 records per 5 s). A full batch,
+    // then another a second later: the request window has passed, the records window has not.
     const sentFirst = performance.now();
     assert.equal((await send(b, 10, 'b1')).status, 200);
     const answeredFirst = performance.now();
@@ -285,7 +285,7 @@ describe('configured limits outside production', () => {
     const answeredSecond = performance.now();
     const recordsLimited = assertRefused(records, 'RATE_LIMITED', 429);
     assert.equal(recordsLimited.extensions?.limitedBy, 'records');
-    // The bucket refilled for T seconds at 2 records/s, T between these bounds; 10 - 2T records short -> (10 - 2T) / 2 s.
+    // The records window began with the first batch and ends 5 s later: T seconds on, T between these bounds, 5 - T s.
     const [tMin, tMax] = [(sentSecond - answeredFirst) / 1000, (answeredSecond - sentFirst) / 1000];
     const expected = [Math.max(1, Math.ceil(5 - tMax)), Math.max(1, Math.ceil(5 - tMin))];
     const retryAfter = Number(records.headers.get('retry-after'));

@@ -9,6 +9,7 @@
  *                                                the PostgreSQL pool (not on the embedded database): src/db/client.ts
  *   rollup_deltas_folded_total, rollup_fold_failures_total
  *                                                the rollups' fold: src/services/rollups.ts
+ *   ingest_rate_limit_fallbacks_total{limit}     rate-limit checks Redis could not answer: src/plugins/rate-limit.ts
  *   process_*, nodejs_*                          prom-client's default process metrics
  *
  * One registry per process (module singleton): metrics count the process's work, whatever creates servers in it.

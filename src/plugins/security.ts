@@ -12,6 +12,7 @@ import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
 import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
+import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { AuthPolicy, scopeCheck, useAuthentication } from './auth.js';
@@ -33,6 +34,7 @@ export type SecurityConfig = Pick<
   | 'maxStatGroups'
   | 'ingestRequestsPerSecond'
   | 'ingestRecordsPerSecond'
+  | 'redisChannelPrefix'
 >;
 
 export interface Security {
@@ -57,7 +59,11 @@ function useExecutionCheck(check: ExecutionCheck): Plugin {
   };
 }
 
-export function createSecurity(config: SecurityConfig, logger: Logger): Security {
+/**
+ * The request rules; `redis` (REDIS_URL's connection) shares the ingest rate limits between instances, without it they
+ * are counted in this process.
+ */
+export function createSecurity(config: SecurityConfig, logger: Logger, redis?: Redis): Security {
   const policy = new AuthPolicy({ setting: config.auth, production: config.nodeEnv === 'production' });
   const executionChecks: ExecutionCheck[] = [
     scopeCheck,
@@ -76,6 +82,9 @@ export function createSecurity(config: SecurityConfig, logger: Logger): Security
       requestsPerSecond: config.ingestRequestsPerSecond,
       recordsPerSecond: config.ingestRecordsPerSecond,
       maxBatchSize: config.maxBatchSize,
+      redis,
+      keyPrefix: config.redisChannelPrefix,
+      logger,
     }),
   ];
   return { policy, plugins };
