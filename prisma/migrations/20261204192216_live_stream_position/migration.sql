@@ -1,4 +1,4 @@
--- The live stream's position of a row (README: "Live updates"): the transaction that stored it, then its id. Ids are
+-- The live stream's position of a row (README: "`metricIngested`: live records"): the transaction that stored it, then its id. Ids are
 -- taken before commit, so concurrent batches commit out of id order; (txid, id) below the oldest running transaction
 -- (pg_snapshot_xmin) is final: no row can appear there later, which lets a subscriber resume without gaps.
 --
