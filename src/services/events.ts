@@ -427,12 +427,20 @@ class Pump {
     this.timer.unref();
   }
 
+  /**
+   * Forward only: a bound can come out earlier than the one before (a transaction of another database that
+   * pg_stat_activity showed once and not the next time), and the rows up to the earlier one were delivered already.
+   */
+  private moveTo(next: Position): void {
+    if (!this.position || compare(next, this.position) > 0) this.position = next;
+  }
+
   /** One step; answers how long to wait before the next one unless woken. */
   private async step(): Promise<number> {
     if (!this.position) throw new Error('The live stream pump was not started');
     // With no live subscriber the rows behind the bound are nobody's: the position moves on without reading them, so
     // that a pump idle for a while does not read all that was stored meanwhile.
-    if (this.live.size === 0) this.position = before((await readFinal(this.position, 0)).bound);
+    if (this.live.size === 0) this.moveTo(before((await readFinal(this.position, 0)).bound));
     const position = this.position;
     for (const subscription of [...this.catchingUp]) {
       if (!subscription.open) continue;
@@ -471,7 +479,7 @@ class Pump {
       this.again = true;
       return 0;
     }
-    this.position = before(read.bound);
+    this.moveTo(before(read.bound));
     if (this.catchingUp.size > 0 && [...this.catchingUp].some((s) => s.wantsPage())) this.again = true;
     if (read.bound < this.target) {
       // What a wake-up announced is held back by an older transaction still running: look again soon.
