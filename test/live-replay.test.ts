@@ -439,6 +439,7 @@ test('two instances, Redis restarted and an instance restarted mid-stream: each 
       assert.ok(before.completed, `${name}: the stopping instance completed the stream`);
       await check(name, () => [...before.received, ...resumed.received], resumed, filters[name].matches);
     }
+    assert.match(a.output(), /Redis connection problem/, '"a" saw Redis go away while records were stored');
     // The figures, for the commit body: how far commit order strayed from id order in this run.
     const outOfIdOrder = stored.filter((r, i) => i > 0 && Number(r.id) < Number(stored[i - 1]?.id)).length;
     t.diagnostic(`${stored.length} records in ${TOTAL} batches; ${outOfIdOrder} come after a larger id`);

@@ -10,10 +10,10 @@ builder.subscriptionField('metricIngested', (t) =>
     type: UserMetric,
     description:
       'Stored records that match `where`, each once, in stream order: by the transaction that stored them, then by ' +
-      'id (README: "`metricIngested`: live records"). Without `after`, from now on; with `after` (the `cursor` of the last ' +
-      'record received), every matching record stored after that one, then on live: a client that reconnects with ' +
-      'it misses nothing and receives nothing twice. Duplicates and rejected records are never sent. Every instance ' +
-      'of the service delivers every record.',
+      'id (README: "`metricIngested`: live records"). Without `after`, from now on; with `after` (the `cursor` of ' +
+      'the last record received), every matching record stored after that one, then on live: a client that ' +
+      'reconnects with it misses nothing and receives nothing twice. Duplicates and rejected records are never ' +
+      'sent. Every instance of the service delivers every record.',
     args: {
       where: t.arg({ type: MetricFilterInput }),
       after: t.arg.string({

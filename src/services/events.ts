@@ -282,7 +282,9 @@ const BOUND_OF_SNAPSHOT = `coalesce((
  */
 async function readFinal(from: Position, limit: number): Promise<{ bound: bigint; xmax: bigint; rows: StreamRow[] }> {
   const found = await database().queryDirect<RawRow & { bound: string; xmax: string }>(
-    `WITH snapshot AS (SELECT ${BOUND_OF_SNAPSHOT} AS bound, pg_snapshot_xmax(s) AS xmax FROM pg_current_snapshot() AS s)
+    `WITH snapshot AS (
+       SELECT ${BOUND_OF_SNAPSHOT} AS bound, pg_snapshot_xmax(s) AS xmax FROM pg_current_snapshot() AS s
+     )
      SELECT snapshot.bound::text AS bound, snapshot.xmax::text AS xmax, m.* FROM snapshot
      LEFT JOIN LATERAL (
        SELECT ${ROW_COLUMNS} FROM user_metrics
