@@ -79,6 +79,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     const events = await startMetricEvents({
       redisUrl: config.redisUrl,
       channelPrefix: config.redisChannelPrefix,
+      pollIntervalMs: config.livePollIntervalMs,
       logger,
     });
     logger.info(

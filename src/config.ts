@@ -98,6 +98,11 @@ export interface Config {
    */
   redisChannelPrefix: string;
   /**
+   * `LIVE_POLL_INTERVAL_MS`: how often each instance reads newly stored records for its `metricIngested` subscribers
+   * when nothing woke it (a wake-up lost with Redis, a transaction that held delivery back); default 1,000.
+   */
+  livePollIntervalMs: number;
+  /**
    * `AUTH`: whether requests need an API key. `auto` (default): required with NODE_ENV=production, otherwise from the
    * moment any key exists; `on`: always; `off`: never (refused with NODE_ENV=production).
    */
@@ -263,6 +268,7 @@ export function loadConfig(env: Env = process.env): Config {
     partitionMaintenanceIntervalMs: integer('PARTITION_MAINTENANCE_INTERVAL_MS', 3_600_000, 0, 86_400_000),
     redisUrl,
     redisChannelPrefix: read('REDIS_CHANNEL_PREFIX') ?? 'metrics-service:',
+    livePollIntervalMs: integer('LIVE_POLL_INTERVAL_MS', 1000, 10, 600_000),
     auth,
     introspection: boolean('INTROSPECTION', nodeEnv !== 'production'),
     fieldSuggestions: boolean('FIELD_SUGGESTIONS', nodeEnv !== 'production'),

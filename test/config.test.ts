@@ -60,6 +60,8 @@ test('good values are parsed; blank values mean the default', () => {
   assert.ok(config.maxBodyBytes < loadConfig({}).maxBodyBytes, 'the default body limit follows the batch limit');
   assert.equal(config.logLevel, 'debug');
   assert.equal(config.graphiql, false);
+  assert.equal(loadConfig({}).livePollIntervalMs, 1000);
+  assert.equal(loadConfig({ LIVE_POLL_INTERVAL_MS: '250' }).livePollIntervalMs, 250);
   for (const [value, expected] of [
     ['1', true],
     ['yes', true],
@@ -94,6 +96,8 @@ test('each bad variable stops start-up with a message that names it', () => {
     ['GRAPHIQL', 'perhaps'],
     ['EMBEDDED_DB_PORT', '70000'],
     ['SHUTDOWN_TIMEOUT_MS', 'soon'],
+    ['LIVE_POLL_INTERVAL_MS', '0'],
+    ['LIVE_POLL_INTERVAL_MS', 'often'],
   ];
   for (const [name, value] of cases) {
     const problems = problemsOf({ [name]: value });

@@ -12,7 +12,6 @@ import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { createLogger } from '../src/logger.js';
 import { createMetricEvents, SubscriberTooSlowError } from '../src/services/events.js';
-import type { StoredMetric } from '../src/services/record.js';
 import { INGEST, nowSeconds, record, startTestService, type TestService, usingPostgres } from './support/harness.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 
@@ -352,30 +351,21 @@ test('two instances sharing Redis: records ingested through either reach subscri
 });
 
 test('the live-update hub: registered on subscribe, a reader too far behind is dropped with a clear error', async () => {
+  // A hub of its own beside the service's, on the same database: it finds what the service stores by its poll.
   const events = await createMetricEvents({
     channelPrefix: 'unused:',
     logger: createLogger('silent'),
     maxQueuedPerSubscriber: 3,
+    pollIntervalMs: 20,
   });
-  const metric = (id: number): StoredMetric => ({
-    id,
-    eventId: null,
-    userId: 'hub',
-    sessionId: 's',
-    timestamp: nowSeconds(),
-    talkedTime: id,
-    microphoneUsed: true,
-    speakerUsed: false,
-    voiceSentiment: null,
-    createdAt: new Date(),
-  });
-  const odd = await events.subscribe((m) => m.id % 2 === 1);
-  const slow = await events.subscribe(() => true);
-  // Published before anything was read: still delivered, since a subscription counts from when it is made.
-  events.publish([metric(1), metric(2), metric(3)]);
-  assert.deepEqual([(await odd.next()).value?.id, (await odd.next()).value?.id], [1, 3]);
-  events.publish([metric(4), metric(5)]);
-  assert.equal((await odd.next()).value?.id, 5);
+  const hub = (n: number) => fresh({ userId: 'hub', talkedTime: n });
+  const odd = await events.subscribe((m) => m.userId === 'hub' && m.talkedTime % 2 === 1);
+  const slow = await events.subscribe((m) => m.userId === 'hub');
+  // Stored before anything was read: still delivered, since a subscription counts from when it is made.
+  assert.equal((await ingest([hub(1), hub(2), hub(3)])).accepted, 3);
+  assert.deepEqual([(await odd.next()).value?.talkedTime, (await odd.next()).value?.talkedTime], [1, 3]);
+  assert.equal((await ingest([hub(4), hub(5)])).accepted, 2);
+  assert.equal((await odd.next()).value?.talkedTime, 5);
   // `slow` never read: 5 records waiting, more than 3.
   await assert.rejects(
     slow.next(),
@@ -383,7 +373,7 @@ test('the live-update hub: registered on subscribe, a reader too far behind is d
   );
   assert.deepEqual(await slow.next(), { value: undefined, done: true });
   await odd.return?.();
-  events.publish([metric(7)]);
+  await ingest([hub(7)]);
   assert.deepEqual(await odd.next(), { value: undefined, done: true }, 'nothing after return()');
   await events.stop();
 });

@@ -14,7 +14,7 @@ import {
 import { LIMITS, type StoredMetric } from '../services/record.js';
 import { builder } from './builder.js';
 
-export const UserMetric = builder.objectRef<StoredMetric>('UserMetric').implement({
+export const UserMetric = builder.objectRef<StoredMetric & { cursor?: string }>('UserMetric').implement({
   description: "One report of how a user's session went.",
   fields: (t) => ({
     // Fields that read a property have no resolver: graphql-jit reads the property in place, where a resolver costs a
@@ -37,6 +37,12 @@ export const UserMetric = builder.objectRef<StoredMetric>('UserMetric').implemen
     speakerUsed: t.exposeBoolean('speakerUsed'),
     voiceSentiment: t.exposeString('voiceSentiment', { nullable: true }),
     createdAt: t.expose('createdAt', { type: 'DateTime', description: 'When the service stored the record.' }),
+    cursor: t.exposeString('cursor', {
+      nullable: true,
+      description:
+        "The record's place in the `metricIngested` stream, to resume after it (`after`); opaque. Null outside " +
+        'that subscription.',
+    }),
   }),
 });
 

@@ -5,19 +5,12 @@ import crypto from 'node:crypto';
 import { database, type SqlSession } from '../db/client.js';
 import { arrayElement, CopyText, copyBytea, copyField } from '../db/copy.js';
 import { clipEcho } from './errors.js';
-import { liveUpdatesListening, publishStored } from './events.js';
+import { publishStored } from './events.js';
 import { withPartitions } from './partitions.js';
-import {
-  type MetricRecordInput,
-  RECORD_FIELD_NAMES,
-  RECORD_FIELDS,
-  STORED_COLUMNS,
-  type StoredMetric,
-  storedMetric,
-} from './record.js';
+import { type MetricRecordInput, RECORD_FIELD_NAMES, RECORD_FIELDS, STORED_COLUMNS } from './record.js';
 import { type FieldProblem, validateRecord } from './validation.js';
 
-/** Longest an ingest answer waits for its records to be published to live subscribers. */
+/** Longest an ingest answer waits for live subscribers to be told that records were stored. */
 const PUBLISH_WAIT_MS = 1000;
 
 export interface RejectedRecord extends FieldProblem {
@@ -101,15 +94,9 @@ interface PendingRow {
   record: MetricRecordInput;
 }
 
-/**
- * What the insert stored: for each new row, its position in the rows sent and its id, in id order. `ids` and
- * `createdAt` are null when the rows were copied with the columns' defaults (nobody was listening for them).
- */
+/** What the insert stored: for each new row, its position in the rows sent, in id order. */
 interface Inserted {
   positions: number[];
-  ids: number[] | null;
-  /** created_at of every row of the batch: one value per batch, the database's time when the batch was stored. */
-  createdAt: Date | null;
   path: WritePath;
 }
 
@@ -154,17 +141,13 @@ export async function ingestMetrics(
     () => insertRows(rows),
   );
   const accepted = inserted.positions.length;
-  // Live subscribers (metricIngested) get exactly the rows this call stored: no duplicates, no rejected records.
-  // The answer waits for the publish, so a record is on its way to subscribers before its client learns it was stored
-  // (a subscription begun after that never receives it); the wait is bounded so Redis trouble cannot hold ingestion.
-  // With nobody to receive them (no subscription open, no Redis), the stored rows are not even built. A subscription
-  // that began while a batch copied without ids was being stored still gets it: the ids are read back.
-  if (accepted > 0 && liveUpdatesListening()) {
-    const stored =
-      inserted.ids && inserted.createdAt
-        ? storedRows(rows, inserted.positions, inserted.ids, inserted.createdAt)
-        : await readBackStored(rows, inserted.positions);
-    await Promise.race([publishStored(stored), new Promise((resolve) => setTimeout(resolve, PUBLISH_WAIT_MS).unref())]);
+  // Live subscribers (metricIngested) read what was stored from the table (services/events.ts): they are told to look.
+  // The answer waits for the announcement, bounded so that Redis trouble cannot hold ingestion (the subscribers' poll
+  // finds the records anyway).
+  if (accepted > 0) {
+    let bound: NodeJS.Timeout | undefined;
+    await Promise.race([publishStored(), new Promise((resolve) => (bound = setTimeout(resolve, PUBLISH_WAIT_MS)))]);
+    clearTimeout(bound);
   }
   return {
     accepted,
@@ -172,18 +155,6 @@ export async function ingestMetrics(
     rejected,
     writePath: inserted.path,
   };
-}
-
-/** The rows a batch stored, in id order (as every write path gives them). */
-function storedRows(
-  rows: readonly PendingRow[],
-  positions: readonly number[],
-  ids: readonly number[],
-  createdAt: Date,
-): StoredMetric[] {
-  return positions.map((position, i) =>
-    storedMetric((rows[position] as PendingRow).record, ids[i] as number, createdAt),
-  );
 }
 
 /**
@@ -199,35 +170,8 @@ const BATCH_IDENTITIES = `batch AS (
  * The stored row of the identity (batch.record_key, batch.ts), one index probe each, in the one partition of its
  * time (pruned as the probe runs): LATERAL ... LIMIT 1 keeps PostgreSQL from making a join of it.
  */
-const STORED_ROW_OF_BATCH_KEY = `SELECT id, created_at FROM user_metrics
+const STORED_ROW_OF_BATCH_KEY = `SELECT id FROM user_metrics
       WHERE user_metrics.record_key = batch.record_key AND user_metrics."timestamp" = batch.ts LIMIT 1`;
-
-/** The ids and created_at of rows copied with the columns' defaults, found by their identities; in id order. */
-const READ_BACK_SQL = `
-    WITH ${BATCH_IDENTITIES}
-    SELECT hit.id, hit.created_at, encode(batch.record_key, 'hex') AS key_hex, batch.ts FROM batch
-    CROSS JOIN LATERAL (${STORED_ROW_OF_BATCH_KEY}) AS hit
-    ORDER BY hit.id`;
-
-async function readBackStored(rows: readonly PendingRow[], positions: readonly number[]): Promise<StoredMetric[]> {
-  let keys = '';
-  const timestamps: number[] = [];
-  const byIdentity = new Map<string, MetricRecordInput>();
-  for (const position of positions) {
-    const { keyHex, record } = rows[position] as PendingRow;
-    keys += keyHex;
-    timestamps.push(record.timestamp);
-    byIdentity.set(rowIdentity(keyHex, record.timestamp), record);
-  }
-  const found = await database().queryDirect<{ id: number; created_at: Date; key_hex: string; ts: number }>(
-    READ_BACK_SQL,
-    [Buffer.from(keys, 'hex'), positions.length, timestamps],
-    'ingest_metrics_read_back',
-  );
-  return found.map((row) =>
-    storedMetric(byIdentity.get(rowIdentity(row.key_hex, row.ts)) as MetricRecordInput, row.id, row.created_at),
-  );
-}
 
 /**
  * How a batch is stored. On PostgreSQL, COPY: its cheapest way in. COPY cannot skip a row whose identity is stored
@@ -235,22 +179,18 @@ async function readBackStored(rows: readonly PendingRow[], positions: readonly n
  * fails on a stored identity (a retry), it goes again with a lookup first, and the batches after it look up first
  * until one finds nothing stored. A batch that races a concurrent one between lookup and COPY, and every batch on the
  * embedded database, is one INSERT ... ON CONFLICT DO NOTHING. All of them write in identity order, so concurrent
- * batches never deadlock. Ids are reserved before the COPY only for live subscribers; otherwise the columns'
- * defaults give them (copyWithDefaults). No transaction around a COPY: it is one statement, all or nothing.
+ * batches never deadlock. The first COPY leaves ids, created_at and txid to the columns' defaults (copyWithDefaults).
+ * No transaction around that COPY: it is one statement, all or nothing.
  */
 async function insertRows(rows: PendingRow[]): Promise<Inserted> {
   const db = database();
   if (db.kind === 'postgres') {
     if (!lookUpFirst) {
-      // Ids (and created_at) are needed before the COPY only for live subscribers: without any, the columns' defaults
-      // give them, as in a plain COPY, and the batch is one statement (see copyWithDefaults).
-      const copied = liveUpdatesListening()
-        ? await db.withSession((session) => copyRows(session, rows, false))
-        : await db.withSession((session) => copyWithDefaults(session, rows));
+      const copied = await db.withSession((session) => copyWithDefaults(session, rows));
       if (copied) return copied;
       lookUpFirst = true;
     }
-    const copied = await db.withSession((session) => copyRows(session, rows, true));
+    const copied = await db.withSession((session) => copyRows(session, rows));
     if (copied) {
       if (copied.positions.length === rows.length) lookUpFirst = false;
       return copied;
@@ -263,17 +203,7 @@ async function insertRows(rows: PendingRow[]): Promise<Inserted> {
 let lookUpFirst = false;
 
 /**
- * Ids for the batch's rows and its created_at: run on its own (no transaction), its time is written into every row by
- * the COPY, as text, so the value stored is the value returned to the caller to the microsecond.
- */
-const RESERVE_SQL = `
-    SELECT NULL AS stored,
-           (SELECT string_agg(id::text, ',' ORDER BY id) FROM (SELECT nextval('user_metrics_id_seq') AS id FROM
-             generate_series(1, $1::int)) AS reserved) AS ids,
-           now() AS created_at, now()::text AS created_at_text`;
-
-/**
- * As RESERVE_SQL, after finding which identities of the batch are stored already: ids only for the others. Each
+ * Which identities of the batch are stored already, and ids for the others. Each
  * identity is looked up with its own index probe (STORED_ROW_OF_BATCH_KEY; `enable_seqscan = off` keeps PostgreSQL
  * from scanning the table when its statistics say it is small, as after a TRUNCATE).
  */
@@ -285,44 +215,33 @@ const LOOK_UP_AND_RESERVE_SQL = `
            (SELECT string_agg(id::text, ',' ORDER BY id) FROM (
               SELECT nextval('user_metrics_id_seq') AS id FROM generate_series(1, $2::int - (SELECT
                 count(*)::int FROM stored))
-            ) AS reserved) AS ids,
-           now() AS created_at`;
+            ) AS reserved) AS ids`;
 
 const COPY_SQL = `COPY user_metrics (id, ${STORED_COLUMNS}) FROM STDIN`;
-const COPY_WITH_CREATED_AT_SQL = `COPY user_metrics (id, ${STORED_COLUMNS}, created_at) FROM STDIN`;
 const COPY_WITH_DEFAULTS_SQL = `COPY user_metrics (${STORED_COLUMNS}) FROM STDIN`;
 
 /** PostgreSQL's unique_violation. */
 const UNIQUE_VIOLATION = '23505';
 
 /**
- * The batch through COPY, with its identities looked up first (in a transaction, so that its planner settings hold)
- * or not; undefined when the COPY met an identity stored already (it stored nothing).
+ * The batch through COPY, with its identities looked up first (in a transaction, so that its planner settings hold);
+ * undefined when the COPY met an identity stored meanwhile (it stored nothing).
  */
-async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean): Promise<Inserted | undefined> {
+async function copyRows(session: SqlSession, rows: PendingRow[]): Promise<Inserted | undefined> {
   let keys = '';
   const timestamps: number[] = [];
-  if (lookUp) {
-    for (let i = 0; i < rows.length; i++) {
-      const { keyHex, record } = rows[i] as PendingRow;
-      keys += keyHex;
-      timestamps.push(record.timestamp);
-    }
+  for (let i = 0; i < rows.length; i++) {
+    const { keyHex, record } = rows[i] as PendingRow;
+    keys += keyHex;
+    timestamps.push(record.timestamp);
   }
   // Sent at once (the driver queues them on the connection); the rows' COPY lines are built while PostgreSQL works.
   // The planner settings are for the lookup (see LOOK_UP_AND_RESERVE_SQL).
-  const begun = lookUp
-    ? session.exec('BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off')
-    : undefined;
-  const reserving = session.query<{
-    stored: string | null;
-    ids: string | null;
-    created_at: Date;
-    created_at_text?: string;
-  }>(
-    lookUp ? LOOK_UP_AND_RESERVE_SQL : RESERVE_SQL,
-    lookUp ? [Buffer.from(keys, 'hex'), rows.length, timestamps] : [rows.length],
-    lookUp ? 'ingest_metrics_look_up_and_reserve' : 'ingest_metrics_reserve',
+  const begun = session.exec('BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off');
+  const reserving = session.query<{ stored: string | null; ids: string | null }>(
+    LOOK_UP_AND_RESERVE_SQL,
+    [Buffer.from(keys, 'hex'), rows.length, timestamps],
+    'ingest_metrics_look_up_and_reserve',
   );
   try {
     const lines = new Array<string>(rows.length);
@@ -337,35 +256,29 @@ async function copyRows(session: SqlSession, rows: PendingRow[], lookUp: boolean
     // Ids as text: a 64-bit int8[] would come as strings; each id is below 2^53.
     const ids = reserved.ids ? reserved.ids.split(',').map(Number) : [];
     const positions: number[] = [];
-    const lineEnd = lookUp ? '\n' : `\t${reserved.created_at_text}\n`;
     const data = new CopyText();
     for (let position = 0; position < rows.length; position++) {
       if (storedAlready[position]) continue;
-      data.add(`${ids[positions.length]}\t${lines[position]}${lineEnd}`);
+      data.add(`${ids[positions.length]}\t${lines[position]}\n`);
       positions.push(position);
     }
     if (positions.length !== ids.length) throw new Error(`Reserved ${ids.length} ids for ${positions.length} new rows`);
-    const inserted: Inserted = {
-      positions,
-      ids,
-      createdAt: reserved.created_at,
-      path: lookUp ? 'lookup_copy' : 'copy',
-    };
-    if (positions.length > 0) await copyIn(session, lookUp ? COPY_SQL : COPY_WITH_CREATED_AT_SQL, data.done());
-    if (lookUp) await session.exec('COMMIT');
+    const inserted: Inserted = { positions, path: 'lookup_copy' };
+    if (positions.length > 0) await copyIn(session, COPY_SQL, data.done());
+    await session.exec('COMMIT');
     return inserted;
   } catch (error) {
     await Promise.allSettled([begun, reserving]);
-    if (lookUp) await session.exec('ROLLBACK').catch(() => {});
+    await session.exec('ROLLBACK').catch(() => {});
     if ((error as { code?: string }).code === UNIQUE_VIOLATION) return undefined;
     throw error;
   }
 }
 
 /**
- * The batch through one COPY that leaves id and created_at to the columns' defaults: the same work for PostgreSQL as
- * a plain COPY of these rows, one round trip. Used while nobody listens for stored rows (the ids are not known here;
- * a subscription that begins meanwhile gets them read back). Undefined when the COPY met an identity stored already.
+ * The batch through one COPY that leaves id, created_at and txid to the columns' defaults: the same work for
+ * PostgreSQL as a plain COPY of these rows, one round trip (live subscribers read the rows from the table, so nothing
+ * here needs their ids). Undefined when the COPY met an identity stored already.
  */
 async function copyWithDefaults(session: SqlSession, rows: PendingRow[]): Promise<Inserted | undefined> {
   const data = new CopyText();
@@ -381,7 +294,7 @@ async function copyWithDefaults(session: SqlSession, rows: PendingRow[]): Promis
     if ((error as { code?: string }).code === UNIQUE_VIOLATION) return undefined;
     throw error;
   }
-  return { positions, ids: null, createdAt: null, path: 'copy' };
+  return { positions, path: 'copy' };
 }
 
 /** COPY on the session: the COPY paths run on PostgreSQL sessions only, which have it. */
@@ -401,8 +314,8 @@ export function copyLine(keyHex: string, record: MetricRecordInput): string {
 /**
  * The batch insert: one INSERT ... SELECT FROM unnest(column arrays), one statement and one round trip whatever the
  * batch size, prepared once per connection. Rows go in in the order sent (`ORDER BY position`: key order, see above).
- * It answers with one row: "position:id" of each stored row in id order, and the batch's created_at once, instead of a
- * row per record with its 64-character key and a timestamp to parse.
+ * It answers with one row: the position of each stored row, instead of a row per record with its 64-character key and
+ * a timestamp to parse.
  * It runs on the driver directly (`queryDirect`), not through Prisma, whose raw-query path costs more CPU than the
  * statement. Each column goes as one array literal in a text parameter (cast to its array type by PostgreSQL), built
  * in one pass over the rows, where pg's own encoder would walk and escape each array separately.
@@ -420,8 +333,7 @@ const INSERT_ROWS_SQL = `
       ON CONFLICT (record_key, "timestamp") DO NOTHING
       RETURNING id, record_key, "timestamp"
     )
-    SELECT string_agg((input.position - 1)::text || ':' || inserted.id::text, ',' ORDER BY inserted.id) AS stored,
-      now() AS created_at
+    SELECT string_agg((input.position - 1)::text, ',' ORDER BY inserted.id) AS stored
     FROM inserted JOIN input
       ON input.record_key = inserted.record_key AND input.${TIMESTAMP_INPUT} = inserted."timestamp"`;
 
@@ -437,17 +349,11 @@ async function insertRowsWithStatement(rows: PendingRow[]): Promise<Inserted> {
       columns[f] += `${comma}${arrayElement(record[RECORD_FIELD_NAMES[f] as keyof MetricRecordInput])}`;
     }
   }
-  const [result] = await database().queryDirect<{ stored: string | null; created_at: Date }>(
+  const [result] = await database().queryDirect<{ stored: string | null }>(
     INSERT_ROWS_SQL,
     [keys, ...columns].map((literal) => `${literal}}`),
     'ingest_metrics_insert',
   );
-  const positions: number[] = [];
-  const ids: number[] = [];
-  for (const pair of result?.stored ? result.stored.split(',') : []) {
-    const colon = pair.indexOf(':');
-    positions.push(Number(pair.slice(0, colon)));
-    ids.push(Number(pair.slice(colon + 1)));
-  }
-  return { positions, ids, createdAt: result?.created_at ?? new Date(), path: 'insert' };
+  const positions = result?.stored ? result.stored.split(',').map(Number) : [];
+  return { positions, path: 'insert' };
 }

@@ -108,19 +108,3 @@ export const STORED_COLUMNS = ['record_key', ...RECORD_FIELDS.map((field) => fie
 export const FIELD_SELECT_LIST = RECORD_FIELDS.map(({ name, column }: FieldDefinition) =>
   column === `"${name}"` ? column : `${column} AS "${name}"`,
 ).join(', ');
-
-/** The stored row of a valid record, its optional fields null when left out. */
-export function storedMetric(record: MetricRecordInput, id: number, createdAt: Date): StoredMetric {
-  return {
-    id,
-    eventId: record.eventId ?? null,
-    userId: record.userId,
-    sessionId: record.sessionId,
-    timestamp: record.timestamp,
-    talkedTime: record.talkedTime,
-    microphoneUsed: record.microphoneUsed,
-    speakerUsed: record.speakerUsed,
-    voiceSentiment: record.voiceSentiment ?? null,
-    createdAt,
-  } satisfies Record<keyof StoredMetric, unknown>;
-}
