@@ -9,8 +9,13 @@ import { connectDatabase, disconnectDatabase } from './db/client.js';
 import { type EmbeddedWireServer, startEmbeddedWireServer } from './db/embedded-wire.js';
 import { ensureSchema } from './db/migrations.js';
 import type { Logger } from './logger.js';
+import type { IngestQueue } from './queue/broker.js';
+import { watchQueueBacklog } from './queue/metrics.js';
+import { connectNatsQueue } from './queue/nats.js';
 import { createServer } from './server.js';
+import { configureApiKeyOutageGrace } from './services/api-keys.js';
 import { startMetricEvents, stopMetricEvents } from './services/events.js';
+import { configureIngestQueue } from './services/ingest.js';
 import { configurePartitions, type PartitionMaintenance, startPartitionMaintenance } from './services/partitions.js';
 import { type RollupFolding, startRollupFolding } from './services/rollups.js';
 
@@ -39,6 +44,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
   let socketServer: EmbeddedWireServer | undefined;
   let folding: RollupFolding | undefined;
   let partitions: PartitionMaintenance | undefined;
+  let queue: IngestQueue | undefined;
   try {
     if (db.kind === 'embedded') {
       logger.info(
@@ -86,7 +92,19 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         : 'Live updates (metricIngested) are in-process; set REDIS_URL to share them between instances',
     );
 
-    const { handler, authPolicy } = createServer({ config, logger });
+    configureApiKeyOutageGrace(config.apiKeyOutageGraceMs);
+    if (config.ingestQueue) {
+      queue = await connectNatsQueue(config.ingestQueue);
+      logger.info(
+        { queue: queue.description },
+        `ingestMetrics queues records to ${queue.description} (subject ${config.ingestQueue.subject}.api); ` +
+          '`npm run worker` stores them',
+      );
+    }
+    configureIngestQueue(queue);
+    watchQueueBacklog(queue, logger);
+
+    const { handler, authPolicy } = createServer({ config, logger, queue });
     const auth = await authPolicy.describe();
     logger[auth.level]({ auth: auth.mode }, auth.message);
     // Requests being answered, so that shutdown can tell their clients not to reuse the connection.
@@ -150,6 +168,9 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         await folding?.stop();
         await partitions?.stop();
         await socketServer?.stop();
+        configureIngestQueue(undefined);
+        watchQueueBacklog(undefined, logger);
+        await queue?.close();
         // A statement still running (its request was cut off) would hold pool.end(): the database gets what is left.
         const left = Math.max(100, config.shutdownTimeoutMs - (Date.now() - startedAt));
         let bound: NodeJS.Timeout | undefined;
@@ -169,6 +190,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     await partitions?.stop().catch(() => {});
     await stopMetricEvents().catch(() => {});
     await socketServer?.stop().catch(() => {});
+    configureIngestQueue(undefined);
+    await queue?.close().catch(() => {});
     await disconnectDatabase().catch(() => {});
     throw error;
   }
