@@ -7,6 +7,7 @@ import { type Config, loadConfig } from '../config.js';
 import { disconnectDatabase } from '../db/client.js';
 import { createLogger } from '../logger.js';
 import { connectNatsQueue } from '../queue/nats.js';
+import { startMetricEvents, stopMetricEvents } from '../services/events.js';
 import { configurePartitions } from '../services/partitions.js';
 import { createIngestWorker } from '../worker.js';
 import { parseCommandLine } from './args.js';
@@ -40,6 +41,10 @@ async function main(): Promise<number> {
   const logger = createLogger(config.logLevel, { format: config.logFormat, nodeEnv: config.nodeEnv });
   const db = await connectForTool(config, 'npm run worker');
   configurePartitions({ widthSeconds: config.partitionHours * 3600, retentionDays: config.retentionDays });
+  // With REDIS_URL the records the worker stores reach the service's metricIngested subscribers, as directly stored
+  // ones do; without it live updates stay in each process, and the worker's have no subscriber.
+  if (config.redisUrl)
+    await startMetricEvents({ redisUrl: config.redisUrl, channelPrefix: config.redisChannelPrefix, logger });
   const queue = await connectNatsQueue(queueConfig);
   const worker = await createIngestWorker({
     queue,
@@ -59,6 +64,7 @@ async function main(): Promise<number> {
   process.once('SIGINT', stop);
   await worker.run();
   await queue.close();
+  await stopMetricEvents();
   await disconnectDatabase();
   logger.info('Ingest worker stopped');
   return 0;
