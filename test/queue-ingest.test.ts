@@ -66,8 +66,8 @@ function queueEnv(name: string, extra: Record<string, string> = {}): QueueEnv {
   const env = {
     INGEST_QUEUE: NATS_URL,
     INGEST_QUEUE_STREAM: `TQUEUE_${unique}`,
-    INGEST_QUEUE_SUBJECT: `tqueue.${unique}`,
-    INGEST_QUEUE_DEAD_LETTER_SUBJECT: `tqueue.${unique}_dead`,
+    INGEST_QUEUE_SUBJECT: `TQUEUE_${unique}.ingest`,
+    INGEST_QUEUE_DEAD_LETTER_SUBJECT: `TQUEUE_${unique}.dead`,
     ...extra,
   };
   streams.add(env.INGEST_QUEUE_STREAM);
