@@ -19,6 +19,7 @@ import { connectNatsQueue } from '../src/queue/nats.js';
 import { createApiKey } from '../src/services/api-keys.js';
 import { recordKeyHex } from '../src/services/ingest.js';
 import { createIngestWorker, type IngestWorker } from '../src/worker.js';
+import { FaultProxy } from './support/fault-proxy.js';
 import { record as anyRecord, nowSeconds, startTestService, type TestService } from './support/harness.js';
 import { ownPostgresUnavailable, PgServer } from './support/pg-server.js';
 
@@ -288,6 +289,34 @@ test('a full stream answers 503 QUEUE_FULL with Retry-After, never a silent drop
     );
   } finally {
     await setup.stop();
+  }
+});
+
+test('a broker out of reach answers 503 UNAVAILABLE with Retry-After; the retried batch is queued once', async () => {
+  const nats = new URL(NATS_URL);
+  const proxy = await FaultProxy.start({ host: nats.hostname, port: Number(nats.port || 4222) });
+  const setup = await setUp('unreachable', { INGEST_QUEUE: `nats://127.0.0.1:${proxy.port}` });
+  try {
+    const records = Array.from({ length: 10 }, (_, i) => record({ eventId: `u-${i}` }));
+    // Nothing reaches the broker (held, as a network that drops packets would, and delivered when it heals).
+    proxy.blackhole(120_000);
+    const refused = await setup.service.request(QUEUED_INGEST, { records });
+    assert.equal(refused.status, 503, JSON.stringify(refused));
+    assert.equal(refused.errors?.[0]?.extensions?.code, 'UNAVAILABLE');
+    assert.match(refused.headers.get('retry-after') ?? '', /^\d+$/);
+    const ready = await fetch(`${setup.service.url}/ready`);
+    assert.equal(ready.status, 503);
+    assert.deepEqual(await ready.json(), { ready: false, reason: 'ingest queue unreachable', database: 'up' });
+
+    proxy.heal();
+    // The held publishes may land after all: the client's retry of the refused batch is then dropped as resends.
+    const retried = await setup.service.gql(QUEUED_INGEST, { records });
+    assert.equal(retried.ingestMetrics.queued + retried.ingestMetrics.duplicates, 10);
+    assert.equal((await drain(setup.worker)).stored, 10);
+    assert.equal(await storedCount(setup.service), 10);
+  } finally {
+    await setup.stop();
+    await proxy.close();
   }
 });
 
