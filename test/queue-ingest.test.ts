@@ -434,6 +434,20 @@ async function waitFor(condition: () => Promise<boolean>, timeoutMs = 60_000): P
   }
 }
 
+test('without INGEST_QUEUE the answer says STORED, and the records are readable at once', async () => {
+  const service = await startTestService({ AUTH: 'off' });
+  try {
+    const answer = await service.gql(QUEUED_INGEST, {
+      records: [record({ eventId: 'd-1' }), record({ eventId: 'd-1' })],
+    });
+    assert.deepEqual(answer.ingestMetrics, { status: 'STORED', accepted: 1, queued: 0, duplicates: 1, rejected: [] });
+    assert.equal(await storedCount(service), 1);
+    assert.equal((await fetch(`${service.url}/ready`)).status, 200);
+  } finally {
+    await service.stop();
+  }
+});
+
 test('INGEST_QUEUE settings are validated with messages naming them', () => {
   assert.throws(() => loadConfig({ INGEST_QUEUE: 'http://x' }), /INGEST_QUEUE must be a nats:\/\/ URL/);
   assert.throws(() => loadConfig({ INGEST_QUEUE_STREAM: 'S' }), /INGEST_QUEUE_STREAM set without INGEST_QUEUE/);
