@@ -17,8 +17,8 @@ import ts from 'typescript';
  */
 const LAYERS = [
   { layer: 1, paths: ['src/main.ts', 'src/cli/'] },
-  { layer: 2, paths: ['src/app.ts', 'src/worker.ts'] },
-  { layer: 3, paths: ['src/server.ts'] },
+  { layer: 2, paths: ['src/app.ts'] },
+  { layer: 3, paths: ['src/server.ts', 'src/worker.ts'] },
   { layer: 4, paths: ['src/http/'] },
   { layer: 5, paths: ['src/plugins/', 'src/dashboard/'] },
   { layer: 6, paths: ['src/schema/'] },

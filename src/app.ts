@@ -18,6 +18,7 @@ import { startMetricEvents, stopMetricEvents } from './services/events.js';
 import { configureIngestQueue } from './services/ingest.js';
 import { configurePartitions, type PartitionMaintenance, startPartitionMaintenance } from './services/partitions.js';
 import { type RollupFolding, startRollupFolding } from './services/rollups.js';
+import { createIngestWorker, type IngestWorker } from './worker.js';
 
 export interface App {
   /** Base URL, e.g. http://127.0.0.1:4000 */
@@ -45,6 +46,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
   let folding: RollupFolding | undefined;
   let partitions: PartitionMaintenance | undefined;
   let queue: IngestQueue | undefined;
+  let worker: IngestWorker | undefined;
   try {
     if (db.kind === 'embedded') {
       logger.info(
@@ -103,6 +105,21 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     }
     configureIngestQueue(queue);
     watchQueueBacklog(queue, logger);
+    if (queue && config.ingestQueue?.workerInProcess) {
+      worker = await createIngestWorker({
+        queue,
+        logger,
+        batchSize: config.ingestQueue.workerBatchSize,
+        maxBackoffMs: config.ingestQueue.workerMaxBackoffMs,
+      });
+      void worker.run();
+      logger.info('The ingest worker runs in the service (INGEST_WORKER_IN_PROCESS=true)');
+    } else if (queue && db.kind === 'embedded') {
+      logger.warn(
+        'Queued records wait until a worker stores them, and `npm run worker` cannot open the embedded database: ' +
+          'set INGEST_WORKER_IN_PROCESS=true (or use PostgreSQL)',
+      );
+    }
 
     const { handler, authPolicy } = createServer({ config, logger, queue });
     const auth = await authPolicy.describe();
@@ -170,6 +187,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         await socketServer?.stop();
         configureIngestQueue(undefined);
         watchQueueBacklog(undefined, logger);
+        await worker?.stop();
         await queue?.close();
         // A statement still running (its request was cut off) would hold pool.end(): the database gets what is left.
         const left = Math.max(100, config.shutdownTimeoutMs - (Date.now() - startedAt));
@@ -191,6 +209,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     await stopMetricEvents().catch(() => {});
     await socketServer?.stop().catch(() => {});
     configureIngestQueue(undefined);
+    await worker?.stop().catch(() => {});
     await queue?.close().catch(() => {});
     await disconnectDatabase().catch(() => {});
     throw error;

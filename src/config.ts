@@ -165,6 +165,11 @@ export interface IngestQueueConfig {
   workerBatchSize: number;
   /** `INGEST_WORKER_MAX_BACKOFF_MS`: longest wait between the worker's retries while the database is down; 10,000. */
   workerMaxBackoffMs: number;
+  /**
+   * `INGEST_WORKER_IN_PROCESS`: the service runs a worker itself (the way to use the queued mode with the embedded
+   * database, which only the service's process can open); default false: `npm run worker` stores the records.
+   */
+  workerInProcess: boolean;
 }
 
 /** See `Config.auth`. */
@@ -274,7 +279,7 @@ export function loadConfig(env: Env = process.env): Config {
     );
   }
 
-  const ingestQueue = readIngestQueue(read, integer, problems);
+  const ingestQueue = readIngestQueue(read, integer, boolean, problems);
 
   const config: Config = {
     nodeEnv,
@@ -326,6 +331,7 @@ const SUBJECT_PREFIX = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
 function readIngestQueue(
   read: (name: string) => string | undefined,
   integer: (name: string, fallback: number, min: number, max: number) => number,
+  boolean: (name: string, fallback: boolean) => boolean,
   problems: string[],
 ): IngestQueueConfig | undefined {
   const url = read('INGEST_QUEUE');
@@ -340,6 +346,7 @@ function readIngestQueue(
     'INGEST_QUEUE_CONSUMER',
     'INGEST_WORKER_BATCH_SIZE',
     'INGEST_WORKER_MAX_BACKOFF_MS',
+    'INGEST_WORKER_IN_PROCESS',
   ];
   if (url === undefined) {
     // A queue setting without the queue is a mistake (a typo in INGEST_QUEUE, or a variable left behind).
@@ -394,6 +401,7 @@ function readIngestQueue(
     consumer: name('INGEST_QUEUE_CONSUMER', 'ingest-worker'),
     workerBatchSize: integer('INGEST_WORKER_BATCH_SIZE', 1000, 1, 100_000),
     workerMaxBackoffMs: integer('INGEST_WORKER_MAX_BACKOFF_MS', 10_000, 10, 600_000),
+    workerInProcess: boolean('INGEST_WORKER_IN_PROCESS', false),
   };
 }
 

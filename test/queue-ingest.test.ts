@@ -434,6 +434,22 @@ async function waitFor(condition: () => Promise<boolean>, timeoutMs = 60_000): P
   }
 }
 
+test('INGEST_WORKER_IN_PROCESS: the service stores what it queued itself (the embedded database way)', async () => {
+  const env = queueEnv('inprocess', { AUTH: 'off', INGEST_WORKER_IN_PROCESS: 'true' });
+  const service = await startTestService(env);
+  try {
+    const records = Array.from({ length: 30 }, (_, i) => record({ eventId: `i-${i}` }));
+    const answer = await service.gql(QUEUED_INGEST, { records });
+    assert.equal(answer.ingestMetrics.status, 'QUEUED');
+    assert.equal(answer.ingestMetrics.queued, 30);
+    await waitFor(async () => (await storedCount(service)) === 30);
+    const ready = (await (await fetch(`${service.url}/ready`)).json()) as { queue: { pending: number } };
+    assert.equal(ready.queue.pending, 0);
+  } finally {
+    await service.stop();
+  }
+});
+
 test('without INGEST_QUEUE the answer says STORED, and the records are readable at once', async () => {
   const service = await startTestService({ AUTH: 'off' });
   try {
