@@ -18,13 +18,13 @@ import ts from 'typescript';
 const LAYERS = [
   { layer: 1, paths: ['src/main.ts', 'src/cli/'] },
   { layer: 2, paths: ['src/app.ts'] },
-  { layer: 3, paths: ['src/server.ts'] },
+  { layer: 3, paths: ['src/server.ts', 'src/worker.ts'] },
   { layer: 4, paths: ['src/http/'] },
   { layer: 5, paths: ['src/plugins/', 'src/dashboard/'] },
   { layer: 6, paths: ['src/schema/'] },
   { layer: 7, paths: ['src/context.ts', 'src/bulk/'] },
   { layer: 8, paths: ['src/services/'] },
-  { layer: 9, paths: ['src/db/'] },
+  { layer: 9, paths: ['src/db/', 'src/queue/'] },
   // The metrics registry is imported from every layer, so it depends on nothing of ours: not even the logger.
   { layer: 10, paths: ['src/observability/'], importsNothingOfOurs: true },
   { layer: 11, paths: ['src/logger.ts'] },

@@ -11,10 +11,16 @@ import { type EmbeddedWireServer, startEmbeddedWireServer } from './db/embedded-
 import { ensureSchema } from './db/migrations.js';
 import type { Logger } from './logger.js';
 import { connectRateLimitRedis } from './plugins/rate-limit.js';
+import type { IngestQueue } from './queue/broker.js';
+import { watchQueueBacklog } from './queue/metrics.js';
+import { connectNatsQueue } from './queue/nats.js';
 import { createServer } from './server.js';
+import { configureApiKeyOutageGrace } from './services/api-keys.js';
 import { startMetricEvents, stopMetricEvents } from './services/events.js';
+import { configureIngestQueue } from './services/ingest.js';
 import { configurePartitions, type PartitionMaintenance, startPartitionMaintenance } from './services/partitions.js';
 import { type RollupFolding, startRollupFolding } from './services/rollups.js';
+import { createIngestWorker, type IngestWorker } from './worker.js';
 
 export interface App {
   /** Base URL, e.g. http://127.0.0.1:4000 */
@@ -42,6 +48,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
   let folding: RollupFolding | undefined;
   let partitions: PartitionMaintenance | undefined;
   let rateLimitRedis: Redis | undefined;
+  let queue: IngestQueue | undefined;
+  let worker: IngestWorker | undefined;
   try {
     if (db.kind === 'embedded') {
       logger.info(
@@ -98,7 +106,34 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         ? `Ingest rate limits are shared through Redis (keys ${config.redisChannelPrefix}rate-limit:*)`
         : 'Ingest rate limits are counted in this process; set REDIS_URL to share them between instances',
     );
-    const { handler, authPolicy } = createServer({ config, logger, redis: rateLimitRedis });
+    configureApiKeyOutageGrace(config.apiKeyOutageGraceMs);
+    if (config.ingestQueue) {
+      queue = await connectNatsQueue(config.ingestQueue);
+      logger.info(
+        { queue: queue.description },
+        `ingestMetrics queues records to ${queue.description} (subject ${config.ingestQueue.subject}.api); ` +
+          '`npm run worker` stores them',
+      );
+    }
+    configureIngestQueue(queue);
+    watchQueueBacklog(queue, logger);
+    if (queue && config.ingestQueue?.workerInProcess) {
+      worker = await createIngestWorker({
+        queue,
+        logger,
+        batchSize: config.ingestQueue.workerBatchSize,
+        maxBackoffMs: config.ingestQueue.workerMaxBackoffMs,
+      });
+      void worker.run();
+      logger.info('The ingest worker runs in the service (INGEST_WORKER_IN_PROCESS=true)');
+    } else if (queue && db.kind === 'embedded') {
+      logger.warn(
+        'Queued records wait until a worker stores them, and `npm run worker` cannot open the embedded database: ' +
+          'set INGEST_WORKER_IN_PROCESS=true (or use PostgreSQL)',
+      );
+    }
+
+    const { handler, authPolicy } = createServer({ config, logger, queue, redis: rateLimitRedis });
     const auth = await authPolicy.describe();
     logger[auth.level]({ auth: auth.mode }, auth.message);
     // Requests being answered, so that shutdown can tell their clients not to reuse the connection.
@@ -163,6 +198,10 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         await folding?.stop();
         await partitions?.stop();
         await socketServer?.stop();
+        configureIngestQueue(undefined);
+        watchQueueBacklog(undefined, logger);
+        await worker?.stop();
+        await queue?.close();
         // A statement still running (its request was cut off) would hold pool.end(): the database gets what is left.
         const left = Math.max(100, config.shutdownTimeoutMs - (Date.now() - startedAt));
         let bound: NodeJS.Timeout | undefined;
@@ -183,6 +222,9 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     await stopMetricEvents().catch(() => {});
     rateLimitRedis?.disconnect();
     await socketServer?.stop().catch(() => {});
+    configureIngestQueue(undefined);
+    await worker?.stop().catch(() => {});
+    await queue?.close().catch(() => {});
     await disconnectDatabase().catch(() => {});
     throw error;
   }

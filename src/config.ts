@@ -134,6 +134,48 @@ export interface Config {
    * MAX_BATCH_SIZE); 0 = unlimited; default 50,000.
    */
   ingestRecordsPerSecond: number;
+  /** The queued mode of `ingestMetrics` (README: "Queued ingestion"); undefined means records are stored directly. */
+  ingestQueue: IngestQueueConfig | undefined;
+  /**
+   * `API_KEY_OUTAGE_GRACE_MS`: while the database is unreachable, a key verified within this time is still accepted
+   * (so the queued mode keeps taking records); 0 = never; default 300,000. With the database up every request is
+   * checked against it, so a revocation holds from the next request.
+   */
+  apiKeyOutageGraceMs: number;
+}
+
+/** The queued mode's settings: the INGEST_QUEUE* and INGEST_WORKER_* variables. */
+export interface IngestQueueConfig {
+  /** `INGEST_QUEUE`: the broker, a `nats://` URL (NATS with JetStream). */
+  url: string;
+  /** `INGEST_QUEUE_STREAM`: the JetStream stream that holds queued records; default `METRICS_INGEST`. */
+  stream: string;
+  /**
+   * `INGEST_QUEUE_SUBJECT`: the subject prefix; records go to `<prefix>.<source>` (the API publishes to
+   * `<prefix>.api`); default `metrics.ingest`.
+   */
+  subject: string;
+  /** `INGEST_QUEUE_DEAD_LETTER_STREAM`: records that can never be stored, with the reason; default `<stream>_DEAD`. */
+  deadLetterStream: string;
+  /** `INGEST_QUEUE_DEAD_LETTER_SUBJECT`: the dead-letter subject prefix; default `metrics.dead`. */
+  deadLetterSubject: string;
+  /** `INGEST_QUEUE_MAX_BYTES`: the stream's size limit; when reached, clients get 503 QUEUE_FULL; default 1 GiB. */
+  maxBytes: number;
+  /** `INGEST_QUEUE_MAX_MESSAGES`: the stream's record limit, as maxBytes; default 10,000,000. */
+  maxMessages: number;
+  /** `INGEST_QUEUE_DUPLICATE_WINDOW_MS`: how long the broker drops a resent record id; default 120,000. */
+  duplicateWindowMs: number;
+  /** `INGEST_QUEUE_CONSUMER`: the worker's durable consumer name; default `ingest-worker`. */
+  consumer: string;
+  /** `INGEST_WORKER_BATCH_SIZE`: records the worker stores per batch; default 1,000. */
+  workerBatchSize: number;
+  /** `INGEST_WORKER_MAX_BACKOFF_MS`: longest wait between the worker's retries while the database is down; 10,000. */
+  workerMaxBackoffMs: number;
+  /**
+   * `INGEST_WORKER_IN_PROCESS`: the service runs a worker itself (the way to use the queued mode with the embedded
+   * database, which only the service's process can open); default false: `npm run worker` stores the records.
+   */
+  workerInProcess: boolean;
 }
 
 /** See `Config.auth`. */
@@ -243,6 +285,8 @@ export function loadConfig(env: Env = process.env): Config {
     );
   }
 
+  const ingestQueue = readIngestQueue(read, integer, boolean, problems);
+
   const config: Config = {
     nodeEnv,
     port: integer('PORT', 4000, 0, 65535),
@@ -279,9 +323,93 @@ export function loadConfig(env: Env = process.env): Config {
     maxCost: integer('MAX_COST', 5000, 1, 100_000_000),
     ingestRequestsPerSecond: integer('INGEST_RATE_REQUESTS', 100, 0, 1_000_000),
     ingestRecordsPerSecond: integer('INGEST_RATE_RECORDS', 50_000, 0, 100_000_000),
+    ingestQueue,
+    apiKeyOutageGraceMs: integer('API_KEY_OUTAGE_GRACE_MS', 300_000, 0, 86_400_000),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** A JetStream stream or consumer name: the characters NATS allows in one (no dots, spaces or wildcards). */
+const STREAM_NAME = /^[A-Za-z0-9_-]{1,200}$/;
+/** A subject prefix: dot-separated tokens of the same characters (no wildcards). */
+const SUBJECT_PREFIX = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
+
+function readIngestQueue(
+  read: (name: string) => string | undefined,
+  integer: (name: string, fallback: number, min: number, max: number) => number,
+  boolean: (name: string, fallback: boolean) => boolean,
+  problems: string[],
+): IngestQueueConfig | undefined {
+  const url = read('INGEST_QUEUE');
+  const settings = [
+    'INGEST_QUEUE_STREAM',
+    'INGEST_QUEUE_SUBJECT',
+    'INGEST_QUEUE_DEAD_LETTER_STREAM',
+    'INGEST_QUEUE_DEAD_LETTER_SUBJECT',
+    'INGEST_QUEUE_MAX_BYTES',
+    'INGEST_QUEUE_MAX_MESSAGES',
+    'INGEST_QUEUE_DUPLICATE_WINDOW_MS',
+    'INGEST_QUEUE_CONSUMER',
+    'INGEST_WORKER_BATCH_SIZE',
+    'INGEST_WORKER_MAX_BACKOFF_MS',
+    'INGEST_WORKER_IN_PROCESS',
+  ];
+  if (url === undefined) {
+    // A queue setting without the queue is a mistake (a typo in INGEST_QUEUE, or a variable left behind).
+    const stray = settings.filter((name) => read(name) !== undefined);
+    if (stray.length > 0) problems.push(`${stray.join(', ')} set without INGEST_QUEUE (the queued mode is off)`);
+    return undefined;
+  }
+  let ok = false;
+  try {
+    ok = new URL(url).protocol === 'nats:';
+  } catch {
+    ok = false;
+  }
+  if (!ok)
+    problems.push('INGEST_QUEUE must be a nats:// URL (NATS with JetStream; unset it to store records directly)');
+  const name = (variable: string, fallback: string): string => {
+    const value = read(variable) ?? fallback;
+    if (!STREAM_NAME.test(value))
+      problems.push(`${variable}=${JSON.stringify(value)} must be 1 to 200 letters, digits, _ or -`);
+    return value;
+  };
+  const subjectPrefix = (variable: string, fallback: string): string => {
+    const value = read(variable) ?? fallback;
+    if (!SUBJECT_PREFIX.test(value))
+      problems.push(
+        `${variable}=${JSON.stringify(value)} must be dot-separated tokens of letters, digits, _ or - ` +
+          '(no wildcards), e.g. metrics.ingest',
+      );
+    return value;
+  };
+  const stream = name('INGEST_QUEUE_STREAM', 'METRICS_INGEST');
+  const subject = subjectPrefix('INGEST_QUEUE_SUBJECT', 'metrics.ingest');
+  const deadLetterStream = name('INGEST_QUEUE_DEAD_LETTER_STREAM', `${stream}_DEAD`);
+  const deadLetterSubject = subjectPrefix('INGEST_QUEUE_DEAD_LETTER_SUBJECT', 'metrics.dead');
+  if (deadLetterStream === stream)
+    problems.push('INGEST_QUEUE_DEAD_LETTER_STREAM must differ from INGEST_QUEUE_STREAM');
+  const overlaps = (a: string, b: string) => a === b || a.startsWith(`${b}.`) || b.startsWith(`${a}.`);
+  if (overlaps(subject, deadLetterSubject))
+    problems.push(
+      `INGEST_QUEUE_DEAD_LETTER_SUBJECT=${deadLetterSubject} must not overlap INGEST_QUEUE_SUBJECT=${subject} ` +
+        '(the dead letters would be consumed again)',
+    );
+  return {
+    url,
+    stream,
+    subject,
+    deadLetterStream,
+    deadLetterSubject,
+    maxBytes: integer('INGEST_QUEUE_MAX_BYTES', 1024 ** 3, 1024, 2 ** 50),
+    maxMessages: integer('INGEST_QUEUE_MAX_MESSAGES', 10_000_000, 1, 2 ** 50),
+    duplicateWindowMs: integer('INGEST_QUEUE_DUPLICATE_WINDOW_MS', 120_000, 1000, 7 * 86_400_000),
+    consumer: name('INGEST_QUEUE_CONSUMER', 'ingest-worker'),
+    workerBatchSize: integer('INGEST_WORKER_BATCH_SIZE', 1000, 1, 100_000),
+    workerMaxBackoffMs: integer('INGEST_WORKER_MAX_BACKOFF_MS', 10_000, 10, 600_000),
+    workerInProcess: boolean('INGEST_WORKER_IN_PROCESS', false),
+  };
 }
 
 /** A URL as logs and errors may show it: its password masked. */

@@ -28,6 +28,7 @@ import { useInputErrorCodes } from './plugins/input-errors.js';
 import { useEmptySubscriptionGuard, useVariablesDepthLimit } from './plugins/input-guards.js';
 import { createSecurity, type SecurityConfig } from './plugins/security.js';
 import { useFrameworkErrorsInOurWords } from './plugins/wording.js';
+import { type IngestQueue, QueueFullError, QueueUnavailableError } from './queue/broker.js';
 import { schema } from './schema/index.js';
 import type { Caller } from './services/api-keys.js';
 import { InputError } from './services/errors.js';
@@ -36,6 +37,8 @@ export interface ServerOptions {
   config: Pick<Config, 'maxBatchSize' | 'maxBodyBytes' | 'graphiql' | 'maxStatGroups' | 'dbStatementTimeoutMs'> &
     SecurityConfig;
   logger: Logger;
+  /** The ingest queue of the queued mode (INGEST_QUEUE): /ready reports on it. */
+  queue?: IngestQueue | undefined;
   /** Plugins after the service's own, before execution (tests use it to see that every request passes them). */
   plugins?: Plugin[];
   /** The Redis connection (REDIS_URL) ingest rate limits are shared through; without it each server counts alone. */
@@ -133,7 +136,7 @@ function yogaLogger(logger: Logger): YogaLogger {
   return { debug: withScope('debug'), info: withScope('info'), warn: withScope('warn'), error: withScope('error') };
 }
 
-export function createServer({ config, logger, plugins = [], redis }: ServerOptions) {
+export function createServer({ config, logger, queue, plugins = [], redis }: ServerOptions) {
   const maskError = (error: unknown, message: string): Error => {
     const original = error instanceof GraphQLError ? error.originalError : error;
     if (original instanceof InputError) {
@@ -147,6 +150,11 @@ export function createServer({ config, logger, plugins = [], redis }: ServerOpti
     if (typeof original === 'object' && original !== null) maskedOriginals.add(original);
     if (typeof error === 'object' && error !== null) maskedOriginals.add(error);
     const path = error instanceof GraphQLError ? error.path : undefined;
+    if (original instanceof QueueFullError || original instanceof QueueUnavailableError) {
+      const masked = queueFaultError(original, error);
+      pendingLogs.set(masked, (requestId) => logger.warn({ err: original, requestId, path }, original.message));
+      return masked;
+    }
     const fault = classifyDatabaseError(original);
     // The request id is filled in, and the entry logged, by useRequestIds.
     if (fault) {
@@ -209,6 +217,7 @@ export function createServer({ config, logger, plugins = [], redis }: ServerOpti
       useReadinessCheck({
         endpoint: '/ready',
         check: async () => {
+          if (queue) return queueReadiness(queue, logger);
           try {
             const status = await migrationStatus(database());
             if (status.pending.length > 0) {
@@ -307,6 +316,58 @@ function databaseFaultError(fault: DatabaseFault, error: unknown, statementTimeo
       'Narrow the filter or ask for less; retry unchanged only if the database was busy.',
     { ...location, extensions: { code: 'QUERY_TIMEOUT', requestId: undefined, http: { status: 504 } } },
   );
+}
+
+/**
+ * The 503 of a batch the ingest queue did not take: QUEUE_FULL while the worker catches up (the stream is at its
+ * limit), UNAVAILABLE when the broker cannot be reached. Records of the batch that were queued before the failure are
+ * dropped as resends when the client retries.
+ */
+function queueFaultError(fault: QueueFullError | QueueUnavailableError, error: unknown): GraphQLError {
+  const full = fault instanceof QueueFullError;
+  return new GraphQLError(
+    full
+      ? 'The ingest queue is full, so this batch was not queued (or only in part). Retry it after the Retry-After ' +
+          'delay, when the worker has caught up; a retried batch is never stored twice.'
+      : 'The ingest queue is unavailable right now, so this batch was not queued (or only in part). Retry it after ' +
+          'the Retry-After delay; a retried batch is never stored twice.',
+    {
+      nodes: error instanceof GraphQLError ? error.nodes : undefined,
+      path: error instanceof GraphQLError ? error.path : undefined,
+      extensions: {
+        code: full ? 'QUEUE_FULL' : 'UNAVAILABLE',
+        requestId: undefined,
+        http: {
+          status: 503,
+          headers: { 'Retry-After': String(full ? QUEUE_FULL_RETRY_AFTER_SECONDS : RETRY_AFTER_SECONDS) },
+        },
+      },
+    },
+  );
+}
+
+/** Seconds a client should wait after QUEUE_FULL: a worker takes a while to make room. */
+const QUEUE_FULL_RETRY_AFTER_SECONDS = 5;
+
+/**
+ * Readiness in the queued mode: ingestion needs the broker, not the database (its records wait in the queue while the
+ * database is down), so the broker decides; the answer shows the backlog and whether the database answers.
+ */
+async function queueReadiness(queue: IngestQueue, logger: Logger): Promise<Response> {
+  let databaseState: string;
+  try {
+    const status = await migrationStatus(database());
+    databaseState = status.pending.length > 0 ? `pending migrations: ${status.pending.join(', ')}` : 'up';
+  } catch {
+    databaseState = 'unreachable';
+  }
+  try {
+    const backlog = await queue.backlog();
+    return jsonResponse(200, { ready: true, database: databaseState, queue: backlog });
+  } catch (error) {
+    logger.warn({ err: error }, 'Readiness check failed');
+    return jsonResponse(503, { ready: false, reason: 'ingest queue unreachable', database: databaseState });
+  }
 }
 
 /**

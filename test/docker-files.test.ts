@@ -490,7 +490,7 @@ test('compose app and migrate: this image, variables src/config.ts reads, ports 
   const migrate = service('migrate');
   assert.equal(migrate.image, appImage, 'migrate must run the image app builds');
   assert.equal(migrate.build, undefined, 'only app builds: two services building one tag can collide');
-  assert.deepEqual(ownServices.sort(), ['app', 'first-key', 'migrate']);
+  assert.deepEqual(ownServices.sort(), ['app', 'first-key', 'migrate', 'worker']);
 
   for (const name of ownServices) {
     const { reads } = serviceConfig(name);
@@ -516,6 +516,35 @@ test('compose app and migrate: this image, variables src/config.ts reads, ports 
   assert.ok(
     ports.some((m) => Number(m.host) === config.port),
     `app should publish PORT ${config.port} on the same host port, as the README says`,
+  );
+});
+
+test('compose queued mode: app and worker share INGEST_QUEUE on the nats service, which runs JetStream', () => {
+  const nats = service('nats');
+  const args = commandOf(nats.command);
+  assert.ok(args.includes('-js') || args.includes('--jetstream'), 'nats must run with JetStream (-js)');
+  const storeDir = args[args.indexOf('-sd') + 1];
+  assert.ok(
+    volumesOf(nats).some((v) => v.target.replace(/\/$/, '') === storeDir && !v.source.startsWith('.')),
+    `nats must keep its streams (-sd ${storeDir}) in a named volume`,
+  );
+  const app = serviceConfig('app').config.ingestQueue;
+  const worker = serviceConfig('worker').config.ingestQueue;
+  assert.ok(app && worker, 'app and worker both set INGEST_QUEUE');
+  assert.deepEqual(worker, app, 'app and worker must agree on every queue setting');
+  assert.equal(new URL(app.url).hostname, 'nats', 'INGEST_QUEUE must point at the nats service');
+  assert.equal(new URL(app.url).port || '4222', '4222');
+  assert.equal(dependsOn(service('app')).get('nats'), 'service_healthy');
+  const workerService = service('worker');
+  assert.equal(dependsOn(workerService).get('nats'), 'service_healthy');
+  assert.equal(dependsOn(workerService).get('migrate'), 'service_completed_successfully');
+  assert.deepEqual(commandOf(workerService.command), ['node', `${OUT_DIR}/cli/main.js`, 'worker']);
+  assert.equal(workerService.restart, 'unless-stopped');
+  assert.equal(serviceConfig('worker').config.migrateOnStart, false, 'the migrate service migrates');
+  assert.equal(
+    asObject(workerService.healthcheck ?? {}, 'worker.healthcheck').disable,
+    true,
+    'the worker runs no HTTP server: the image health check must be off',
   );
 });
 

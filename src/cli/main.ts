@@ -31,6 +31,7 @@ const COMMANDS: Record<string, Command> = {
   import: { module: './import.js', summary: 'load records from a CSV or NDJSON file' },
   export: { module: './export.js', summary: 'write records as CSV or NDJSON' },
   seed: { module: './seed.js', summary: 'load realistic demo data' },
+  worker: { module: './worker.js', summary: 'store the records of the ingest queue (INGEST_QUEUE)' },
   rollups: { module: './rollups.js', summary: 'rebuild the 15-minute rollups of a time range' },
   studio: {
     module: './studio.js',

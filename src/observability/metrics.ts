@@ -3,7 +3,9 @@
  *
  *   graphql_requests_total{operation_name, operation_type, outcome}   GraphQL requests, outcome success | error
  *   graphql_request_duration_seconds{operation_name, operation_type}  from the request's arrival to its response
- *   ingest_records_total{result}                 ingestMetrics records: accepted | duplicate | rejected
+ *   ingest_records_total{result}                 ingestMetrics records: accepted | queued | duplicate | rejected
+ *   ingest_queue_pending, ingest_queue_lag, ingest_queue_dead_letters
+ *                                                the queued mode's backlog (INGEST_QUEUE): src/queue/metrics.ts
  *   ingest_batch_writes_total{path}              batches written: copy | lookup_copy | insert
  *   db_pool_connections{state}, db_pool_waiting_clients, db_pool_max_connections
  *                                                the PostgreSQL pool (not on the embedded database): src/db/client.ts
@@ -40,13 +42,14 @@ const duration = new Histogram({
 const ingested = new Counter({
   name: 'ingest_records_total',
   help:
-    'Records sent to ingestMetrics: accepted (newly stored), duplicate (stored already or repeated), ' +
+    'Records sent to ingestMetrics: accepted (newly stored), queued (newly queued: the queued mode), duplicate ' +
+    '(stored or queued already, or repeated), ' +
     'rejected (failed a rule).',
   labelNames: ['result'] as const,
   registers: [registry],
 });
 // Present at zero from the start, so that rate() and alerts see the series before the first ingestion.
-for (const result of ['accepted', 'duplicate', 'rejected']) ingested.inc({ result }, 0);
+for (const result of ['accepted', 'queued', 'duplicate', 'rejected']) ingested.inc({ result }, 0);
 
 const batchWrites = new Counter({
   name: 'ingest_batch_writes_total',
@@ -64,12 +67,14 @@ for (const path of ['copy', 'lookup_copy', 'insert']) batchWrites.inc({ path }, 
 /** Counts one ingestMetrics result: called by the resolver with what it returns. */
 export function recordIngestResult(result: {
   accepted: number;
+  queued: number;
   duplicates: number;
   rejected: readonly { index: number }[];
   writePath: string | null;
 }): void {
   if (result.writePath) batchWrites.inc({ path: result.writePath });
   if (result.accepted > 0) ingested.inc({ result: 'accepted' }, result.accepted);
+  if (result.queued > 0) ingested.inc({ result: 'queued' }, result.queued);
   if (result.duplicates > 0) ingested.inc({ result: 'duplicate' }, result.duplicates);
   // A record with two problems has two entries: count records.
   const rejected = new Set(result.rejected.map((r) => r.index)).size;

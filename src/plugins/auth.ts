@@ -2,7 +2,8 @@
  * Authentication and scopes.
  *
  * 1. Before the request body is read, the `Authorization: Bearer <key>` header is checked against the hashed keys in
- *    the database (one index probe for every request, not cached, so a revocation holds from the next request on). A
+ *    the database (one index probe for every request, so a revocation holds from the next request on; only while the
+ *    database is unreachable is a recently verified key taken without it: API_KEY_OUTAGE_GRACE_MS). A
  *    missing, malformed, unknown or revoked key is refused with 401 and `WWW-Authenticate`; the body is never read.
  * 2. After parsing and validation, before execution (so before any SQL of the operation), each root field the operation
  *    selects is checked against the key's scopes (scopeCheck); a missing scope is refused with 403 naming it. A field
@@ -12,6 +13,7 @@ import type { ExecutionArgs, GraphQLError, GraphQLSchema, OperationTypeNode } fr
 import type { Plugin } from 'graphql-yoga';
 import type { AuthSetting } from '../config.js';
 import type { RequestContext } from '../context.js';
+import { classifyDatabaseError } from '../db/errors.js';
 import type { Logger } from '../logger.js';
 import {
   ANONYMOUS,
@@ -70,7 +72,15 @@ export class AuthPolicy {
     // auto outside production: open until the first key exists. Keys are never deleted, so once seen it stays on.
     if (apiKeyCreatedInThisProcess()) this.keysSeen = true;
     else if (performance.now() - this.noKeysCheckedAt >= NO_KEYS_RECHECK_MS) {
-      this.keysSeen = await anyApiKeyExists();
+      try {
+        this.keysSeen = await anyApiKeyExists();
+      } catch (error) {
+        // While the database is out of reach the last answer holds (the queued mode needs no database); with none
+        // yet, the request fails as the database does.
+        if (this.noKeysCheckedAt === Number.NEGATIVE_INFINITY || classifyDatabaseError(error)?.kind !== 'unavailable')
+          throw error;
+        return this.keysSeen;
+      }
       this.noKeysCheckedAt = performance.now();
     }
     return this.keysSeen;

@@ -84,11 +84,28 @@ const RejectedRecordType = builder.objectRef<RejectedRecord>('RejectedRecord').i
   }),
 });
 
+const IngestStatusEnum = builder.enumType('IngestStatus', {
+  description: 'What happened to the valid records of an ingestMetrics batch.',
+  values: {
+    STORED: { description: 'They are in the database: readable now.' },
+    QUEUED: {
+      description:
+        'They are in the ingest queue (the queued mode, INGEST_QUEUE): the worker stores them, readable once it has.',
+    },
+  } as const,
+});
+
 const IngestMetricsResult = builder.objectRef<IngestResult>('IngestMetricsResult').implement({
   fields: (t) => ({
-    accepted: t.exposeInt('accepted', { description: 'Records newly stored.' }),
+    status: t.field({ type: IngestStatusEnum, resolve: (r) => r.status }),
+    accepted: t.exposeInt('accepted', { description: 'Records newly stored (0 when QUEUED).' }),
+    queued: t.exposeInt('queued', {
+      description: 'Records newly queued, for the worker to store (0 when STORED).',
+    }),
     duplicates: t.exposeInt('duplicates', {
-      description: 'Valid records already stored (or repeated within this batch): not stored again.',
+      description:
+        'Valid records already stored (or repeated within this batch): not stored again. When QUEUED: repeated ' +
+        "within this batch, or resent within the queue's duplicate window.",
     }),
     rejected: t.field({
       type: [RejectedRecordType],

@@ -9,6 +9,7 @@
  */
 import crypto from 'node:crypto';
 import { database } from '../db/client.js';
+import { classifyDatabaseError } from '../db/errors.js';
 import { checkStorableText, InputError } from './errors.js';
 
 export const SCOPES = ['ingest', 'read', 'admin'] as const;
@@ -186,12 +187,48 @@ const AUTHENTICATE_SQL = `
     (last_used_at IS NULL OR last_used_at < now() - $2::int * interval '1 second') AS stale
   FROM api_keys WHERE secret_hash = decode($1, 'hex') AND revoked_at IS NULL`;
 
+/** See Config.apiKeyOutageGraceMs. */
+let outageGraceMs = 0;
+
+/** The callers of keys the database confirmed, by key hash, with when: used only while it cannot be reached. */
+const verified = new Map<string, { caller: Caller; at: number }>();
+/** Bound on `verified`: keys are few; this only keeps a flood of distinct valid keys from growing it without end. */
+const VERIFIED_MAX = 10_000;
+
+/** How long a verified key stays good while the database is unreachable (API_KEY_OUTAGE_GRACE_MS); 0 = not at all. */
+export function configureApiKeyOutageGrace(ms: number): void {
+  outageGraceMs = ms;
+  verified.clear();
+}
+
 /**
- * The caller a key belongs to, or null for an unknown or revoked key. Not cached: a revocation (from another process,
- * too) takes effect on the next request. Records the use at most once a minute per key.
+ * The caller a key belongs to, or null for an unknown or revoked key. Asked of the database on every request, so a
+ * revocation (from another process, too) takes effect on the next one. While the database cannot be reached, a key it
+ * confirmed within API_KEY_OUTAGE_GRACE_MS is still taken: the queued mode of ingestMetrics needs no database, and a
+ * database outage must not turn into refused ingestion. Records the use at most once a minute per key.
  */
 export async function authenticateApiKey(key: string, hash: string = hashKey(key)): Promise<Caller | null> {
   if (!looksLikeApiKey(key)) return null;
+  try {
+    const caller = await lookUpApiKey(hash);
+    if (caller && outageGraceMs > 0) {
+      if (verified.size >= VERIFIED_MAX && !verified.has(hash)) verified.clear();
+      verified.set(hash, { caller, at: performance.now() });
+    } else verified.delete(hash);
+    return caller;
+  } catch (error) {
+    const remembered = verified.get(hash);
+    if (
+      remembered &&
+      performance.now() - remembered.at <= outageGraceMs &&
+      classifyDatabaseError(error)?.kind === 'unavailable'
+    )
+      return remembered.caller;
+    throw error;
+  }
+}
+
+async function lookUpApiKey(hash: string): Promise<Caller | null> {
   const db = database();
   const [row] = await db.queryDirect<{ id: string; name: string; scopes: string[] | null; stale: boolean }>(
     AUTHENTICATE_SQL,

@@ -19,7 +19,7 @@
 import type pg from 'pg';
 import { database } from '../db/client.js';
 import { CopyText, copyInOneWrite } from '../db/copy.js';
-import { copyLine, ingestMetrics, recordKeyHex, rowIdentity } from './ingest.js';
+import { copyLine, recordKeyHex, rowIdentity, storeMetrics } from './ingest.js';
 import { withPartitions } from './partitions.js';
 import { type MetricRecordInput, STORED_COLUMNS } from './record.js';
 import { type FieldProblem, validateRecord } from './validation.js';
@@ -82,7 +82,7 @@ class InsertWriter implements BulkWriter {
 
   async write(batch: PreparedBatch): Promise<BatchOutcome> {
     const { records, nowSeconds } = batch as InsertBatch;
-    const result = await ingestMetrics(records, { nowSeconds });
+    const result = await storeMetrics(records, { nowSeconds });
     const rejected = new Map<number, FieldProblem[]>();
     for (const { index, field, code, message } of result.rejected) {
       const problems = rejected.get(index) ?? [];

@@ -4,6 +4,7 @@
 import crypto from 'node:crypto';
 import { database, type SqlSession } from '../db/client.js';
 import { arrayElement, CopyText, copyBytea, copyField } from '../db/copy.js';
+import type { IngestQueue } from '../queue/broker.js';
 import { clipEcho } from './errors.js';
 import { publishStored } from './events.js';
 import { withPartitions } from './partitions.js';
@@ -19,10 +20,19 @@ export interface RejectedRecord extends FieldProblem {
   eventId: string | null;
 }
 
+/** STORED: the valid records are in the database; QUEUED: they are in the ingest queue, for the worker to store. */
+export type IngestStatus = 'STORED' | 'QUEUED';
+
 export interface IngestResult {
-  /** Records newly stored. */
+  status: IngestStatus;
+  /** Records newly stored (0 when QUEUED). */
   accepted: number;
-  /** Valid records whose identity was stored already, or repeated within the batch. */
+  /** Records newly queued (0 when STORED). */
+  queued: number;
+  /**
+   * Valid records whose identity was stored already, or repeated within the batch; when QUEUED, those repeated within
+   * the batch or dropped by the broker as a resend within its duplicate window.
+   */
   duplicates: number;
   rejected: RejectedRecord[];
   /** How the batch was written (see `insertRows`); null when nothing was to be written. */
@@ -100,10 +110,45 @@ interface Inserted {
   path: WritePath;
 }
 
-export async function ingestMetrics(
+/** The queue of the queued mode (INGEST_QUEUE), or undefined: records are stored directly. */
+let ingestQueue: IngestQueue | undefined;
+
+/** Switches ingestMetrics to the queued mode (a queue) or back to storing directly (undefined). */
+export function configureIngestQueue(queue: IngestQueue | undefined): void {
+  ingestQueue = queue;
+}
+
+/** The subject token the API's records are published under (`<INGEST_QUEUE_SUBJECT>.api`). */
+export const API_SOURCE = 'api';
+
+/**
+ * The API's ingestion: the records are checked, then stored, or in the queued mode published to the ingest queue
+ * (answered once the broker has them; the worker stores them with storeMetrics).
+ */
+export function ingestMetrics(
   records: readonly MetricRecordInput[],
   options: IngestOptions = {},
 ): Promise<IngestResult> {
+  return ingest(records, options, ingestQueue);
+}
+
+/**
+ * Checks and stores the records, whatever the mode: what the worker calls for each batch it takes from the queue, so
+ * that queued records meet the same rules and get the same identities as records stored directly.
+ */
+export function storeMetrics(
+  records: readonly MetricRecordInput[],
+  options: IngestOptions = {},
+): Promise<IngestResult> {
+  return ingest(records, options, undefined);
+}
+
+async function ingest(
+  records: readonly MetricRecordInput[],
+  options: IngestOptions,
+  queue: IngestQueue | undefined,
+): Promise<IngestResult> {
+  const status: IngestStatus = queue ? 'QUEUED' : 'STORED';
   const nowSeconds = options.nowSeconds ?? Math.floor(Date.now() / 1000);
   const rejected: RejectedRecord[] = [];
   const unique = new Map<string, PendingRow>();
@@ -125,8 +170,28 @@ export async function ingestMetrics(
 
   if (unique.size === 0 || (options.atomic && rejected.length > 0)) {
     return {
+      status,
       accepted: 0,
+      queued: 0,
       duplicates: options.atomic && rejected.length > 0 ? 0 : repeatsInBatch,
+      rejected,
+      writePath: null,
+    };
+  }
+
+  if (queue) {
+    // The message id is the row's identity: the broker drops a resend within its duplicate window, and one that comes
+    // later is a duplicate for the store.
+    const outgoing = [...unique.entries()].map(([identity, row]) => ({
+      id: identity,
+      payload: JSON.stringify(row.record),
+    }));
+    const { duplicates } = await queue.publish(API_SOURCE, outgoing);
+    return {
+      status,
+      accepted: 0,
+      queued: outgoing.length - duplicates,
+      duplicates: repeatsInBatch + duplicates,
       rejected,
       writePath: null,
     };
@@ -150,7 +215,9 @@ export async function ingestMetrics(
     clearTimeout(bound);
   }
   return {
+    status,
     accepted,
+    queued: 0,
     duplicates: repeatsInBatch + (rows.length - accepted),
     rejected,
     writePath: inserted.path,
