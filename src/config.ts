@@ -167,6 +167,12 @@ export interface IngestQueueConfig {
   duplicateWindowMs: number;
   /** `INGEST_QUEUE_CONSUMER`: the worker's durable consumer name; default `ingest-worker`. */
   consumer: string;
+  /**
+   * `INGEST_QUEUE_ACK_WAIT_MS`: how long a worker has to acknowledge a record before it is handed out again (a worker
+   * that died mid-batch); default 60,000. Longer than a batch's store takes, or batches are stored twice over
+   * (harmless, wasted).
+   */
+  ackWaitMs: number;
   /** `INGEST_WORKER_BATCH_SIZE`: records the worker stores per batch; default 1,000. */
   workerBatchSize: number;
   /** `INGEST_WORKER_MAX_BACKOFF_MS`: longest wait between the worker's retries while the database is down; 10,000. */
@@ -351,6 +357,7 @@ function readIngestQueue(
     'INGEST_QUEUE_MAX_MESSAGES',
     'INGEST_QUEUE_DUPLICATE_WINDOW_MS',
     'INGEST_QUEUE_CONSUMER',
+    'INGEST_QUEUE_ACK_WAIT_MS',
     'INGEST_WORKER_BATCH_SIZE',
     'INGEST_WORKER_MAX_BACKOFF_MS',
     'INGEST_WORKER_IN_PROCESS',
@@ -406,6 +413,7 @@ function readIngestQueue(
     maxMessages: integer('INGEST_QUEUE_MAX_MESSAGES', 10_000_000, 1, 2 ** 50),
     duplicateWindowMs: integer('INGEST_QUEUE_DUPLICATE_WINDOW_MS', 120_000, 1000, 7 * 86_400_000),
     consumer: name('INGEST_QUEUE_CONSUMER', 'ingest-worker'),
+    ackWaitMs: integer('INGEST_QUEUE_ACK_WAIT_MS', 60_000, 1000, 3_600_000),
     workerBatchSize: integer('INGEST_WORKER_BATCH_SIZE', 1000, 1, 100_000),
     workerMaxBackoffMs: integer('INGEST_WORKER_MAX_BACKOFF_MS', 10_000, 10, 600_000),
     workerInProcess: boolean('INGEST_WORKER_IN_PROCESS', false),

@@ -402,6 +402,11 @@ test('two instances, Redis restarted and an instance restarted mid-stream: each 
     await until(20);
     await redis.stop();
     await until(30);
+    // Back only once "a" has seen it go: its subscribers then depend on the catch-up after the outage.
+    for (let waited = 0; !/Redis connection problem/.test(a.output()); waited += 10) {
+      if (waited > 30_000) throw new Error(`"a" never noticed Redis going away:\n${a.output().slice(-2000)}`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
     await redis.start();
 
     // "b" stops (SIGTERM: its streams complete) and starts again; its clients resume after their last cursor.

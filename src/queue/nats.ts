@@ -31,8 +31,6 @@ import {
 /** JetStream's "store failed" error; with a "maximum ... exceeded" description it is a full stream (DiscardNew). */
 const STORE_FAILED = 10077;
 const CONSUMER_NOT_FOUND = 10014;
-/** How long the worker has to acknowledge a record before it is handed out again (a batch store takes less). */
-const ACK_WAIT_MS = 60_000;
 /** Publishes in flight at once for one batch: enough to keep the connection busy, not a whole batch's promises. */
 const PUBLISH_CONCURRENCY = 256;
 /** How long one publish may wait for the broker's acknowledgement. */
@@ -104,17 +102,22 @@ async function ensureStreams(jsm: JetStreamManager, config: IngestQueueConfig): 
       storage: StorageType.File,
     });
   });
-  await jsm.consumers.info(config.stream, config.consumer).catch(async (error: unknown) => {
+  const consumer = await jsm.consumers.info(config.stream, config.consumer).catch(async (error: unknown) => {
     if (!(error instanceof JetStreamApiError && error.code === CONSUMER_NOT_FOUND)) throw error;
+    return undefined;
+  });
+  // The ack wait is the one setting an operator changes on a running consumer (INGEST_QUEUE_ACK_WAIT_MS).
+  if (consumer && consumer.config.ack_wait !== ms(config.ackWaitMs))
+    await jsm.consumers.update(config.stream, config.consumer, { ack_wait: ms(config.ackWaitMs) });
+  if (!consumer)
     await jsm.consumers.add(config.stream, {
       durable_name: config.consumer,
       ack_policy: AckPolicy.Explicit,
-      ack_wait: ms(ACK_WAIT_MS),
+      ack_wait: ms(config.ackWaitMs),
       // Never give up on a record: a database outage redelivers it as often as it takes.
       max_deliver: -1,
       filter_subject: `${config.subject}.>`,
     });
-  });
 }
 
 /** A publish failure in the queue's terms. */

@@ -567,6 +567,12 @@ export async function createMetricEvents(options: MetricEventsOptions): Promise<
   };
   publisher.on('error', onError);
   subscriber.on('error', onError);
+  // A server that goes away may close the connection without an error (and come back before a reconnect fails).
+  const onClose = () => {
+    if (!stopped && connected) onError(new Error('the connection was closed'));
+  };
+  publisher.on('close', onClose);
+  subscriber.on('close', onClose);
   // Any message is a wake-up: what it says does not matter (older instances sent the records themselves).
   subscriber.on('message', (from: string) => {
     if (from === channel && !stopped) pump.wake();
