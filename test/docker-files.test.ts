@@ -490,7 +490,7 @@ test('compose app and migrate: this image, variables src/config.ts reads, ports 
   const migrate = service('migrate');
   assert.equal(migrate.image, appImage, 'migrate must run the image app builds');
   assert.equal(migrate.build, undefined, 'only app builds: two services building one tag can collide');
-  assert.deepEqual(ownServices.sort(), ['app', 'first-key', 'migrate', 'worker']);
+  assert.deepEqual(ownServices.sort(), ['app', 'app-2', 'first-key', 'migrate', 'worker']);
 
   for (const name of ownServices) {
     const { reads } = serviceConfig(name);
@@ -546,6 +546,22 @@ test('compose queued mode: app and worker share INGEST_QUEUE on the nats service
     true,
     'the worker runs no HTTP server: the image health check must be off',
   );
+});
+
+test('compose two instances: app and app-2 are one service on one database, queue and Redis', () => {
+  const second = service('app-2');
+  assert.equal(second.build, undefined, 'only app builds: two services building one tag can collide');
+  assert.equal(second.image, appImage, 'app-2 runs the image app builds');
+  const first = serviceConfig('app').config;
+  const other = serviceConfig('app-2').config;
+  for (const key of ['databaseUrl', 'ingestQueue', 'redisUrl', 'redisChannelPrefix', 'migrateOnStart', 'port'] as const)
+    assert.deepEqual(other[key], first[key], `app-2 and app must agree on ${key}`);
+  assert.equal(new URL(first.redisUrl ?? '').hostname, 'redis', 'REDIS_URL must point at the redis service');
+  assert.equal(serviceConfig('worker').config.redisUrl, first.redisUrl, 'the worker wakes the instances through Redis');
+  for (const name of ['app', 'app-2', 'worker']) assert.equal(dependsOn(service(name)).get('redis'), 'service_healthy');
+  const hostPorts = [...portsOf(service('app')), ...portsOf(second)].map((p) => Number(p.host));
+  assert.equal(new Set(hostPorts).size, hostPorts.length, 'the instances publish different host ports');
+  assert.deepEqual(commandOf(service('redis').command).slice(0, 1), ['redis-server']);
 });
 
 test('compose startup order: db healthy, then migrate to completion, then app; restarts and stop grace', () => {
