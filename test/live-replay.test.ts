@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
 import { INGEST, nowSeconds, record, startTestService, type TestService, usingPostgres } from './support/harness.js';
+import { sseEvents } from './support/http-client.js';
 import { freePort } from './support/pg-server.js';
 import { RedisServer } from './support/redis-server.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
@@ -61,30 +62,14 @@ class Subscriber {
   }
 
   private async read(body: ReadableStream<Uint8Array>): Promise<void> {
-    const decoder = new TextDecoder();
-    let buffer = '';
-    const reader = body.getReader();
     try {
-      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-        buffer += decoder.decode(chunk.value, { stream: true });
-        for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
-          const lines = buffer.slice(0, end).split('\n');
-          buffer = buffer.slice(end + 2);
-          const type = lines
-            .find((l) => l.startsWith('event:'))
-            ?.slice(6)
-            .trim();
-          const data = lines
-            .filter((l) => l.startsWith('data:'))
-            .map((l) => l.slice(5).trimStart())
-            .join('\n');
-          if (type === 'next') {
-            const event = JSON.parse(data) as { data?: { metricIngested: Metric }; errors?: Subscriber['errors'] };
-            if (event.data?.metricIngested) this.received.push(event.data.metricIngested);
-            if (event.errors) this.errors.push(...event.errors);
-          } else if (type === 'complete') this.completed = true;
-          this.notify();
-        }
+      for await (const { type, data } of sseEvents(body)) {
+        if (type === 'next') {
+          const event = JSON.parse(data) as { data?: { metricIngested: Metric }; errors?: Subscriber['errors'] };
+          if (event.data?.metricIngested) this.received.push(event.data.metricIngested);
+          if (event.errors) this.errors.push(...event.errors);
+        } else if (type === 'complete') this.completed = true;
+        this.notify();
       }
     } catch {
       // aborted by close()

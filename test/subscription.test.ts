@@ -13,6 +13,7 @@ import { after, before, test } from 'node:test';
 import { createLogger } from '../src/logger.js';
 import { createMetricEvents, SubscriberTooSlowError } from '../src/services/events.js';
 import { INGEST, nowSeconds, record, startTestService, type TestService, usingPostgres } from './support/harness.js';
+import { sseEvents } from './support/http-client.js';
 import { type ServiceProcess, startServiceProcess } from './support/service-process.js';
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -80,28 +81,11 @@ async function subscribe(baseUrl: string, where?: Record<string, unknown>): Prom
     w?.();
   };
   void (async () => {
-    const decoder = new TextDecoder();
-    let buffer = '';
-    const reader = body.getReader();
     try {
-      for (let read = await reader.read(); !read.done; read = await reader.read()) {
-        buffer += decoder.decode(read.value, { stream: true });
-        for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
-          const block = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          const lines = block.split('\n');
-          const type = lines
-            .find((l) => l.startsWith('event:'))
-            ?.slice(6)
-            .trim();
-          const data = lines
-            .filter((l) => l.startsWith('data:'))
-            .map((l) => l.slice(5).trimStart())
-            .join('\n');
-          if (type === 'next') events.push(JSON.parse(data) as SseEvent);
-          else if (type === 'complete') complete = true;
-          wake();
-        }
+      for await (const { type, data } of sseEvents(body)) {
+        if (type === 'next') events.push(JSON.parse(data) as SseEvent);
+        else if (type === 'complete') complete = true;
+        wake();
       }
     } catch {
       // aborted by close()

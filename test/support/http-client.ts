@@ -165,3 +165,31 @@ export function acknowledged(outcome: Outcome, size: number): { accepted: number
   if (result.rejected.length > 0 || result.accepted + result.duplicates !== size) return undefined;
   return { accepted: result.accepted, duplicates: result.duplicates };
 }
+
+/**
+ * The events of a server-sent-events body as they arrive: each block's `event:` type and its `data:` lines joined.
+ * Ends when the body ends; throws what reading it throws (an abort, say).
+ */
+export async function* sseEvents(
+  body: ReadableStream<Uint8Array>,
+): AsyncGenerator<{ type: string | undefined; data: string }> {
+  const decoder = new TextDecoder();
+  let buffer = '';
+  const reader = body.getReader();
+  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+    buffer += decoder.decode(chunk.value, { stream: true });
+    for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
+      const lines = buffer.slice(0, end).split('\n');
+      buffer = buffer.slice(end + 2);
+      const type = lines
+        .find((l) => l.startsWith('event:'))
+        ?.slice(6)
+        .trim();
+      const data = lines
+        .filter((l) => l.startsWith('data:'))
+        .map((l) => l.slice(5).trimStart())
+        .join('\n');
+      yield { type, data };
+    }
+  }
+}
